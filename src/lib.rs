@@ -1,0 +1,17 @@
+//! tanuki: a training-job service for transfer learning and fine-tuning of vision models.
+//!
+//! Dependency direction: `http → jobs → db`, `jobs → train`, `jobs → datasets`. The training
+//! code knows nothing of HTTP, SQL or the async runtime.
+
+/// Command-line flags and environment variables.
+pub mod config;
+/// Dataset archives: safe extraction, class folders, image checks.
+pub mod datasets;
+/// SQLite: the pool, migrations, one file per table.
+pub mod db;
+/// The HTTP API: router, handlers, problem+json errors, SSE, OpenAPI.
+pub mod http;
+/// The job queue: workers, cancellation, event persistence and fan-out.
+pub mod jobs;
+/// Training on candle: models, data pipeline, fit loop, checkpoints.
+pub mod train;

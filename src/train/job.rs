@@ -1,0 +1,249 @@
+//! The narrow interface between the training code and whoever runs it: what goes in
+//! ([`TrainJob`], [`Control`]), what comes out while it runs ([`TrainEvent`] through an
+//! [`Observer`]) and at the end ([`TrainOutcome`] or [`TrainError`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::spec::JobSpec;
+
+/// One labelled image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub path: PathBuf,
+    /// Index into [`TrainJob::classes`].
+    pub label: usize,
+}
+
+/// Everything one run of training needs.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub spec: JobSpec,
+    /// Class names, sorted; labels index into this.
+    pub classes: Vec<String>,
+    /// The images of `spec.dataset_id`; split into train/validation/test with `spec.split`.
+    pub samples: Vec<Sample>,
+    /// The images of `spec.validation_dataset_id`, when the spec names one (then the split holds
+    /// out no validation fraction).
+    pub validation_samples: Option<Vec<Sample>>,
+    /// A safetensors file of model weights (names as in our own checkpoints) to start from
+    /// instead of random initialisation; `backbone.*` tensors are taken, the head stays new.
+    pub initial_weights: Option<PathBuf>,
+    /// Set when resuming a job that was interrupted; the model and optimizer come from there.
+    pub resume: Option<ResumeFrom>,
+    /// Checkpoint files are written here (created if missing).
+    pub checkpoint_dir: PathBuf,
+}
+
+/// Where an interrupted job picks up.
+#[derive(Debug, Clone)]
+pub struct ResumeFrom {
+    /// The last checkpoint's weights file.
+    pub weights: PathBuf,
+    /// Its optimizer state file.
+    pub optimizer: PathBuf,
+    pub state: ResumeState,
+    /// The best checkpoint of the current phase so far (for early stopping's weight restore).
+    pub phase_best_weights: Option<PathBuf>,
+}
+
+/// Loop state stored with every checkpoint so a run can continue exactly after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResumeState {
+    /// Index into `spec.phases` of the phase the checkpoint was taken in.
+    pub phase_index: usize,
+    /// Epochs of that phase completed (1-based count).
+    pub epochs_done: u32,
+    /// Training steps done over the whole job.
+    pub global_step: u64,
+    pub learning_rate: f64,
+    /// Best monitored value of the phase so far, and epochs since it improved.
+    pub best_monitored: Option<f64>,
+    pub epochs_without_improvement: u32,
+    /// Epochs since reduce-on-plateau last improved or cut the learning rate.
+    pub plateau_wait: u32,
+    /// True when early stopping ended the phase at this checkpoint.
+    pub stopped_early: bool,
+}
+
+/// Why training should stop at the next batch boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The user canceled the job: it ends `canceled`.
+    Cancel,
+    /// The service is shutting down: the job goes back to the queue and resumes later.
+    Shutdown,
+}
+
+/// The cooperative stop flag, checked after every batch.
+#[derive(Debug, Default)]
+pub struct Control {
+    stop: AtomicU8,
+}
+
+impl Control {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the run to stop; the first reason given wins.
+    pub fn request_stop(&self, reason: StopReason) {
+        let code = match reason {
+            StopReason::Cancel => 1,
+            StopReason::Shutdown => 2,
+        };
+        let _ = self.stop.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub fn stop_requested(&self) -> Option<StopReason> {
+        match self.stop.load(Ordering::SeqCst) {
+            1 => Some(StopReason::Cancel),
+            2 => Some(StopReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// Receives events in the order they happen. The run waits for each call to return, so an
+/// observer that persists before returning gives "stored first, then broadcast".
+pub trait Observer {
+    fn on_event(&mut self, event: &TrainEvent);
+}
+
+/// Loss and accuracy over a set of batches.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Metrics {
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+/// A checkpoint file that has been completely written (temporary name, fsync, rename).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointFile {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// What the training loop reports as it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TrainEvent {
+    /// Data is loaded and split.
+    DataReady { classes: Vec<String>, train_images: usize, validation_images: usize, test_images: usize },
+    /// A phase begins: the optimizer has been rebuilt over exactly this trainable set.
+    PhaseStarted {
+        phase_index: usize,
+        name: String,
+        epochs: u32,
+        learning_rate: f64,
+        trainable_params: usize,
+        non_trainable_params: usize,
+        batch_norm: super::spec::BatchNormMode,
+        /// How the frozen part runs, e.g. `"backbone_forward"` or `"full_backward"`.
+        execution: String,
+        /// Set when this phase continues from a checkpoint after an interruption.
+        resumed_from_epoch: Option<u32>,
+    },
+    /// Every `log_every_steps` steps: the running means over the epoch so far.
+    Step {
+        phase_index: usize,
+        epoch: u32,
+        /// Batch index within the epoch (1-based) and batches per epoch.
+        batch: usize,
+        batches: usize,
+        global_step: u64,
+        loss: f64,
+        accuracy: f64,
+        learning_rate: f64,
+    },
+    /// An epoch of a phase ended (epoch is 1-based within the phase).
+    EpochEnded {
+        phase_index: usize,
+        epoch: u32,
+        train: Metrics,
+        validation: Option<Metrics>,
+        learning_rate: f64,
+        epochs_without_improvement: u32,
+        seconds: f64,
+    },
+    /// A checkpoint was written after an epoch.
+    CheckpointWritten {
+        phase_index: usize,
+        epoch: u32,
+        weights: CheckpointFile,
+        optimizer: CheckpointFile,
+        validation: Option<Metrics>,
+        resume: ResumeState,
+    },
+    /// A phase ended.
+    PhaseEnded {
+        phase_index: usize,
+        name: String,
+        epochs_run: u32,
+        stopped_early: bool,
+        /// Epoch (1-based) whose weights the phase ends with, when best weights were restored.
+        restored_best_epoch: Option<u32>,
+    },
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrainOutcome {
+    /// Evaluation on the held-out test set; `None` when the split holds out none.
+    pub test: Option<Metrics>,
+    /// The last validation metrics of the last phase.
+    pub validation: Option<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Stopped at a batch boundary because [`Control`] asked.
+    #[error("stopped: {0:?}")]
+    Stopped(StopReason),
+    #[error("invalid spec: {0}")]
+    Spec(#[from] super::spec::SpecError),
+    #[error("data: {0}")]
+    Data(String),
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Keras's `model.summary(show_trainable=True)`, as data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelSummary {
+    pub layers: Vec<LayerSummary>,
+    /// Every weight, batch-norm moving statistics included.
+    pub total_params: usize,
+    pub phases: Vec<PhaseParams>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LayerSummary {
+    /// Hierarchical name, e.g. `backbone.block1.bn`; selectors in a phase's `trainable` match
+    /// prefixes of it.
+    pub name: String,
+    /// Keras's class name: `Conv2D`, `BatchNormalization`, `ReLU`, `GlobalAveragePooling2D`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Output shape without the batch dimension, channels last as Keras shows it: `[h, w, c]`.
+    pub output_shape: Vec<usize>,
+    pub params: usize,
+    /// Per phase (in spec order): whether this layer's weights are trainable in it.
+    pub trainable: Vec<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PhaseParams {
+    pub name: String,
+    pub trainable_params: usize,
+    pub non_trainable_params: usize,
+}

@@ -1,0 +1,327 @@
+//! The job spec: what a user asks to train, as serde structs with defaults.
+//!
+//! It is deserialized and validated once at the HTTP boundary, stored with the job as JSON, and
+//! handed to the training code as is. Unknown fields are refused so typos don't pass silently.
+//! Validation that needs no database lives here ([`JobSpec::validate`]); checks that need one
+//! (does the dataset exist?) live in `jobs`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A whole training job: data, preprocessing, model and the ordered phases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A label for people; not unique.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The dataset to train on (its classes are the labels).
+    pub dataset_id: String,
+    /// A separate dataset to validate on, instead of a validation fraction of `dataset_id`.
+    #[serde(default)]
+    pub validation_dataset_id: Option<String>,
+    #[serde(default)]
+    pub split: SplitSpec,
+    #[serde(default)]
+    pub input: InputSpec,
+    #[serde(default)]
+    pub augmentation: AugmentationSpec,
+    pub model: ModelSpec,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Seeds weight initialisation, shuffling, augmentation and dropout: the same spec and data
+    /// give the same metrics.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// A `step` event is emitted every this many training steps (and at the last step of an epoch).
+    #[serde(default = "default_log_every_steps")]
+    pub log_every_steps: u32,
+    /// Run in order; each rebuilds the optimizer over its own trainable weights.
+    pub phases: Vec<PhaseSpec>,
+}
+
+/// How the dataset is split into training, validation and test sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Fraction of the images held out for validation (ignored with `validation_dataset_id`).
+    #[serde(default = "default_validation_fraction")]
+    pub validation: f64,
+    /// Fraction of the images held out for the final test evaluation.
+    #[serde(default = "default_test_fraction")]
+    pub test: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+/// Resizing and rescaling of every image, in training and prediction alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    #[serde(default = "default_side")]
+    pub height: u32,
+    #[serde(default = "default_side")]
+    pub width: u32,
+    /// Pixels (0..255) become `pixel * scale + offset`; the guide's 1/127.5 and -1 give [-1, 1].
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+    #[serde(default = "default_offset")]
+    pub offset: f32,
+    /// Per-channel (RGB) normalisation instead of scale/offset: `(pixel/255 - mean) / std`.
+    #[serde(default)]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default)]
+    pub std: Option<[f32; 3]>,
+}
+
+/// Random augmentation of training images (never of validation, test or prediction images).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentationSpec {
+    #[serde(default)]
+    pub horizontal_flip: bool,
+    /// As Keras's `RandomRotation(factor)`: a random angle in [-factor, factor] * 2π.
+    #[serde(default)]
+    pub rotation: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub backbone: BackboneSpec,
+    #[serde(default)]
+    pub head: HeadSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneSpec {
+    pub architecture: Architecture,
+    /// Where the initial weights come from; `null` is random initialisation.
+    #[serde(default)]
+    pub weights: Option<WeightsSource>,
+    /// Channel widths of `small_cnn`'s conv blocks (one block per entry).
+    #[serde(default)]
+    pub widths: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// A few conv–batch-norm–ReLU blocks: the built-in backbone, fast enough to train on CPU.
+    SmallCnn,
+}
+
+/// Initial backbone weights: an uploaded weights file by id, or a checkpoint of an earlier job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum WeightsSource {
+    Uploaded(String),
+    Checkpoint(CheckpointRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRef {
+    pub checkpoint: String,
+}
+
+/// The new classifier on top of the backbone: global pooling, dropout, one dense layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    #[serde(default)]
+    pub pooling: Pooling,
+    #[serde(default = "default_dropout")]
+    pub dropout: f32,
+    /// 1 gives one logit with binary cross-entropy (two classes); more gives softmax over classes.
+    #[serde(default = "default_units")]
+    pub units: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    #[default]
+    Avg,
+}
+
+/// One phase of training: what is trainable, how it is optimised, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSpec {
+    pub name: String,
+    /// Layer selectors: `"all"`, `"head"`, `"backbone"`, or a layer-name prefix such as
+    /// `"backbone.block3"`. A selected layer is trainable with everything below it (recursively).
+    pub trainable: Vec<String>,
+    pub optimizer: OptimizerSpec,
+    pub epochs: u32,
+    /// Batch normalisation mode of the backbone: `inference` (the guide's `training=False`, moving
+    /// statistics never change) or `training` (batch statistics, moving statistics updated).
+    #[serde(default)]
+    pub batch_norm: BatchNormMode,
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStoppingSpec>,
+    #[serde(default)]
+    pub reduce_lr_on_plateau: Option<ReduceLrSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormMode {
+    #[default]
+    Inference,
+    Training,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    #[serde(rename = "type")]
+    pub kind: OptimizerKind,
+    pub learning_rate: f64,
+    /// Adam's β1 (default 0.9).
+    #[serde(default)]
+    pub beta1: Option<f64>,
+    /// Adam's β2 (default 0.999).
+    #[serde(default)]
+    pub beta2: Option<f64>,
+    /// Adam's ε (default 1e-7, as Keras).
+    #[serde(default)]
+    pub epsilon: Option<f64>,
+    /// SGD momentum (default 0).
+    #[serde(default)]
+    pub momentum: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adam,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    #[default]
+    ValLoss,
+    ValAccuracy,
+}
+
+/// Stop a phase when the monitored metric stops improving; the best weights of the phase are
+/// restored when the phase ends, whether or not it stopped early.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingSpec {
+    #[serde(default)]
+    pub monitor: Monitor,
+    #[serde(default = "default_patience")]
+    pub patience: u32,
+    #[serde(default)]
+    pub min_delta: f64,
+    #[serde(default = "default_true")]
+    pub restore_best_weights: bool,
+}
+
+/// Multiply the learning rate by `factor` after `patience` epochs without improvement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReduceLrSpec {
+    #[serde(default)]
+    pub monitor: Monitor,
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    #[serde(default = "default_patience")]
+    pub patience: u32,
+    #[serde(default)]
+    pub min_delta: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+}
+
+/// A spec that cannot be trained, with the JSON path of the offending field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// JSON path, e.g. `phases[1].optimizer.learning_rate`.
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+impl Default for SplitSpec {
+    fn default() -> Self {
+        Self { validation: default_validation_fraction(), test: default_test_fraction(), seed: default_seed() }
+    }
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        Self {
+            height: default_side(),
+            width: default_side(),
+            scale: default_scale(),
+            offset: default_offset(),
+            mean: None,
+            std: None,
+        }
+    }
+}
+
+impl Default for AugmentationSpec {
+    fn default() -> Self {
+        Self { horizontal_flip: false, rotation: 0.0 }
+    }
+}
+
+impl Default for HeadSpec {
+    fn default() -> Self {
+        Self { pooling: Pooling::Avg, dropout: default_dropout(), units: default_units() }
+    }
+}
+
+fn default_batch_size() -> usize {
+    32
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_log_every_steps() -> u32 {
+    10
+}
+fn default_validation_fraction() -> f64 {
+    0.2
+}
+fn default_test_fraction() -> f64 {
+    0.0
+}
+fn default_side() -> u32 {
+    96
+}
+fn default_scale() -> f32 {
+    1.0 / 127.5
+}
+fn default_offset() -> f32 {
+    -1.0
+}
+fn default_dropout() -> f32 {
+    0.2
+}
+fn default_units() -> usize {
+    1
+}
+fn default_patience() -> u32 {
+    2
+}
+fn default_factor() -> f64 {
+    0.1
+}
+fn default_true() -> bool {
+    true
+}
