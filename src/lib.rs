@@ -3,6 +3,8 @@
 //! Dependency direction: `http → jobs → db`, `jobs → train`, `jobs → datasets`. The training
 //! code knows nothing of HTTP, SQL or the async runtime.
 
+/// Wiring: start, serve, shut down.
+pub mod app;
 /// Command-line flags and environment variables.
 pub mod config;
 /// Dataset archives: safe extraction, class folders, image checks.

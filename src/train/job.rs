@@ -123,6 +123,7 @@ pub struct Metrics {
 /// A checkpoint file that has been completely written (temporary name, fsync, rename).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CheckpointFile {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub size: u64,
     /// Hex sha256 of the file's bytes.

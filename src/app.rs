@@ -1,0 +1,124 @@
+//! Wiring: open the database, requeue interrupted jobs, start workers, serve, shut down in order
+//! (stop accepting → end SSE streams → jobs stop at a batch boundary → wait → close the pool).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::datasets::ImportLimits;
+use crate::http::{self, AppState, StateInner};
+use crate::jobs::{self, Jobs};
+
+/// A started service: its address and the handle to stop it.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub jobs: Arc<Jobs>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+}
+
+/// Binds `config.addr` and serves until `signal` completes.
+pub async fn run(config: Config, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.addr).await?;
+    let running = start(config, listener).await?;
+    tracing::info!(addr = %running.addr, "listening");
+    signal.await;
+    tracing::info!("shutting down");
+    running.stop().await
+}
+
+/// Starts the service on an already bound listener (tests bind port 0).
+pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
+    for dir in [config.data_dir.clone(), config.datasets_dir(), config.checkpoints_dir()] {
+        std::fs::create_dir_all(&dir)?;
+    }
+    // Nothing in the uploads folder can be finished after a restart.
+    let _ = std::fs::remove_dir_all(config.uploads_dir());
+    std::fs::create_dir_all(config.uploads_dir())?;
+
+    let pool = crate::db::connect(&config.database_path()).await?;
+    let shutdown = CancellationToken::new();
+    let jobs = Jobs::new(
+        pool.clone(),
+        jobs::Paths { datasets: config.datasets_dir(), checkpoints: config.checkpoints_dir() },
+        shutdown.clone(),
+    );
+    let requeued = jobs.requeue_interrupted().await?;
+    if requeued > 0 {
+        tracing::info!(requeued, "jobs interrupted by the last stop are queued again");
+    }
+    let workers = jobs::spawn_workers(jobs.clone(), config.workers);
+
+    let state = AppState::new(StateInner {
+        jobs: jobs.clone(),
+        uploads_dir: config.uploads_dir(),
+        max_upload_bytes: config.max_upload_bytes,
+        import_limits: ImportLimits {
+            max_unpacked_bytes: config.max_unpacked_bytes,
+            max_image_pixels: config.max_image_pixels,
+            ..ImportLimits::default()
+        },
+        sse_keepalive: std::time::Duration::from_secs(config.sse_keepalive_secs.max(1)),
+    });
+    let addr = listener.local_addr()?;
+    let app = http::router(state);
+    let timeout = config.shutdown_timeout();
+    let token = shutdown.clone();
+    let jobs_for_task = jobs.clone();
+    let task = tokio::spawn(async move {
+        // Cancelling the token stops accepting, ends SSE streams and stops idle workers.
+        let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+        token.cancelled().await;
+        jobs_for_task.stop_running_for_shutdown();
+        let drained = tokio::time::timeout(timeout, async {
+            for worker in workers {
+                let _ = worker.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(?timeout, "running jobs did not stop in time; they resume from their last checkpoint on the next start");
+        }
+        match tokio::time::timeout(timeout, server).await {
+            Ok(result) => result??,
+            Err(_) => tracing::warn!("connections still open after the shutdown timeout"),
+        }
+        pool.close().await;
+        Ok(())
+    });
+    Ok(Running { addr, jobs, shutdown, task })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

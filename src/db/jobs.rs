@@ -1,0 +1,139 @@
+//! The `jobs` table: the queue and each job's current state.
+
+use chrono::{DateTime, Utc};
+use sqlx::SqliteExecutor;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub dataset_id: String,
+    pub validation_dataset_id: Option<String>,
+    /// JSON: the accepted `JobSpec`.
+    pub spec: String,
+    /// JSON: the `ModelSummary`.
+    pub summary: String,
+    pub state: String,
+    pub phase_index: Option<i64>,
+    pub phase_name: Option<String>,
+    pub epoch: Option<i64>,
+    /// JSON: the latest step or epoch metrics.
+    pub latest_metrics: Option<String>,
+    /// JSON: test-set loss and accuracy, once finished.
+    pub test_metrics: Option<String>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A new job, always `queued`.
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub dataset_id: &'a str,
+    pub validation_dataset_id: Option<&'a str>,
+    pub spec: &'a str,
+    pub summary: &'a str,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn insert<'e>(db: impl SqliteExecutor<'e>, job: &NewJob<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (id, name, dataset_id, validation_dataset_id, spec, summary, state, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+    )
+    .bind(job.id)
+    .bind(job.name)
+    .bind(job.dataset_id)
+    .bind(job.validation_dataset_id)
+    .bind(job.spec)
+    .bind(job.summary)
+    .bind(job.created_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get<'e>(db: impl SqliteExecutor<'e>, id: &str) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as("SELECT * FROM jobs WHERE id = ?").bind(id).fetch_optional(db).await
+}
+
+/// Newest first, optionally only those in one state.
+pub async fn list<'e>(db: impl SqliteExecutor<'e>, state: Option<&str>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as("SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2")
+        .bind(state)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
+/// Atomically takes the oldest queued job and marks it running.
+pub async fn claim_next<'e>(db: impl SqliteExecutor<'e>, now: DateTime<Utc>) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as(
+        "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?1), attempts = attempts + 1
+         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1) AND state = 'queued'
+         RETURNING *",
+    )
+    .bind(now)
+    .fetch_optional(db)
+    .await
+}
+
+/// Jobs a crash left `running` go back to the queue; returns their ids.
+pub async fn requeue_running<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("UPDATE jobs SET state = 'queued' WHERE state = 'running' RETURNING id")
+        .fetch_all(db)
+        .await
+}
+
+/// Moves a job from one state to another; false when it was not in `from` (someone else won).
+pub async fn transition<'e>(
+    db: impl SqliteExecutor<'e>,
+    id: &str,
+    from: &str,
+    to: &str,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<&str>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = ?3, finished_at = COALESCE(?4, finished_at), error = COALESCE(?5, error)
+         WHERE id = ?1 AND state = ?2",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(to)
+    .bind(finished_at)
+    .bind(error)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_progress<'e>(
+    db: impl SqliteExecutor<'e>,
+    id: &str,
+    phase_index: i64,
+    phase_name: &str,
+    epoch: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET phase_index = ?, phase_name = ?, epoch = ? WHERE id = ?")
+        .bind(phase_index)
+        .bind(phase_name)
+        .bind(epoch)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_latest_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET latest_metrics = ? WHERE id = ?").bind(metrics).bind(id).execute(db).await?;
+    Ok(())
+}
+
+pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(metrics).bind(id).execute(db).await?;
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! `/v1/datasets`: upload (streamed to disk, then unpacked off the runtime), list, get, delete.
+
+use std::path::{Path, PathBuf};
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, Problem};
+use super::json::Json;
+use super::AppState;
+use crate::datasets::{self, DatasetManifest};
+use crate::db::{self, datasets::DatasetRow};
+
+pub fn routes(max_upload: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v1/datasets", post(create_dataset).layer(DefaultBodyLimit::max(max_upload)).get(list_datasets))
+        .route("/v1/datasets/{id}", get(get_dataset).delete(delete_dataset))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClassView {
+    pub name: String,
+    pub images: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SkippedView {
+    /// Path inside the archive.
+    pub path: String,
+    pub reason: String,
+}
+
+/// An uploaded, unpacked image dataset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DatasetView {
+    pub id: String,
+    pub name: String,
+    /// Sorted by name; the order defines the label indices.
+    pub classes: Vec<ClassView>,
+    pub image_count: usize,
+    /// Files that were not decodable JPEG/PNG images (not fatal).
+    pub skipped: usize,
+    /// Up to 20 of the skipped files with the reason.
+    pub skipped_examples: Vec<SkippedView>,
+    pub size_bytes: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DatasetList {
+    pub datasets: Vec<DatasetView>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CreateDatasetParams {
+    /// A name for people; defaults to `dataset`.
+    pub name: Option<String>,
+}
+
+impl TryFrom<DatasetRow> for DatasetView {
+    type Error = ApiError;
+    fn try_from(row: DatasetRow) -> Result<Self, ApiError> {
+        let classes: Vec<(String, usize)> = serde_json::from_str::<Vec<serde_json::Value>>(&row.classes)
+            .map_err(|e| ApiError::Internal(format!("stored classes: {e}")))?
+            .into_iter()
+            .map(|c| {
+                let name = c.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                let images = c.get("images").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+                (name, images)
+            })
+            .collect();
+        Ok(Self {
+            id: row.id,
+            name: row.name,
+            classes: classes.into_iter().map(|(name, images)| ClassView { name, images }).collect(),
+            image_count: row.image_count as usize,
+            skipped: row.skipped as usize,
+            skipped_examples: serde_json::from_str(&row.skipped_examples).unwrap_or_default(),
+            size_bytes: row.size_bytes as u64,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// Upload a dataset archive.
+///
+/// The body is a `.zip`, `.tar` or `.tar.gz` archive whose top-level folders are class names
+/// holding JPEG/PNG images (one wrapping folder is tolerated), sent raw or as the `file` field of
+/// a `multipart/form-data` body. The format is detected from the bytes. Files that are not
+/// decodable images are skipped and counted.
+#[utoipa::path(
+    post, path = "/v1/datasets", tag = "datasets", operation_id = "create_dataset",
+    params(CreateDatasetParams),
+    request_body(description = "The archive, raw or as the `file` field of multipart/form-data", content(
+        (Vec<u8> = "application/zip"), (Vec<u8> = "application/x-tar"), (Vec<u8> = "application/gzip"), (Vec<u8> = "multipart/form-data"))),
+    responses(
+        (status = 201, description = "Unpacked and stored", body = DatasetView),
+        (status = 400, description = "Not an archive, an unsafe entry, or no class folder", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over the upload or unpacked size limit", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_dataset(
+    State(state): State<AppState>,
+    Query(params): Query<CreateDatasetParams>,
+    request: Request,
+) -> Result<(StatusCode, Json<DatasetView>), ApiError> {
+    let limit = state.max_upload_bytes;
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if length > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+    }
+    let name = params.name.unwrap_or_else(|| "dataset".to_owned());
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::BadRequest { code: "invalid_name", detail: "name must be 1 to 200 characters".into(), field: Some("name".into()) });
+    }
+    tokio::fs::create_dir_all(&state.uploads_dir).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let upload = TempUpload(state.uploads_dir.join(format!("{id}.upload")));
+
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    if is_multipart {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+        let mut found = false;
+        while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+            if field.name() == Some("file") {
+                let stream = field.map(|chunk| chunk.map_err(|e| multipart_error(e)));
+                write_limited(stream, &upload.0, limit).await?;
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(ApiError::BadRequest { code: "missing_file", detail: "the multipart body has no `file` field".into(), field: Some("file".into()) });
+        }
+    } else {
+        // A raw body is not subject to the extractor body limit; `write_limited` counts instead.
+        let stream = request.into_body().into_data_stream().map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
+        write_limited(stream, &upload.0, limit).await?;
+    }
+
+    let dest = state.jobs.paths.datasets.join(&id);
+    let limits = state.import_limits.clone();
+    let archive = upload.0.clone();
+    let manifest = tokio::task::spawn_blocking(move || datasets::import_archive(&archive, &dest, &limits))
+        .await
+        .map_err(|e| ApiError::Internal(format!("import task: {e}")))??;
+    drop(upload);
+
+    let row = row_from_manifest(&id, &name, &manifest);
+    if let Err(error) = db::datasets::insert(&state.jobs.pool, &row).await {
+        let _ = tokio::fs::remove_dir_all(state.jobs.paths.datasets.join(&id)).await;
+        return Err(error.into());
+    }
+    tracing::info!(dataset_id = %id, images = row.image_count, skipped = row.skipped, "dataset stored");
+    Ok((StatusCode::CREATED, Json(DatasetView::try_from(row)?)))
+}
+
+fn row_from_manifest(id: &str, name: &str, manifest: &DatasetManifest) -> DatasetRow {
+    let classes: Vec<_> = manifest.classes.iter().map(|c| serde_json::json!({"name": c.name, "images": c.images})).collect();
+    let skipped: Vec<_> = manifest.skipped_examples.iter().map(|s| serde_json::json!({"path": s.path, "reason": s.reason})).collect();
+    DatasetRow {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        classes: serde_json::Value::from(classes).to_string(),
+        image_count: manifest.classes.iter().map(|c| c.images as i64).sum(),
+        skipped: manifest.skipped as i64,
+        skipped_examples: serde_json::Value::from(skipped).to_string(),
+        size_bytes: manifest.total_bytes as i64,
+        created_at: db::now(),
+    }
+}
+
+fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit: 0 }
+    } else {
+        ApiError::bad_request("invalid_multipart", error.body_text())
+    }
+}
+
+/// Streams chunks into a new file, refusing more than `limit` bytes; the file is fsynced so a
+/// crash right after cannot leave a truncated archive that looks complete.
+async fn write_limited<S>(stream: S, path: &Path, limit: u64) -> Result<u64, ApiError>
+where
+    S: Stream<Item = Result<Bytes, ApiError>>,
+{
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut written = 0u64;
+    futures::pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            ApiError::PayloadTooLarge { .. } => ApiError::PayloadTooLarge { limit },
+            other => other,
+        })?;
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        file.write_all(&chunk).await?;
+    }
+    file.sync_all().await?;
+    Ok(written)
+}
+
+/// An upload file that is removed whatever happens to the request.
+struct TempUpload(PathBuf);
+
+impl Drop for TempUpload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// List datasets, newest first.
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", operation_id = "list_datasets",
+    responses((status = 200, description = "All datasets", body = DatasetList)))]
+pub async fn list_datasets(State(state): State<AppState>) -> Result<Json<DatasetList>, ApiError> {
+    let rows = db::datasets::list(&state.jobs.pool).await?;
+    let datasets = rows.into_iter().map(DatasetView::try_from).collect::<Result<_, _>>()?;
+    Ok(Json(DatasetList { datasets }))
+}
+
+/// Get one dataset.
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets", operation_id = "get_dataset",
+    params(("id" = String, Path, description = "Dataset id")),
+    responses(
+        (status = 200, description = "The dataset", body = DatasetView),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_dataset(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<DatasetView>, ApiError> {
+    let row = db::datasets::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("dataset", &id))?;
+    Ok(Json(DatasetView::try_from(row)?))
+}
+
+/// Delete a dataset and its files; refused while a queued or running job uses it.
+#[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets", operation_id = "delete_dataset",
+    params(("id" = String, Path, description = "Dataset id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A queued or running job uses it", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_dataset(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
+    let pool = &state.jobs.pool;
+    if db::datasets::get(pool, &id).await?.is_none() {
+        return Err(ApiError::not_found("dataset", &id));
+    }
+    if !db::datasets::delete_if_unused(pool, &id).await? {
+        return Err(ApiError::Conflict { code: "dataset_in_use", detail: format!("dataset {id} is used by a queued or running job") });
+    }
+    let dir = state.jobs.paths.datasets.join(&id);
+    if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+        tracing::warn!(dataset_id = %id, %error, "dataset row deleted but its files could not be removed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

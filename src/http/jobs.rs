@@ -1,0 +1,215 @@
+//! `/v1/jobs`: submit, list, get, cancel, and the stored history and model summary of a job.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, Problem};
+use super::json::Json;
+use super::AppState;
+use crate::db::{self, jobs::JobRow};
+use crate::jobs::{CancelOutcome, JobEvent};
+use crate::train::{JobSpec, Metrics, ModelSummary};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", post(create_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/metrics", get(get_job_metrics))
+        .route("/v1/jobs/{id}/model", get(get_job_model))
+}
+
+/// Where a running job is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PhaseProgress {
+    pub index: usize,
+    pub name: String,
+    /// Epochs of this phase completed.
+    pub epoch: u32,
+    pub epochs: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub name: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed` or `canceled`.
+    pub state: String,
+    pub dataset_id: String,
+    pub validation_dataset_id: Option<String>,
+    pub phase: Option<PhaseProgress>,
+    /// The latest `step` or `epoch` event's data.
+    #[schema(value_type = Option<Object>)]
+    pub latest_metrics: Option<serde_json::Value>,
+    /// Loss and accuracy on the held-out test set, once succeeded.
+    pub test_metrics: Option<Metrics>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How many times a worker started it (more than one after an interruption).
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub spec: JobSpec,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobHistory {
+    pub job_id: String,
+    /// Every stored event, oldest first, as the SSE stream sends them.
+    pub events: Vec<JobEvent>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListJobsParams {
+    /// Only jobs in this state.
+    pub state: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
+
+impl TryFrom<JobRow> for JobView {
+    type Error = ApiError;
+    fn try_from(row: JobRow) -> Result<Self, ApiError> {
+        let spec: JobSpec = serde_json::from_str(&row.spec).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
+        let phase = match (row.phase_index, &row.phase_name) {
+            (Some(index), Some(name)) => Some(PhaseProgress {
+                index: index as usize,
+                name: name.clone(),
+                epoch: row.epoch.unwrap_or(0) as u32,
+                epochs: spec.phases.get(index as usize).map_or(0, |p| p.epochs),
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            id: row.id,
+            name: row.name,
+            state: row.state,
+            dataset_id: row.dataset_id,
+            validation_dataset_id: row.validation_dataset_id,
+            phase,
+            latest_metrics: row.latest_metrics.and_then(|m| serde_json::from_str(&m).ok()),
+            test_metrics: row.test_metrics.and_then(|m| serde_json::from_str(&m).ok()),
+            error: row.error,
+            attempts: row.attempts,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            spec,
+        })
+    }
+}
+
+pub async fn load_job(state: &AppState, id: &str) -> Result<JobRow, ApiError> {
+    db::jobs::get(&state.jobs.pool, id).await?.ok_or_else(|| ApiError::not_found("job", id))
+}
+
+/// Submit a job.
+///
+/// The spec is validated before it is queued; an invalid one is a 422 naming the field.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "create_job",
+    request_body = JobSpec,
+    responses(
+        (status = 201, description = "Queued", body = JobView),
+        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid spec; `field` names what was wrong", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_job(State(state): State<AppState>, Json(spec): Json<JobSpec>) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let row = state.jobs.submit(spec).await?;
+    Ok((StatusCode::CREATED, Json(JobView::try_from(row)?)))
+}
+
+/// List jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ListJobsParams),
+    responses(
+        (status = 200, description = "Jobs", body = JobList),
+        (status = 400, description = "Unknown state", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListJobsParams>) -> Result<Json<JobList>, ApiError> {
+    if let Some(filter) = &params.state {
+        if !STATES.contains(&filter.as_str()) {
+            return Err(ApiError::BadRequest { code: "invalid_state", detail: format!("state must be one of {STATES:?}"), field: Some("state".into()) });
+        }
+    }
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = db::jobs::list(&state.jobs.pool, params.state.as_deref(), limit).await?;
+    let jobs = rows.into_iter().map(JobView::try_from).collect::<Result<_, _>>()?;
+    Ok(Json(JobList { jobs }))
+}
+
+/// Get one job: state, current phase and epoch, latest metrics, timestamps, error.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(JobView::try_from(load_job(&state, &id).await?)?))
+}
+
+/// Cancel a job.
+///
+/// A queued job is canceled at once (200); a running one stops at its next batch boundary and
+/// ends `canceled` (202).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Canceled", body = JobView),
+        (status = 202, description = "Stopping at the next batch boundary", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already ended", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    match state.jobs.cancel(&id).await? {
+        CancelOutcome::Canceled(row) => Ok((StatusCode::OK, Json(JobView::try_from(row)?))),
+        CancelOutcome::Stopping(row) => Ok((StatusCode::ACCEPTED, Json(JobView::try_from(row)?))),
+    }
+}
+
+/// The job's whole stored history (the events the SSE stream sends), as JSON.
+#[utoipa::path(get, path = "/v1/jobs/{id}/metrics", tag = "jobs", operation_id = "get_job_metrics",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "History", body = JobHistory),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_job_metrics(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobHistory>, ApiError> {
+    load_job(&state, &id).await?;
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(0, |e: &JobEvent| e.id);
+        let page = crate::jobs::history_after(&state.jobs.pool, &id, after, 1000).await?;
+        let done = page.len() < 1000;
+        events.extend(page);
+        if done {
+            break;
+        }
+    }
+    Ok(Json(JobHistory { job_id: id, events }))
+}
+
+/// The model summary, as Keras's `model.summary(show_trainable=True)`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/model", tag = "jobs", operation_id = "get_job_model",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Layers, output shapes, parameter counts, trainable per phase", body = ModelSummary),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_job_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelSummary>, ApiError> {
+    let row = load_job(&state, &id).await?;
+    let summary = serde_json::from_str(&row.summary).map_err(|e| ApiError::Internal(format!("stored summary: {e}")))?;
+    Ok(Json(summary))
+}

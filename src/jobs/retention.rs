@@ -1,0 +1,64 @@
+//! Which checkpoints are kept: per phase the best (lowest validation loss) and the last; the
+//! optimizer state only for the newest checkpoint of the job, the one a resume starts from.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::Jobs;
+use crate::db::{self, checkpoints::CheckpointRow};
+
+/// Ids of the checkpoints that are the best of their phase (lowest validation loss; without
+/// validation, the last).
+pub fn best_of_each_phase(rows: &[CheckpointRow]) -> HashSet<String> {
+    let mut by_phase: BTreeMap<i64, Vec<&CheckpointRow>> = BTreeMap::new();
+    for row in rows {
+        by_phase.entry(row.phase_index).or_default().push(row);
+    }
+    by_phase
+        .values()
+        .filter_map(|phase| {
+            let with_loss = phase.iter().filter(|r| r.val_loss.is_some_and(f64::is_finite));
+            // Ties go to the earlier epoch, as Keras's callbacks do.
+            let best = with_loss.fold(None::<&CheckpointRow>, |best, r| match best {
+                Some(b) if b.val_loss <= r.val_loss => Some(b),
+                _ => Some(r),
+            });
+            best.or(phase.last().copied()).map(|r| r.id.clone())
+        })
+        .collect()
+}
+
+impl Jobs {
+    /// Deletes superseded checkpoints (rows first, then files, so no listed file is missing).
+    pub(super) async fn apply_retention(&self, job_id: &str) -> sqlx::Result<()> {
+        let rows = db::checkpoints::list_for_job(&self.pool, job_id).await?;
+        let mut keep = best_of_each_phase(&rows);
+        let mut last_of_phase: BTreeMap<i64, &CheckpointRow> = BTreeMap::new();
+        for row in &rows {
+            last_of_phase.insert(row.phase_index, row);
+        }
+        keep.extend(last_of_phase.values().map(|r| r.id.clone()));
+        let newest = rows.last().map(|r| r.id.clone());
+
+        let mut files = Vec::new();
+        let mut tx = self.pool.begin().await?;
+        for row in &rows {
+            if !keep.contains(&row.id) {
+                db::checkpoints::delete(&mut *tx, &row.id).await?;
+                files.push(row.path.clone());
+                files.extend(row.optimizer_path.clone());
+            } else if Some(&row.id) != newest.as_ref() {
+                if let Some(optimizer) = &row.optimizer_path {
+                    db::checkpoints::clear_optimizer_path(&mut *tx, &row.id).await?;
+                    files.push(optimizer.clone());
+                }
+            }
+        }
+        tx.commit().await?;
+        for file in files {
+            if let Err(error) = std::fs::remove_file(&file) {
+                tracing::warn!(%file, %error, "could not delete a superseded checkpoint file");
+            }
+        }
+        Ok(())
+    }
+}

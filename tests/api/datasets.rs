@@ -1,0 +1,130 @@
+//! Uploading, listing and deleting datasets, and every way an upload can be wrong.
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zip_upload_counts_classes_and_skips_bad_files() {
+    let server = TestServer::start().await;
+    let mut files = real_photos("train", 3);
+    files.push(("cats/broken.jpg".into(), b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()));
+    files.push(("dogs/notes.txt".into(), b"hello".to_vec()));
+    let (status, body) = server.upload("pets", zip_of(&files), "application/zip").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "pets");
+    assert_eq!(body["classes"], json!([{"name": "cats", "images": 3}, {"name": "dogs", "images": 3}]));
+    assert_eq!(body["image_count"], 6);
+    assert_eq!(body["skipped"], 2);
+    let id = body["id"].as_str().unwrap();
+
+    let (status, got) = server.get(&format!("/v1/datasets/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["classes"], body["classes"]);
+    let (status, list) = server.get("/v1/datasets").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["datasets"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tar_gz_and_multipart_uploads_with_a_wrapping_folder() {
+    let server = TestServer::start().await;
+    let wrapped: Vec<_> = real_photos("validation", 2).into_iter().map(|(p, b)| (format!("my_pets/{p}"), b)).collect();
+    let (status, body) = server.upload("wrapped", tar_gz_of(&wrapped), "application/gzip").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["classes"], json!([{"name": "cats", "images": 2}, {"name": "dogs", "images": 2}]));
+
+    let part = reqwest::multipart::Part::bytes(zip_of(&real_photos("train", 1))).file_name("pets.zip");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let response = server.client.post(server.url("/v1/datasets?name=multi")).multipart(form).send().await.unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["image_count"], 2);
+
+    let form = reqwest::multipart::Form::new().text("other", "x");
+    let response = server.client.post(server.url("/v1/datasets")).multipart(form).send().await.unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "missing_file");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_archives_are_4xx_and_leave_nothing_behind() {
+    let server = TestServer::start_with(|c| c.max_upload_bytes = 200_000).await;
+
+    let (status, body) = server.upload("x", b"this is not an archive at all".to_vec(), "application/zip").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "not_an_archive");
+
+    let evil = vec![("../evil.jpg".to_owned(), real_photos("train", 1).remove(0).1)];
+    let (status, body) = server.upload("x", tar_gz_of_raw(&evil), "application/gzip").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "unsafe_archive_entry");
+    assert!(!server.dir.path().join("data/evil.jpg").exists());
+
+    let flat = vec![("readme.txt".to_owned(), b"no folders".to_vec())];
+    let (status, body) = server.upload("x", zip_of(&flat), "application/zip").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "no_class_folders");
+
+    let big = zip_of(&real_photos("train", 20));
+    assert!(big.len() > 200_000);
+    let (status, body) = server.upload("x", big, "application/zip").await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "upload_too_large");
+
+    let (status, list) = server.get("/v1/datasets").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["datasets"], json!([]));
+    let leftovers: Vec<_> = std::fs::read_dir(server.dir.path().join("data/datasets")).unwrap().collect();
+    assert!(leftovers.is_empty(), "nothing half-written stays: {leftovers:?}");
+    let uploads: Vec<_> = std::fs::read_dir(server.dir.path().join("data/uploads")).unwrap().collect();
+    assert!(uploads.is_empty(), "upload temp files are removed: {uploads:?}");
+    server.stop().await;
+}
+
+/// A tar.gz whose entry names are written verbatim (the tar crate's builder refuses `..`).
+fn tar_gz_of_raw(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(encoder);
+    for (path, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        let name = path.as_bytes();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, bytes.as_slice()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_are_404_and_a_dataset_in_use_cannot_be_deleted() {
+    // No workers: the job stays queued.
+    let server = TestServer::start_with(|c| c.workers = 0).await;
+    for path in ["/v1/datasets/nope", "/v1/jobs/nope", "/v1/jobs/nope/events", "/v1/jobs/nope/checkpoints", "/v1/checkpoints/nope/weights", "/v1/nothing"] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let response = server.client.delete(server.url("/v1/datasets/nope")).send().await.unwrap();
+    assert_eq!(read(response).await.0, 404);
+
+    let dataset = upload_photos(&server, 2).await;
+    let (status, job) = server.post_json("/v1/jobs", &small_spec(&dataset)).await;
+    assert_eq!(status, 201, "{job}");
+    let response = server.client.delete(server.url(&format!("/v1/datasets/{dataset}"))).send().await.unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "dataset_in_use");
+
+    let (status, _) = server.post_json(&format!("/v1/jobs/{}/cancel", job["id"].as_str().unwrap()), &json!({})).await;
+    assert_eq!(status, 200);
+    let response = server.client.delete(server.url(&format!("/v1/datasets/{dataset}"))).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    assert!(!server.dir.path().join("data/datasets").join(&dataset).exists());
+    server.stop().await;
+}

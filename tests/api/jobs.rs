@@ -1,0 +1,138 @@
+//! Job submission: every invalid spec is a 422 naming the field; queue-level behaviour.
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+async fn expect_invalid(server: &TestServer, spec: Value, field: &str) {
+    let (status, body) = server.post_json("/v1/jobs", &spec).await;
+    assert_eq!(status, 422, "{spec}\n{body}");
+    assert_eq!(body["field"], field, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_422_naming_the_field() {
+    let server = TestServer::start_with(|c| c.workers = 0).await;
+    let dataset = upload_photos(&server, 2).await;
+    let good = small_spec(&dataset);
+
+    let mut spec = good.clone();
+    spec["dataset_id"] = json!("no-such-dataset");
+    expect_invalid(&server, spec, "dataset_id").await;
+
+    let mut spec = good.clone();
+    spec["phases"][0]["trainable"] = json!([]);
+    expect_invalid(&server, spec, "phases[0].trainable").await;
+
+    let mut spec = good.clone();
+    spec["phases"][1]["trainable"] = json!(["backbone.block99"]);
+    expect_invalid(&server, spec, "phases[1].trainable[0]").await;
+
+    let mut spec = good.clone();
+    spec["phases"][1]["optimizer"]["learning_rate"] = json!(0.0);
+    expect_invalid(&server, spec, "phases[1].optimizer.learning_rate").await;
+
+    let mut spec = good.clone();
+    spec["phases"][0]["optimizer"]["learning_rate"] = json!(-1e-3);
+    expect_invalid(&server, spec, "phases[0].optimizer.learning_rate").await;
+
+    let mut spec = good.clone();
+    spec["phases"][0]["epochs"] = json!(0);
+    expect_invalid(&server, spec, "phases[0].epochs").await;
+
+    let mut spec = good.clone();
+    spec["split"] = json!({"validation": 0.6, "test": 0.4, "seed": 1});
+    expect_invalid(&server, spec, "split").await;
+
+    let mut spec = good.clone();
+    spec["phases"] = json!([]);
+    expect_invalid(&server, spec, "phases").await;
+
+    let mut spec = good.clone();
+    spec["model"]["head"]["units"] = json!(3);
+    expect_invalid(&server, spec, "model.head.units").await;
+
+    let mut spec = good.clone();
+    spec["model"]["backbone"]["weights"] = json!({"checkpoint": "nope"});
+    expect_invalid(&server, spec, "model.backbone.weights.checkpoint").await;
+
+    // Shape errors from the JSON itself: unknown fields (typos) and wrong types.
+    let mut spec = good.clone();
+    spec["phases"][0]["learning_rate"] = json!(0.1);
+    expect_invalid(&server, spec, "phases[0].learning_rate").await;
+
+    let mut spec = good.clone();
+    spec["batch_sise"] = json!(4);
+    expect_invalid(&server, spec, "batch_sise").await;
+
+    let mut spec = good.clone();
+    spec["phases"][0]["epochs"] = json!("two");
+    expect_invalid(&server, spec, "phases[0].epochs").await;
+
+    // Not JSON at all, and not declared as JSON.
+    let response = server.client.post(server.url("/v1/jobs")).header("content-type", "application/json").body("{\"dataset_id\": ").send().await.unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "malformed_json");
+    let response = server.client.post(server.url("/v1/jobs")).body("{}").send().await.unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 415, "{body}");
+
+    let (status, list) = server.get("/v1/jobs").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["jobs"], json!([]), "nothing invalid was queued");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_list_summarise_and_cancel() {
+    let server = TestServer::start_with(|c| c.workers = 0).await;
+    let dataset = upload_photos(&server, 2).await;
+    let (status, job) = server.post_json("/v1/jobs", &small_spec(&dataset)).await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["spec"]["batch_size"], 8);
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let (_, second) = server.post_json("/v1/jobs", &small_spec(&dataset)).await;
+    let (status, list) = server.get("/v1/jobs?state=queued").await;
+    assert_eq!(status, 200);
+    let ids: Vec<_> = list["jobs"].as_array().unwrap().iter().map(|j| j["id"].clone()).collect();
+    assert_eq!(ids, vec![second["id"].clone(), json!(id)], "newest first");
+    let (status, body) = server.get("/v1/jobs?state=bogus").await;
+    assert_eq!(status, 400, "{body}");
+
+    // The summary is there before the job runs.
+    let (status, summary) = server.get(&format!("/v1/jobs/{id}/model")).await;
+    assert_eq!(status, 200, "{summary}");
+    let phases = summary["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2);
+    let total = summary["total_params"].as_u64().unwrap();
+    for phase in phases {
+        assert_eq!(phase["trainable_params"].as_u64().unwrap() + phase["non_trainable_params"].as_u64().unwrap(), total);
+    }
+    // Head only: a dense layer on 16 channels with 1 unit has 16 + 1 weights.
+    assert_eq!(phases[0]["trainable_params"], 17);
+    // Everything: all but the batch-norm moving statistics (2 per channel: 8 + 16 channels).
+    assert_eq!(phases[1]["non_trainable_params"], 2 * (8 + 16));
+    let layers = summary["layers"].as_array().unwrap();
+    let bn = layers.iter().find(|l| l["type"] == "BatchNormalization").unwrap();
+    assert_eq!(bn["params"], 4 * 8);
+    assert_eq!(bn["trainable"], json!([false, true]));
+
+    let (status, canceled) = server.post_json(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200, "{canceled}");
+    assert_eq!(canceled["state"], "canceled");
+    let (status, body) = server.post_json(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "job_finished");
+
+    // A canceled queued job's stream replays and ends.
+    let response = server.client.get(server.url(&format!("/v1/jobs/{id}/events"))).send().await.unwrap();
+    let events = read_sse(response, |_| false).await;
+    let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["state", "state", "end"]);
+    assert_eq!(events[2].data["state"], "canceled");
+    server.stop().await;
+}

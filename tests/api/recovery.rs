@@ -1,0 +1,93 @@
+//! A job running when the server process is killed resumes from its last checkpoint after a
+//! restart (the real binary, killed with SIGKILL).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_server(data_dir: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_tanuki"))
+        .arg("serve")
+        .env("TANUKI_ADDR", format!("127.0.0.1:{port}"))
+        .env("TANUKI_DATA_DIR", data_dir)
+        .env("TANUKI_WORKERS", "1")
+        .env("RUST_LOG", "tanuki=warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Server { child, base };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server did not become healthy");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_resumes_the_job_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let server = spawn_server(dir.path(), port).await;
+
+    let archive = zip_of(&real_photos("train", 10));
+    let response = client.post(format!("{}/v1/datasets?name=pets", server.base)).header("content-type", "application/zip").body(archive).send().await.unwrap();
+    let (status, dataset) = read(response).await;
+    assert_eq!(status, 201, "{dataset}");
+    let mut spec = small_spec(dataset["id"].as_str().unwrap());
+    spec["phases"][0]["epochs"] = json!(3);
+    let response = client.post(format!("{}/v1/jobs", server.base)).json(&spec).send().await.unwrap();
+    let (_, job) = read(response).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    // Kill it hard right after the first checkpoint is stored.
+    let response = client.get(format!("{}/v1/jobs/{id}/events", server.base)).send().await.unwrap();
+    let before = read_sse(response, |e| e.event == "checkpoint").await;
+    assert_eq!(before.last().unwrap().event, "checkpoint");
+    drop(server);
+
+    let server = spawn_server(dir.path(), free_port()).await;
+    let response = client.get(format!("{}/v1/jobs/{id}/events", server.base)).send().await.unwrap();
+    let events = tokio::time::timeout(Duration::from_secs(600), read_sse(response, |_| false)).await.expect("job ends");
+    let end = events.last().unwrap();
+    assert_eq!(end.event, "end");
+    assert_eq!(end.data["state"], "succeeded", "{:?}", end.data);
+
+    let states: Vec<_> = events.iter().filter(|e| e.event == "state").map(|e| e.data.clone()).collect();
+    assert!(states.iter().any(|s| s["state"] == "queued" && s["reason"].as_str().is_some_and(|r| r.contains("interrupted"))), "{states:?}");
+    let resumed = states.iter().rev().find(|s| s["state"] == "running" && s["attempt"] == 2).expect("a second attempt");
+    assert_eq!(resumed["resumed_from"]["phase_index"], 0, "{resumed}");
+    assert!(resumed["resumed_from"]["epoch"].as_u64().unwrap() >= 1, "{resumed}");
+
+    // Every epoch of the spec ran exactly once after the resume point: no epoch was redone
+    // from scratch and none is missing.
+    let first_epoch_after_resume = events.iter().skip_while(|e| !(e.event == "state" && e.data["attempt"] == 2))
+        .find(|e| e.event == "epoch").expect("an epoch after resuming");
+    assert_eq!(first_epoch_after_resume.data["epoch"].as_u64().unwrap(), resumed["resumed_from"]["epoch"].as_u64().unwrap() + 1);
+    let response = client.get(format!("{}/v1/jobs/{id}", server.base)).send().await.unwrap();
+    let (_, job) = read(response).await;
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(job["state"], "succeeded");
+}
