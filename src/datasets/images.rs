@@ -19,6 +19,9 @@ use image::{ImageFormat, ImageReader, Limits};
 /// few threads are enough; the service is also training on the same machine.
 const MAX_THREADS: usize = 4;
 
+/// `None` for a valid image, or why the file is skipped.
+pub(crate) type Verdict = Option<String>;
+
 /// Whether the file starts with JPEG or PNG magic bytes. Cheap; used to decide whether a file
 /// looks like an image before anything is decoded, never as the final verdict.
 pub(crate) fn sniff_image(path: &Path) -> io::Result<bool> {
@@ -39,12 +42,12 @@ pub(crate) fn sniff_image(path: &Path) -> io::Result<bool> {
 
 /// Checks one file. `Ok(None)` means a valid image, `Ok(Some(reason))` a file to skip; `Err` is
 /// only for failing to open or read a file we wrote ourselves.
-pub(crate) fn check_image(path: &Path, max_pixels: u64) -> io::Result<Option<String>> {
+pub(crate) fn check_image(path: &Path, max_pixels: u64) -> io::Result<Verdict> {
     let reader = open(path)?;
-    match reader.format() {
-        Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
+    let reader_format = match reader.format() {
+        Some(format @ (ImageFormat::Jpeg | ImageFormat::Png)) => format,
         _ => return Ok(Some("not a JPEG or PNG image".to_owned())),
-    }
+    };
     // Read the header first so an oversized image is refused before anything is allocated for it.
     let (width, height) = match reader.into_dimensions() {
         Ok(dims) => dims,
@@ -58,6 +61,10 @@ pub(crate) fn check_image(path: &Path, max_pixels: u64) -> io::Result<Option<Str
         return Ok(Some(format!(
             "image is {width}x{height}, more than {max_pixels} pixels"
         )));
+    }
+
+    if reader_format == ImageFormat::Jpeg && !jpeg_has_end_marker(path)? {
+        return Ok(Some("truncated JPEG: no end-of-image marker".to_owned()));
     }
 
     let mut reader = open(path)?;
@@ -76,12 +83,76 @@ pub(crate) fn check_image(path: &Path, max_pixels: u64) -> io::Result<Option<Str
     }
 }
 
+/// Whether the JPEG's first scan is followed by an end-of-image marker (`FF D9`).
+///
+/// The JPEG decoder quietly fills in missing scan data, so a cut-off file decodes as a partly
+/// grey image; training on those is what the skip is for. The header segments are walked by
+/// their lengths (an EXIF thumbnail there carries its own `FF D9`); after the first start-of-scan
+/// the entropy-coded data stuffs every `FF` as `FF 00`, so `FF D9` can only be a marker there.
+fn jpeg_has_end_marker(path: &Path) -> io::Result<bool> {
+    let mut reader = BufReader::new(File::open(path)?);
+    match find_end_marker(&mut reader) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        other => other,
+    }
+}
+
+fn find_end_marker(reader: &mut impl io::BufRead) -> io::Result<bool> {
+    let mut byte = || -> io::Result<u8> {
+        let mut b = [0u8; 1];
+        reader.read_exact(&mut b)?;
+        Ok(b[0])
+    };
+    if (byte()?, byte()?) != (0xFF, 0xD8) {
+        return Ok(false);
+    }
+    loop {
+        if byte()? != 0xFF {
+            return Ok(false);
+        }
+        let mut marker = byte()?;
+        while marker == 0xFF {
+            marker = byte()?; // fill bytes
+        }
+        match marker {
+            0xD9 => return Ok(false),       // end before any scan: no image data
+            0x01 | 0xD0..=0xD7 => continue, // markers without a length
+            _ => {}
+        }
+        let len = u16::from_be_bytes([byte()?, byte()?]);
+        let Some(skip) = len.checked_sub(2) else {
+            return Ok(false);
+        };
+        for _ in 0..skip {
+            byte()?;
+        }
+        if marker == 0xDA {
+            break;
+        }
+    }
+    let mut after_ff = false;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(false);
+        }
+        for &b in chunk {
+            if after_ff && b == 0xD9 {
+                return Ok(true);
+            }
+            after_ff = b == 0xFF;
+        }
+        let n = chunk.len();
+        reader.consume(n);
+    }
+}
+
 fn open(path: &Path) -> io::Result<ImageReader<BufReader<File>>> {
     ImageReader::new(BufReader::new(File::open(path)?)).with_guessed_format()
 }
 
 /// Checks every file on a few threads; the result at index `i` is for `paths[i]`.
-pub(crate) fn check_images(paths: &[PathBuf], max_pixels: u64) -> io::Result<Vec<Option<String>>> {
+pub(crate) fn check_images(paths: &[PathBuf], max_pixels: u64) -> io::Result<Vec<Verdict>> {
     let threads = thread::available_parallelism()
         .map_or(1, NonZeroUsize::get)
         .clamp(1, MAX_THREADS)
@@ -89,7 +160,7 @@ pub(crate) fn check_images(paths: &[PathBuf], max_pixels: u64) -> io::Result<Vec
     // Work is handed out one file at a time rather than in fixed chunks: image sizes vary a lot,
     // and fixed chunks would leave a thread idle while another decodes all the big ones.
     let next = AtomicUsize::new(0);
-    let per_thread: Vec<io::Result<Vec<(usize, Option<String>)>>> = thread::scope(|scope| {
+    let per_thread: Vec<io::Result<Vec<(usize, Verdict)>>> = thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
@@ -146,6 +217,7 @@ pub(crate) mod tests {
         };
         let png = encoded(ImageFormat::Png, 16, 12);
         let jpeg = encoded(ImageFormat::Jpeg, 16, 12);
+        let big_jpeg = encoded(ImageFormat::Jpeg, 200, 150);
         let paths = vec![
             write("a.png", &png),
             write("b.jpg", &jpeg),
@@ -153,6 +225,7 @@ pub(crate) mod tests {
             write("d.png", &png[..png.len() / 2]),
             write("e.png", &encoded(ImageFormat::Png, 100, 100)),
             write("f.jpg", &png), // wrong extension, still a PNG: accepted
+            write("g.jpg", &jpeg[..jpeg.len() / 2]),
         ];
         let results = check_images(&paths, 100 * 99).unwrap();
         assert_eq!(results[0], None);
@@ -164,6 +237,24 @@ pub(crate) mod tests {
             .unwrap()
             .contains("more than 9900 pixels"));
         assert_eq!(results[5], None);
+        assert!(results[6].as_deref().unwrap().starts_with("corrupt image"));
+        // The JPEG decoder fills in a cut-off scan instead of failing; the end marker check must
+        // catch it, wherever the cut is.
+        for cut in [10, 2, 1] {
+            let p = write("h.jpg", &big_jpeg[..big_jpeg.len() - cut]);
+            assert_eq!(
+                check_image(&p, u64::MAX).unwrap().as_deref(),
+                Some("truncated JPEG: no end-of-image marker"),
+                "cut {cut}"
+            );
+        }
+        // Bytes after the end marker (some cameras append data) are fine.
+        let mut trailing = big_jpeg.clone();
+        trailing.extend_from_slice(&[0; 100]);
+        assert_eq!(
+            check_image(&write("i.jpg", &trailing), u64::MAX).unwrap(),
+            None
+        );
         assert!(sniff_image(&paths[0]).unwrap());
         assert!(!sniff_image(&paths[2]).unwrap());
     }

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use error::DatasetError;
-pub use layout::{list_samples, ClassCount, DatasetManifest, SkippedFile};
+pub use layout::{list_samples, ClassCount, DatasetManifest, Sample, SkippedFile};
 
 /// Bounds on what one upload may cost the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
