@@ -27,6 +27,8 @@ pub(crate) enum Format {
 /// Longest single path component most filesystems accept; longer would fail as a server `Io`
 /// error, so such names are refused up front as the upload's fault.
 const MAX_COMPONENT_BYTES: usize = 255;
+/// Keeps the full extracted path well under PATH_MAX (4096 on Linux) with the staging prefix.
+const MAX_NAME_BYTES: usize = 1024;
 /// Deep nesting has no use in an image dataset and would make the later walks recurse deeply.
 const MAX_DEPTH: usize = 32;
 
@@ -148,7 +150,11 @@ fn sanitize(name: &str) -> Result<Option<PathBuf>, DatasetError> {
     };
     // Backslashes are separators on Windows and NUL truncates names in C APIs: either could make
     // the name mean something other than what was checked.
-    if name.starts_with('/') || name.contains('\\') || name.contains('\0') {
+    if name.starts_with('/')
+        || name.contains('\\')
+        || name.contains('\0')
+        || name.len() > MAX_NAME_BYTES
+    {
         return Err(unsafe_entry());
     }
     let mut path = PathBuf::new();
@@ -665,5 +671,10 @@ pub(crate) mod tests {
             );
         }
         assert!(sanitize(".hidden/../../x").is_err());
+        let long = vec!["d".repeat(250); 5].join("/");
+        assert!(matches!(
+            sanitize(&long),
+            Err(DatasetError::UnsafeEntry { .. })
+        ));
     }
 }
