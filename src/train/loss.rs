@@ -61,3 +61,34 @@ pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> Result<Tensor, TrainError> {
     let softplus_neg_abs = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
     Ok(((x.relu()? - (x * y)?)? + softplus_neg_abs)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    #[test]
+    fn bce_is_finite_for_extreme_logits_and_matches_the_formula() {
+        let x = Var::new(&[1e4f32, -1e4, 1e4, -1e4, 0.0, 2.0], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[1f32, 0., 0., 1., 1., 0.], &Device::Cpu).unwrap();
+        let loss = bce_with_logits(x.as_tensor(), &y).unwrap();
+        let v: Vec<f32> = loss.to_vec1().unwrap();
+        assert_eq!(&v[..4], &[0.0, 0.0, 1e4, 1e4]);
+        assert!((v[4] - std::f32::consts::LN_2).abs() < 1e-6);
+        assert!((v[5] - (2.0 + (-2.0f32).exp().ln_1p())).abs() < 1e-5);
+        let grads = loss.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = grads.get(x.as_tensor()).unwrap().to_vec1().unwrap();
+        assert!(g.iter().all(|g| g.is_finite()), "{g:?}");
+    }
+
+    #[test]
+    fn softmax_cross_entropy_is_stable_and_accuracy_counts() {
+        let logits = Tensor::new(&[[1e4f32, -1e4], [0.0, 0.0], [-3.0, 5.0]], &Device::Cpu).unwrap();
+        let loss = LossKind::Softmax.loss(&logits, &[0, 1, 1]).unwrap().to_scalar::<f32>().unwrap();
+        assert!(loss.is_finite());
+        assert_eq!(LossKind::Softmax.correct(&logits, &[0, 1, 1]).unwrap(), 2);
+        let one = Tensor::new(&[[3f32], [-1.0], [0.5]], &Device::Cpu).unwrap();
+        assert_eq!(LossKind::Binary.correct(&one, &[1, 0, 0]).unwrap(), 2);
+    }
+}

@@ -125,3 +125,87 @@ impl JobSpec {
         validate(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::model::selector_matches;
+    use crate::train::spec::*;
+
+    fn valid() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "dataset_id": "d",
+            "input": {"height": 32, "width": 32},
+            "model": {"backbone": {"architecture": "small_cnn", "widths": [4, 8, 16]}},
+            "phases": [
+                {"name": "head", "trainable": ["head"], "optimizer": {"type": "adam", "learning_rate": 0.001}, "epochs": 2},
+                {"name": "fine", "trainable": ["all"], "optimizer": {"type": "sgd", "learning_rate": 0.0001}, "epochs": 1,
+                 "early_stopping": {"patience": 1}, "reduce_lr_on_plateau": {"factor": 0.5}}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn field_of(edit: impl FnOnce(&mut JobSpec)) -> String {
+        let mut s = valid();
+        edit(&mut s);
+        validate(&s).expect_err("should be invalid").field
+    }
+
+    #[test]
+    fn a_valid_spec_passes() {
+        validate(&valid()).unwrap();
+    }
+
+    #[test]
+    fn selectors_match_at_dot_boundaries() {
+        assert!(selector_matches("backbone.block3", "backbone.block3.conv"));
+        assert!(selector_matches("backbone.block3", "backbone.block3"));
+        assert!(!selector_matches("backbone.block3", "backbone.block30.conv"));
+        assert!(selector_matches("all", "head.dense"));
+        assert!(!selector_matches("head", "headless.dense"));
+    }
+
+    #[test]
+    fn errors_name_the_offending_field() {
+        assert_eq!(field_of(|s| s.phases[0].trainable = vec!["backbone.block9".into()]), "phases[0].trainable[0]");
+        assert_eq!(field_of(|s| s.phases[1].trainable = vec!["head".into(), "backbone.block1.convx".into()]), "phases[1].trainable[1]");
+        assert_eq!(field_of(|s| s.phases[0].trainable.clear()), "phases[0].trainable");
+        assert_eq!(field_of(|s| s.phases[0].trainable = vec!["head.pool".into()]), "phases[0].trainable");
+        assert_eq!(field_of(|s| s.phases[1].optimizer.learning_rate = 0.0), "phases[1].optimizer.learning_rate");
+        assert_eq!(field_of(|s| s.phases[1].optimizer.learning_rate = f64::NAN), "phases[1].optimizer.learning_rate");
+        assert_eq!(field_of(|s| s.phases[0].epochs = 0), "phases[0].epochs");
+        assert_eq!(field_of(|s| s.phases.clear()), "phases");
+        assert_eq!(field_of(|s| s.batch_size = 0), "batch_size");
+        assert_eq!(field_of(|s| s.split.validation = 1.0), "split.validation");
+        assert_eq!(field_of(|s| s.split.test = -0.1), "split.test");
+        assert_eq!(field_of(|s| (s.split.validation, s.split.test) = (0.5, 0.5)), "split.validation");
+        assert_eq!(field_of(|s| s.input.height = 2), "input.height");
+        assert_eq!(field_of(|s| s.input.width = 3), "input.width");
+        assert_eq!(field_of(|s| s.model.head.dropout = 1.0), "model.head.dropout");
+        assert_eq!(field_of(|s| s.model.head.units = 0), "model.head.units");
+        assert_eq!(field_of(|s| s.augmentation.rotation = f32::INFINITY), "augmentation.rotation");
+        assert_eq!(field_of(|s| s.augmentation.rotation = 1.5), "augmentation.rotation");
+        assert_eq!(field_of(|s| s.input.mean = Some([0.5; 3])), "input.std");
+        assert_eq!(field_of(|s| s.input.std = Some([0.5; 3])), "input.mean");
+        assert_eq!(field_of(|s| (s.input.mean, s.input.std) = (Some([0.5; 3]), Some([0.2, 0.0, 0.2]))), "input.std[1]");
+        assert_eq!(field_of(|s| s.model.backbone.widths = Some(vec![])), "model.backbone.widths");
+        assert_eq!(
+            field_of(|s| s.phases[1].reduce_lr_on_plateau.as_mut().unwrap().factor = 1.0),
+            "phases[1].reduce_lr_on_plateau.factor"
+        );
+        assert_eq!(
+            field_of(|s| s.phases[1].early_stopping.as_mut().unwrap().min_delta = -1.0),
+            "phases[1].early_stopping.min_delta"
+        );
+    }
+
+    #[test]
+    fn a_validation_dataset_frees_the_validation_fraction() {
+        let mut s = valid();
+        s.validation_dataset_id = Some("v".into());
+        s.split.validation = 0.9;
+        s.split.test = 0.5;
+        validate(&s).unwrap();
+    }
+}
