@@ -67,6 +67,14 @@ pub struct ResumeState {
     pub plateau_wait: u32,
     /// True when early stopping ended the phase at this checkpoint.
     pub stopped_early: bool,
+    /// Reduce-on-plateau's own best monitored value of the phase (it may watch another metric).
+    #[serde(default)]
+    pub plateau_best: Option<f64>,
+    /// Epoch (1-based) of the phase's best monitored value so far. `epochs_without_improvement
+    /// == 0` means this very checkpoint is the phase's best (the one to pass as
+    /// `phase_best_weights` when resuming).
+    #[serde(default)]
+    pub best_epoch: Option<u32>,
 }
 
 /// Why training should stop at the next batch boundary.
@@ -123,6 +131,7 @@ pub struct Metrics {
 /// A checkpoint file that has been completely written (temporary name, fsync, rename).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CheckpointFile {
+    /// utoipa has no schema for `PathBuf`; it is a string in JSON.
     #[schema(value_type = String)]
     pub path: PathBuf,
     pub size: u64,
@@ -135,7 +144,15 @@ pub struct CheckpointFile {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TrainEvent {
     /// Data is loaded and split.
-    DataReady { classes: Vec<String>, train_images: usize, validation_images: usize, test_images: usize },
+    DataReady {
+        classes: Vec<String>,
+        train_images: usize,
+        validation_images: usize,
+        test_images: usize,
+        /// Files that failed to decode and were left out (counted in none of the sets above).
+        #[serde(default)]
+        skipped_images: usize,
+    },
     /// A phase begins: the optimizer has been rebuilt over exactly this trainable set.
     PhaseStarted {
         phase_index: usize,
@@ -197,8 +214,12 @@ pub enum TrainEvent {
 pub struct TrainOutcome {
     /// Evaluation on the held-out test set; `None` when the split holds out none.
     pub test: Option<Metrics>,
-    /// The last validation metrics of the last phase.
+    /// The last validation metrics of the last phase (of the restored weights when early
+    /// stopping restored the best ones).
     pub validation: Option<Metrics>,
+    /// The final model weights (after any restore of best weights), every parameter included.
+    #[serde(default)]
+    pub weights: Option<CheckpointFile>,
 }
 
 #[derive(Debug, thiserror::Error)]

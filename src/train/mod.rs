@@ -4,10 +4,31 @@
 //! samples, where to write checkpoints, what to resume from), a [`Control`] (cooperative stop
 //! flag, checked after every batch) and an [`Observer`] (where events go). Whoever calls it
 //! persists and broadcasts the events.
+//!
+//! The entry points are [`validate`] (spec checks without data), [`summarize`] (Keras's
+//! `model.summary(show_trainable=True)`) and [`run`] (the whole job).
 
+pub mod checkpoint;
+pub mod data;
+pub mod early_stopping;
+pub mod fit;
 pub mod job;
+pub mod layers;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod rng;
 pub mod spec;
+pub mod summary;
+pub mod validate;
 
+#[cfg(test)]
+mod tests;
+
+pub use checkpoint::load_weights;
+pub use fit::run;
 pub use job::*;
-
 pub use spec::*;
+pub use summary::summarize;
+pub use validate::validate;

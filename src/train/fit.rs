@@ -1,0 +1,324 @@
+//! The fit loop: data → phases → epochs → batches, emitting [`TrainEvent`]s in order.
+//!
+//! Each phase sets the trainable set from its selectors and rebuilds the optimizer over exactly
+//! those weights (the guide's re-compile). Frozen weights are used detached, so no graph is built
+//! through them. After every epoch: validation (dropout off, batch norm in inference mode), the
+//! callbacks, and a checkpoint. The stop flag is checked after every batch and between epochs.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use super::checkpoint::{self, load_weights};
+use super::data::augment::Normalize;
+use super::data::{self, AugmentFor, Dataset};
+use super::early_stopping::{EarlyStopping, ReduceLrOnPlateau};
+use super::job::{
+    Control, Metrics, Observer, ResumeFrom, ResumeState, TrainError, TrainEvent, TrainJob, TrainOutcome,
+};
+use super::layers::ForwardCtx;
+use super::loss::LossKind;
+use super::model::Model;
+use super::optim::Optimizer;
+use super::rng::{self, Stream};
+use super::spec::{BatchNormMode, PhaseSpec, SpecError};
+
+/// Runs the whole job; see the module docs. Blocking: call it on a dedicated thread.
+pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Result<TrainOutcome, TrainError> {
+    let spec = &job.spec;
+    super::validate::validate(spec)?;
+    let loss_kind = loss_kind(spec.model.head.units, job.classes.len())?;
+    let n_classes = job.classes.len();
+    let all = job.samples.iter().chain(job.validation_samples.iter().flatten());
+    if let Some(s) = all.into_iter().find(|s| s.label >= n_classes) {
+        return Err(TrainError::Data(format!("{} has label {} but there are {n_classes} classes", s.path.display(), s.label)));
+    }
+
+    let splits = data::split(job)?;
+    let (train, skipped_train) = Dataset::decode(&splits.train, &spec.input);
+    let (validation, skipped_val) = Dataset::decode(&splits.validation, &spec.input);
+    let (test, skipped_test) = Dataset::decode(&splits.test, &spec.input);
+    if train.is_empty() {
+        return Err(TrainError::Data("no training image could be decoded".into()));
+    }
+    observer.on_event(&TrainEvent::DataReady {
+        classes: job.classes.clone(),
+        train_images: train.len(),
+        validation_images: validation.len(),
+        test_images: test.len(),
+        skipped_images: skipped_train + skipped_val + skipped_test,
+    });
+    check_stop(control)?;
+
+    let model = Model::new(&spec.model, &spec.input, spec.seed)?;
+    if let Some(path) = &job.initial_weights {
+        // Our own naming: take the backbone, keep the freshly initialised head.
+        model.params.load(&load_weights(path)?, |name| name.starts_with("backbone."))?;
+    }
+    let mut start_phase = 0;
+    if let Some(resume) = &job.resume {
+        if resume.state.phase_index >= spec.phases.len() {
+            return Err(TrainError::Data(format!("resume state names phase {} of {}", resume.state.phase_index, spec.phases.len())));
+        }
+        model.params.load(&load_weights(&resume.weights)?, |_| true)?;
+        start_phase = resume.state.phase_index;
+    }
+
+    let mut fit = Fit {
+        job,
+        control,
+        observer,
+        model,
+        train,
+        validation,
+        loss_kind,
+        norm: Normalize::new(&spec.input),
+        global_step: job.resume.as_ref().map_or(0, |r| r.state.global_step),
+    };
+    let mut last_validation = None;
+    for phase_index in start_phase..spec.phases.len() {
+        check_stop(control)?;
+        let resume = job.resume.as_ref().filter(|_| phase_index == start_phase);
+        last_validation = fit.phase(phase_index, resume)?;
+    }
+
+    let test = if test.is_empty() { None } else { Some(fit.evaluate(&test)?) };
+    let weights = checkpoint::write(
+        &job.checkpoint_dir,
+        &format!("weights-final-s{}.safetensors", fit.global_step),
+        &fit.model.params.snapshot()?,
+    )?;
+    Ok(TrainOutcome { test, validation: last_validation, weights: Some(weights) })
+}
+
+/// Binary cross-entropy for one unit and two classes, softmax for one unit per class.
+pub fn loss_kind(units: usize, classes: usize) -> Result<LossKind, TrainError> {
+    match (units, classes) {
+        (1, 2) => Ok(LossKind::Binary),
+        (u, c) if u == c && c >= 2 => Ok(LossKind::Softmax),
+        _ => Err(TrainError::Spec(SpecError::new(
+            "model.head.units",
+            format!("must be 1 (two classes) or the number of classes ({classes}); got {units}"),
+        ))),
+    }
+}
+
+fn check_stop(control: &Control) -> Result<(), TrainError> {
+    match control.stop_requested() {
+        Some(reason) => Err(TrainError::Stopped(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Running sums of an epoch's loss and accuracy.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    loss: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl Sums {
+    fn add(&mut self, loss: f64, correct: usize, n: usize) {
+        self.loss += loss * n as f64;
+        self.correct += correct;
+        self.seen += n;
+    }
+
+    fn metrics(&self) -> Metrics {
+        let n = self.seen.max(1) as f64;
+        Metrics { loss: self.loss / n, accuracy: self.correct as f64 / n }
+    }
+}
+
+/// The state shared by every phase of one run.
+struct Fit<'a> {
+    job: &'a TrainJob,
+    control: &'a Control,
+    observer: &'a mut dyn Observer,
+    model: Model,
+    train: Dataset,
+    validation: Dataset,
+    loss_kind: LossKind,
+    norm: Normalize,
+    global_step: u64,
+}
+
+impl Fit<'_> {
+    /// Runs phase `index` (continuing from `resume` when given); returns its final validation
+    /// metrics.
+    fn phase(&mut self, index: usize, resume: Option<&ResumeFrom>) -> Result<Option<Metrics>, TrainError> {
+        let phase = &self.job.spec.phases[index];
+        self.model.set_trainable(&phase.trainable);
+        let (trainable_params, non_trainable_params) = self.model.params.counts();
+        let mut optimizer = Optimizer::new(&phase.optimizer, &self.model.params)?;
+        let mut progress = EarlyStopping::new(phase.early_stopping.as_ref());
+        let mut plateau = phase.reduce_lr_on_plateau.as_ref().map(ReduceLrOnPlateau::new);
+        let mut best_weights: Option<HashMap<String, Tensor>> = None;
+        let mut best_epoch = None;
+        let mut epochs_done = 0;
+        let mut stopped_early = false;
+        if let Some(r) = resume {
+            let s = &r.state;
+            epochs_done = s.epochs_done;
+            stopped_early = s.stopped_early;
+            if epochs_done < phase.epochs && !stopped_early {
+                optimizer.import(&load_weights(&r.optimizer)?)?;
+            }
+            optimizer.set_learning_rate(s.learning_rate);
+            progress.tracker.best = s.best_monitored;
+            progress.tracker.wait = s.epochs_without_improvement;
+            if let Some(p) = plateau.as_mut() {
+                p.tracker.best = s.plateau_best;
+                p.tracker.wait = s.plateau_wait;
+            }
+            best_epoch = s.best_epoch;
+            if progress.restore_best_weights {
+                best_weights = r.phase_best_weights.as_ref().map(load_weights).transpose()?;
+            }
+        }
+        self.observer.on_event(&TrainEvent::PhaseStarted {
+            phase_index: index,
+            name: phase.name.clone(),
+            epochs: phase.epochs,
+            learning_rate: optimizer.learning_rate(),
+            trainable_params,
+            non_trainable_params,
+            batch_norm: phase.batch_norm,
+            execution: self.model.execution().to_string(),
+            resumed_from_epoch: resume.map(|r| r.state.epochs_done),
+        });
+
+        let mut last_validation = None;
+        while epochs_done < phase.epochs && !stopped_early {
+            check_stop(self.control)?;
+            let epoch = epochs_done + 1;
+            let started = Instant::now();
+            let lr = optimizer.learning_rate();
+            let train = self.train_epoch(index, phase, epoch, &mut optimizer)?;
+            let validation = if self.validation.is_empty() { None } else { Some(self.evaluate(&self.validation)?) };
+            let improved = progress.tracker.update(&train, validation.as_ref());
+            if improved {
+                best_epoch = Some(epoch);
+                if progress.restore_best_weights {
+                    best_weights = Some(self.model.params.snapshot()?);
+                }
+            }
+            if let Some(p) = plateau.as_mut() {
+                if let Some(new_lr) = p.update(&train, validation.as_ref(), optimizer.learning_rate()) {
+                    optimizer.set_learning_rate(new_lr);
+                }
+            }
+            stopped_early = progress.should_stop() && epoch < phase.epochs;
+            epochs_done = epoch;
+            last_validation = validation;
+            self.observer.on_event(&TrainEvent::EpochEnded {
+                phase_index: index,
+                epoch,
+                train,
+                validation,
+                learning_rate: lr,
+                epochs_without_improvement: progress.tracker.wait,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            let state = ResumeState {
+                phase_index: index,
+                epochs_done,
+                global_step: self.global_step,
+                learning_rate: optimizer.learning_rate(),
+                best_monitored: progress.tracker.best,
+                epochs_without_improvement: progress.tracker.wait,
+                plateau_wait: plateau.as_ref().map_or(0, |p| p.tracker.wait),
+                stopped_early,
+                plateau_best: plateau.as_ref().and_then(|p| p.tracker.best),
+                best_epoch,
+            };
+            self.write_checkpoint(&optimizer, validation, state)?;
+        }
+
+        let mut restored_best_epoch = None;
+        if let (Some(best), true) = (&best_weights, progress.restore_best_weights) {
+            self.model.params.load(best, |_| true)?;
+            restored_best_epoch = best_epoch;
+            last_validation = if self.validation.is_empty() { None } else { Some(self.evaluate(&self.validation)?) };
+        }
+        self.observer.on_event(&TrainEvent::PhaseEnded {
+            phase_index: index,
+            name: phase.name.clone(),
+            epochs_run: epochs_done,
+            stopped_early,
+            restored_best_epoch,
+        });
+        Ok(last_validation)
+    }
+
+    /// One pass over the shuffled training set; returns the epoch's running means.
+    fn train_epoch(&mut self, index: usize, phase: &PhaseSpec, epoch: u32, optimizer: &mut Optimizer) -> Result<Metrics, TrainError> {
+        let spec = &self.job.spec;
+        let order = data::epoch_order(self.train.len(), spec.seed, index, epoch);
+        let batches = order.len().div_ceil(spec.batch_size);
+        let aug = AugmentFor { spec: &spec.augmentation, seed: spec.seed, phase: index, epoch };
+        let bn_training = phase.batch_norm == BatchNormMode::Training;
+        let mut sums = Sums::default();
+        let Fit { model, observer, control, loss_kind, global_step, norm, train, .. } = self;
+        data::for_each_batch(train, &order, spec.batch_size, Some(aug), *norm, |b, batch| {
+            let x = batch.tensor(&model.device)?; // [batch, 3, h, w]
+            let mut ctx = ForwardCtx { dropout: true, bn_training, grad: true, rng: rng::rng(spec.seed, Stream::Dropout, index, epoch, b) };
+            let logits = model.forward(&x, &mut ctx)?; // [batch, units]
+            let loss = loss_kind.loss(&logits, &batch.labels)?;
+            let grads = loss.backward()?;
+            optimizer.step(&grads)?;
+            *global_step += 1;
+            sums.add(loss.to_scalar::<f32>()? as f64, loss_kind.correct(&logits, &batch.labels)?, batch.len());
+            if *global_step % u64::from(spec.log_every_steps) == 0 || b + 1 == batches {
+                let m = sums.metrics();
+                observer.on_event(&TrainEvent::Step {
+                    phase_index: index,
+                    epoch,
+                    batch: b + 1,
+                    batches,
+                    global_step: *global_step,
+                    loss: m.loss,
+                    accuracy: m.accuracy,
+                    learning_rate: optimizer.learning_rate(),
+                });
+            }
+            check_stop(control)?;
+            Ok(())
+        })?;
+        Ok(sums.metrics())
+    }
+
+    /// Loss and accuracy over `ds` in inference mode, without building any graph.
+    fn evaluate(&self, ds: &Dataset) -> Result<Metrics, TrainError> {
+        let order: Vec<usize> = (0..ds.len()).collect();
+        let mut sums = Sums::default();
+        data::for_each_batch(ds, &order, self.job.spec.batch_size, None, self.norm, |_, batch| {
+            let x = batch.tensor(&self.model.device)?;
+            // The rng is unused with dropout off; any seed will do.
+            let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+            let logits = self.model.forward(&x, &mut ctx)?;
+            let loss = self.loss_kind.loss(&logits, &batch.labels)?;
+            sums.add(loss.to_scalar::<f32>()? as f64, self.loss_kind.correct(&logits, &batch.labels)?, batch.len());
+            Ok(())
+        })?;
+        Ok(sums.metrics())
+    }
+
+    fn write_checkpoint(&mut self, optimizer: &Optimizer, validation: Option<Metrics>, state: ResumeState) -> Result<(), TrainError> {
+        let dir = &self.job.checkpoint_dir;
+        let (weights_name, optimizer_name) = checkpoint::file_names(state.phase_index, state.epochs_done, state.global_step);
+        let weights = checkpoint::write(dir, &weights_name, &self.model.params.snapshot()?)?;
+        let optimizer = checkpoint::write(dir, &optimizer_name, &optimizer.export()?)?;
+        self.observer.on_event(&TrainEvent::CheckpointWritten {
+            phase_index: state.phase_index,
+            epoch: state.epochs_done,
+            weights,
+            optimizer,
+            validation,
+            resume: state,
+        });
+        Ok(())
+    }
+}
