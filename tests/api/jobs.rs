@@ -43,7 +43,7 @@ async fn invalid_specs_are_422_naming_the_field() {
 
     let mut spec = good.clone();
     spec["split"] = json!({"validation": 0.6, "test": 0.4, "seed": 1});
-    expect_invalid(&server, spec, "split").await;
+    expect_invalid(&server, spec, "split.validation").await;
 
     let mut spec = good.clone();
     spec["phases"] = json!([]);
