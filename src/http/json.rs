@@ -50,16 +50,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             ApiError::BadRequest { code: "malformed_json", detail: format!("the body is not valid JSON: {inner}"), field: None }
         } else {
-            let parent = if path == "." { String::new() } else { path };
-            // serde reports an unknown field at its parent; name the field itself.
-            let message = inner.to_string();
-            let unknown = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next());
-            let field = match unknown {
-                Some(name) if parent.is_empty() => Some(name.to_owned()),
-                Some(name) => Some(format!("{parent}.{name}")),
-                None if parent.is_empty() => None,
-                None => Some(parent),
-            };
+            // The path already ends at the offending key, unknown fields included.
+            let field = if path == "." || path.is_empty() { None } else { Some(path) };
             ApiError::BadRequest { code: "invalid_body", detail: inner.to_string(), field }
         }
     })?;
