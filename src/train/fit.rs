@@ -104,6 +104,25 @@ pub fn loss_kind(units: usize, classes: usize) -> Result<LossKind, TrainError> {
     }
 }
 
+/// One optimisation step on a batch: forward, loss, backward over the trainable weights only,
+/// update. Returns the batch's mean loss and the logits (`[batch, units]`).
+pub fn train_step(
+    model: &Model,
+    optimizer: &mut Optimizer,
+    loss_kind: LossKind,
+    x: &Tensor,
+    labels: &[u32],
+    ctx: &mut ForwardCtx,
+) -> Result<(f64, Tensor), TrainError> {
+    let logits = model.forward(x, ctx)?;
+    let loss = loss_kind.loss(&logits, labels)?;
+    // The graph only reaches back to the first trainable weight: frozen parameters and the
+    // input are detached leaves, so backward never walks the frozen prefix.
+    let grads = loss.backward()?;
+    optimizer.step(&grads)?;
+    Ok((f64::from(loss.to_scalar::<f32>()?), logits.detach()))
+}
+
 fn check_stop(control: &Control) -> Result<(), TrainError> {
     match control.stop_requested() {
         Some(reason) => Err(TrainError::Stopped(reason)),
@@ -265,12 +284,9 @@ impl Fit<'_> {
         data::for_each_batch(train, &order, spec.batch_size, Some(aug), *norm, |b, batch| {
             let x = batch.tensor(&model.device)?; // [batch, 3, h, w]
             let mut ctx = ForwardCtx { dropout: true, bn_training, grad: true, rng: rng::rng(spec.seed, Stream::Dropout, index, epoch, b) };
-            let logits = model.forward(&x, &mut ctx)?; // [batch, units]
-            let loss = loss_kind.loss(&logits, &batch.labels)?;
-            let grads = loss.backward()?;
-            optimizer.step(&grads)?;
+            let (loss, logits) = train_step(model, optimizer, *loss_kind, &x, &batch.labels, &mut ctx)?;
             *global_step += 1;
-            sums.add(loss.to_scalar::<f32>()? as f64, loss_kind.correct(&logits, &batch.labels)?, batch.len());
+            sums.add(loss, loss_kind.correct(&logits, &batch.labels)?, batch.len());
             if *global_step % u64::from(spec.log_every_steps) == 0 || b + 1 == batches {
                 let m = sums.metrics();
                 observer.on_event(&TrainEvent::Step {

@@ -436,3 +436,24 @@ fn trains_on_real_photos() {
     assert!(matches!(rec.events[0], TrainEvent::DataReady { train_images: 6, validation_images: 2, skipped_images: 0, .. }));
     assert!(rec.epochs()[0].2.loss.is_finite());
 }
+
+#[test]
+fn frozen_prefix_builds_no_graph() {
+    let s = spec(vec![phase("p", &["backbone.block2", "head"], 0.01, 1)]);
+    let mut m = model::Model::new(&s.model, &s.input, 1).unwrap();
+    m.set_trainable(&["backbone.block2".to_string(), "head".to_string()]);
+    assert_eq!(m.execution(), "partial_backward");
+    let mut ctx = layers::ForwardCtx { dropout: true, bn_training: false, grad: true, rng: rng::rng(1, rng::Stream::Dropout, 0, 0, 0) };
+    let mut x = Tensor::zeros((2, 3, 16, 16), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    for layer in &m.layers {
+        x = layer.forward(&x, &m.params, &mut ctx).unwrap();
+        let trainable_so_far = !layer.name.starts_with("backbone.block1");
+        assert_eq!(x.track_op(), trainable_so_far, "after {}", layer.name);
+    }
+    let grads = x.sum_all().unwrap().backward().unwrap();
+    let grad_of = |n: &str| grads.get(m.params.get(n).unwrap().var.as_tensor()).is_some();
+    assert!(!grad_of("backbone.block1.conv.kernel"));
+    assert!(!grad_of("backbone.block2.bn.moving_mean"));
+    assert!(grad_of("backbone.block2.conv.kernel"));
+    assert!(grad_of("head.dense.kernel"));
+}

@@ -124,4 +124,27 @@ mod tests {
         assert_eq!(reflect(5.0, 4), 2.0);
         assert_eq!(reflect(1.5, 4), 1.5);
     }
+
+    #[test]
+    fn rotation_with_reflect_fill_keeps_a_uniform_image_uniform() {
+        use rand::SeedableRng;
+        let (h, w) = (6, 5);
+        let pixels = vec![100u8; h * w * 3];
+        let input = InputSpec { mean: Some([0.5; 3]), std: Some([0.25; 3]), ..InputSpec::default() };
+        let spec = AugmentationSpec { horizontal_flip: true, rotation: 0.5 };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut out = vec![0f32; 3 * h * w];
+        write_image(&pixels, h, w, Some((&spec, &mut rng)), Normalize::new(&input), &mut out);
+        let expected = (100.0 / 255.0 - 0.5) / 0.25;
+        assert!(out.iter().all(|v| (v - expected).abs() < 1e-5), "{out:?}");
+    }
+
+    #[test]
+    fn pixels_land_channel_major() {
+        let pixels: Vec<u8> = (0..2 * 3).map(|i| i as u8 * 10).collect(); // 1 x 2, RGB
+        let input = InputSpec { scale: 1.0, offset: 0.0, ..InputSpec::default() };
+        let mut out = vec![0f32; 6];
+        write_image(&pixels, 1, 2, None, Normalize::new(&input), &mut out);
+        assert_eq!(out, [0.0, 30.0, 10.0, 40.0, 20.0, 50.0]);
+    }
 }
