@@ -26,6 +26,9 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub final_weights_path: Option<String>,
+    pub final_weights_size: Option<i64>,
+    pub final_weights_sha256: Option<String>,
 }
 
 /// A new job, always `queued`.
@@ -135,5 +138,16 @@ pub async fn set_latest_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metri
 
 pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(metrics).bind(id).execute(db).await?;
+    Ok(())
+}
+
+pub async fn set_final_weights<'e>(db: impl SqliteExecutor<'e>, id: &str, path: &str, size: i64, sha256: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET final_weights_path = ?, final_weights_size = ?, final_weights_sha256 = ? WHERE id = ?")
+        .bind(path)
+        .bind(size)
+        .bind(sha256)
+        .bind(id)
+        .execute(db)
+        .await?;
     Ok(())
 }

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs/{id}/checkpoints", get(list_job_checkpoints))
         .route("/v1/checkpoints/{id}/weights", get(download_checkpoint_weights))
+        .route("/v1/jobs/{id}/weights", get(download_job_weights))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -93,14 +94,33 @@ pub async fn list_job_checkpoints(State(state): State<AppState>, Path(id): Path<
     ))]
 pub async fn download_checkpoint_weights(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let row = db::checkpoints::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("checkpoint", &id))?;
-    let file = tokio::fs::File::open(&row.path).await?;
     let filename = format!("{}-phase{}-epoch{}.safetensors", row.job_id, row.phase_index, row.epoch);
+    send_safetensors(&row.path, row.size_bytes, &row.sha256, &filename).await
+}
+
+/// Download the model a job ended with (safetensors), once it succeeded.
+#[utoipa::path(get, path = "/v1/jobs/{id}/weights", tag = "checkpoints", operation_id = "download_job_weights",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The safetensors file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such job, or it has no final weights (yet)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn download_job_weights(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = load_job(&state, &id).await?;
+    match (job.final_weights_path, job.final_weights_size, job.final_weights_sha256) {
+        (Some(path), Some(size), Some(sha256)) => send_safetensors(&path, size, &sha256, &format!("{id}-final.safetensors")).await,
+        _ => Err(ApiError::not_found("final weights of job", id)),
+    }
+}
+
+async fn send_safetensors(path: &str, size: i64, sha256: &str, filename: &str) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(path).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, row.size_bytes.to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
             (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
-            (header::ETAG, format!("\"{}\"", row.sha256)),
+            (header::ETAG, format!("\"{sha256}\"")),
         ],
         Body::from_stream(ReaderStream::new(file)),
     )

@@ -55,7 +55,18 @@ pub struct JobView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The model the job ended with (best weights restored where early stopping did), once
+    /// succeeded.
+    pub final_weights: Option<FinalWeights>,
     pub spec: JobSpec,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FinalWeights {
+    pub size: u64,
+    pub sha256: String,
+    /// Where to download them (safetensors).
+    pub download: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -93,6 +104,12 @@ impl TryFrom<JobRow> for JobView {
             }),
             _ => None,
         };
+        let final_weights = match (row.final_weights_size, &row.final_weights_sha256) {
+            (Some(size), Some(sha256)) => {
+                Some(FinalWeights { size: size as u64, sha256: sha256.clone(), download: format!("/v1/jobs/{}/weights", row.id) })
+            }
+            _ => None,
+        };
         Ok(Self {
             id: row.id,
             name: row.name,
@@ -107,6 +124,7 @@ impl TryFrom<JobRow> for JobView {
             created_at: row.created_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            final_weights,
             spec,
         })
     }

@@ -25,6 +25,7 @@ use super::AppState;
         super::events::stream_job_events,
         super::checkpoints::list_job_checkpoints,
         super::checkpoints::download_checkpoint_weights,
+        super::checkpoints::download_job_weights,
         get_openapi,
     ),
     tags(

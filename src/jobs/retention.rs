@@ -1,4 +1,5 @@
-//! Which checkpoints are kept: per phase the best (lowest validation loss) and the last; the
+//! Which checkpoints are kept: per phase the best (lowest validation loss), the last, and the
+//! best by the phase's monitored metric (what early stopping restores, needed to resume); the
 //! optimizer state only for the newest checkpoint of the job, the one a resume starts from.
 
 use std::collections::{BTreeMap, HashSet};
@@ -27,6 +28,21 @@ pub fn best_of_each_phase(rows: &[CheckpointRow]) -> HashSet<String> {
         .collect()
 }
 
+/// Per phase, the newest checkpoint taken when the monitored metric had just improved (the
+/// training loop reports `epochs_without_improvement == 0` then): the weights early stopping
+/// restores at the end of the phase.
+pub fn monitored_best_of_each_phase(rows: &[CheckpointRow]) -> BTreeMap<i64, &CheckpointRow> {
+    let mut best = BTreeMap::new();
+    for row in rows {
+        let improved = serde_json::from_str::<crate::train::ResumeState>(&row.resume_state)
+            .is_ok_and(|state| state.epochs_without_improvement == 0);
+        if improved {
+            best.insert(row.phase_index, row);
+        }
+    }
+    best
+}
+
 impl Jobs {
     /// Deletes superseded checkpoints (rows first, then files, so no listed file is missing).
     pub(super) async fn apply_retention(&self, job_id: &str) -> sqlx::Result<()> {
@@ -37,6 +53,7 @@ impl Jobs {
             last_of_phase.insert(row.phase_index, row);
         }
         keep.extend(last_of_phase.values().map(|r| r.id.clone()));
+        keep.extend(monitored_best_of_each_phase(&rows).values().map(|r| r.id.clone()));
         let newest = rows.last().map(|r| r.id.clone());
 
         let mut files = Vec::new();

@@ -95,11 +95,8 @@ impl Jobs {
             tracing::warn!(checkpoint_id = %last.id, "unreadable resume state; restarting from the beginning");
             return Ok(None);
         };
-        let best = super::retention::best_of_each_phase(&rows);
-        let phase_best_weights = rows
-            .iter()
-            .find(|r| r.phase_index == last.phase_index && best.contains(&r.id))
-            .map(|r| PathBuf::from(&r.path));
+        let phase_best_weights =
+            super::retention::monitored_best_of_each_phase(&rows).get(&last.phase_index).map(|r| PathBuf::from(&r.path));
         Ok(Some(ResumeFrom {
             weights: PathBuf::from(&last.path),
             optimizer: PathBuf::from(last.optimizer_path.as_deref().unwrap_or_default()),
@@ -144,6 +141,10 @@ impl Jobs {
             Ending::Finished(outcome) => {
                 if let Some(test) = &outcome.test {
                     db::jobs::set_test_metrics(&self.pool, job_id, &json!(test).to_string()).await?;
+                }
+                if let Some(weights) = &outcome.weights {
+                    let path = weights.path.to_string_lossy();
+                    db::jobs::set_final_weights(&self.pool, job_id, &path, weights.size as i64, &weights.sha256).await?;
                 }
                 db::jobs::transition(&self.pool, job_id, "running", "succeeded", Some(now), None).await?;
                 self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": "succeeded"})).await?;

@@ -59,6 +59,12 @@ async fn two_phase_job_streams_stores_and_checkpoints() {
     assert_eq!(job["state"], "succeeded");
     assert!(job["finished_at"].is_string() && job["started_at"].is_string());
     assert_eq!(job["test_metrics"], *test);
+    let final_weights = &job["final_weights"];
+    let response = server.client.get(server.url(final_weights["download"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), final_weights["sha256"].as_str().unwrap());
+    safetensors::SafeTensors::deserialize(&bytes).expect("final weights are a safetensors file");
     let (status, history) = server.get(&format!("/v1/jobs/{id}/metrics")).await;
     assert_eq!(status, 200);
     let stored: Vec<i64> = history["events"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
