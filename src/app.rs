@@ -9,8 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::datasets::ImportLimits;
+use crate::http::auth::Auth;
 use crate::http::{self, AppState, StateInner};
 use crate::jobs::{self, Jobs};
+use crate::telemetry::Telemetry;
 
 /// A started service: its address and the handle to stop it.
 pub struct Running {
@@ -40,6 +42,9 @@ pub async fn run(config: Config, signal: impl Future<Output = ()> + Send + 'stat
 
 /// Starts the service on an already bound listener (tests bind port 0).
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
+    let tokens = config.load_api_tokens().map_err(|e| anyhow::anyhow!("reading TANUKI_API_TOKENS_FILE: {e}"))?;
+    let auth = Auth::new(&tokens);
+    tracing::info!(api_tokens = tokens.len(), cors_origins = ?config.cors_origins, "access control");
     for dir in [config.data_dir.clone(), config.datasets_dir(), config.checkpoints_dir()] {
         std::fs::create_dir_all(&dir)?;
     }
@@ -59,6 +64,8 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         tracing::info!(requeued, "jobs interrupted by the last stop are queued again");
     }
     let workers = jobs::spawn_workers(jobs.clone(), config.workers);
+    let telemetry = Telemetry::new();
+    let steps_follower = telemetry.clone().follow_steps(&jobs.hub, shutdown.clone());
 
     let state = AppState::new(StateInner {
         jobs: jobs.clone(),
@@ -70,6 +77,11 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             ..ImportLimits::default()
         },
         sse_keepalive: std::time::Duration::from_secs(config.sse_keepalive_secs.max(1)),
+        sse_max_lag_events: config.sse_max_lag_events.max(1),
+        auth,
+        cors_origins: config.cors_origins.clone(),
+        telemetry,
+        workers: workers.iter().map(|w| w.abort_handle()).collect(),
     });
     let addr = listener.local_addr()?;
     let app = http::router(state);
@@ -95,6 +107,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             Ok(result) => result??,
             Err(_) => tracing::warn!("connections still open after the shutdown timeout"),
         }
+        let _ = steps_follower.await;
         pool.close().await;
         Ok(())
     });

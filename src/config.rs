@@ -50,6 +50,21 @@ pub struct Config {
     /// Seconds between SSE keep-alive comments.
     #[arg(long, env = "TANUKI_SSE_KEEPALIVE_SECS", default_value_t = 15, global = true)]
     pub sse_keepalive_secs: u64,
+    /// A live SSE subscriber this many events behind the newest is too slow: it gets a final
+    /// `dropped` event and its stream ends (it can reconnect with Last-Event-ID).
+    #[arg(long, env = "TANUKI_SSE_MAX_LAG_EVENTS", default_value_t = 1024, global = true)]
+    pub sse_max_lag_events: usize,
+    /// API tokens, comma-separated. When any token is configured (here or in the file), every
+    /// endpoint except the probes and the dashboard shell needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "TANUKI_API_TOKENS", value_delimiter = ',', global = true, hide_env_values = true)]
+    pub api_tokens: Vec<String>,
+    /// A file of API tokens, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "TANUKI_API_TOKENS_FILE", global = true)]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; `*` allows any.
+    /// Empty (the default) sends no CORS headers.
+    #[arg(long, env = "TANUKI_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -62,6 +77,18 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Every configured API token: the list and the file's lines, trimmed, empties dropped.
+    pub fn load_api_tokens(&self) -> std::io::Result<Vec<String>> {
+        let mut tokens: Vec<String> = self.api_tokens.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+        if let Some(path) = &self.api_tokens_file {
+            let text = std::fs::read_to_string(path)?;
+            tokens.extend(
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned),
+            );
+        }
+        Ok(tokens)
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -15,5 +15,7 @@ pub mod db;
 pub mod http;
 /// The job queue: workers, cancellation, event persistence and fan-out.
 pub mod jobs;
+/// Process-wide counters behind `/metrics`.
+pub mod telemetry;
 /// Training on candle: models, data pipeline, fit loop, checkpoints.
 pub mod train;

@@ -139,7 +139,8 @@ pub async fn create_dataset(
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             if field.name() == Some("file") {
                 let stream = field.map(|chunk| chunk.map_err(|e| multipart_error(e)));
-                write_limited(stream, &upload.0, limit).await?;
+                let written = write_limited(stream, &upload.0, limit).await?;
+                state.telemetry.add_upload_bytes(written);
                 found = true;
                 break;
             }
@@ -150,7 +151,8 @@ pub async fn create_dataset(
     } else {
         // A raw body is not subject to the extractor body limit; `write_limited` counts instead.
         let stream = request.into_body().into_data_stream().map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
-        write_limited(stream, &upload.0, limit).await?;
+        let written = write_limited(stream, &upload.0, limit).await?;
+        state.telemetry.add_upload_bytes(written);
     }
 
     let dest = state.jobs.paths.datasets.join(&id);

@@ -29,6 +29,12 @@ pub enum ApiError {
     /// The body is not JSON at all (syntax), or has the wrong content type.
     #[error("{detail}")]
     BadRequest { code: &'static str, detail: String, field: Option<String> },
+    /// No valid `Authorization: Bearer` token (or stream token) where one is required.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Not ready to serve (readiness probe): the database or the workers.
+    #[error("{0}")]
+    Unavailable(String),
     /// Something on our side; the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,6 +82,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. } if *code == "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest { code, .. } if *code == "invalid_body" => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +98,8 @@ impl ApiError {
             ApiError::Archive(error) => error.code(),
             ApiError::InvalidSpec(_) => "invalid_spec",
             ApiError::BadRequest { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Unavailable(_) => "not_ready",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -106,7 +116,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let detail = if status.is_server_error() { "the server failed to handle this request".to_owned() } else { self.to_string() };
+        // A readiness failure says what is not ready; other 5xx details stay in the log.
+        let detail = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) { "the server failed to handle this request".to_owned() } else { self.to_string() };
         let problem = Problem {
             kind: format!("urn:tanuki:problem:{}", self.code()),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -117,6 +128,9 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
         if status.is_server_error() {
             response.extensions_mut().insert(InternalCause(self.to_string()));
         }

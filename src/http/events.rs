@@ -3,7 +3,14 @@
 //!
 //! It subscribes to the live channel *before* reading history, and skips anything at or below
 //! the last id sent, so an event stored while the replay runs is neither lost nor sent twice.
-//! A subscriber that falls behind the channel catches up from the database.
+//!
+//! A subscriber that reads too slowly is dropped rather than buffered: the channel is one
+//! bounded ring shared by all subscribers, and a subscriber whose connection has not taken the
+//! events while more than `sse_max_lag_events` (of any job) went by gets a final `dropped` event
+//! and its stream ends. Nothing waits for it, so it can slow neither the job nor anyone else;
+//! it can reconnect with `Last-Event-ID` and replay what it missed from the database.
+//! On shutdown every stream ends with a final `shutdown` event. Neither final event has an
+//! `id:`, so the client's Last-Event-ID stays at the last real event.
 
 use std::convert::Infallible;
 
@@ -39,13 +46,18 @@ const PAGE: i64 = 500;
 ///
 /// Event types: `state`, `phase`, `step`, `epoch`, `checkpoint`, `end`; each `data:` is one JSON
 /// object and each `id:` the per-job sequence number. Reconnect with `Last-Event-ID` to get
-/// exactly the events after it. The stream ends after `end`.
+/// exactly the events after it. The stream ends after `end`, or with a final `dropped` (the
+/// client read too slowly) or `shutdown` event (no `id:`; `data` has `reason` and
+/// `last_event_id`): reconnect with `Last-Event-ID` to continue. With API tokens configured,
+/// a stream token from `POST /v1/stream-tokens` is accepted as `?access_token=`.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "stream_job_events",
     params(("id" = String, Path, description = "Job id"), EventsParams,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        ("access_token" = Option<String>, Query, description = "A stream token from POST /v1/stream-tokens (for EventSource, which cannot send headers)")),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 400, description = "Last-Event-ID is not a number", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer or stream token (when tokens are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream_job_events(
@@ -73,11 +85,24 @@ fn to_sse(event: &JobEvent) -> Event {
     Event::default().id(event.id.to_string()).event(event.event.clone()).data(event.data.to_string())
 }
 
+/// A final event without an id: why the stream ends, and where to resume.
+fn final_event(kind: &str, reason: &str, last: i64) -> Event {
+    let data = serde_json::json!({"reason": reason, "last_event_id": last});
+    Event::default().event(kind).retry(std::time::Duration::from_secs(2)).data(data.to_string())
+}
+
 fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
+        let _counted = state.telemetry.subscriber();
         let mut live = state.jobs.hub.subscribe();
         let shutdown = state.jobs.shutdown.clone();
-        // Replay (and, after a lag, catch up) from the database.
+        let max_lag = state.sse_max_lag_events;
+        let too_slow = |last: i64| {
+            state.telemetry.subscriber_dropped();
+            tracing::info!(%job_id, last_event_id = last, max_lag, "SSE subscriber too slow; dropped");
+            final_event("dropped", &format!("too slow: more than {max_lag} events behind; reconnect with Last-Event-ID"), last)
+        };
+        // Replay from the database (and fill a gap between the replay and the live channel).
         let mut catch_up = true;
         loop {
             if catch_up {
@@ -103,14 +128,21 @@ fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Ite
                 }
                 catch_up = false;
             }
+            if live.len() > max_lag {
+                yield Ok(too_slow(last));
+                return;
+            }
             let received = tokio::select! {
                 received = live.recv() => received,
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    yield Ok(final_event("shutdown", "the server is shutting down; reconnect with Last-Event-ID", last));
+                    return;
+                }
             };
             match received {
                 Ok(event) if event.job_id == job_id && event.id > last => {
                     if event.id > last + 1 {
-                        // A gap: fetch what is missing from the database, in order.
+                        // A gap (stored while the replay ran): fetch what is missing, in order.
                         catch_up = true;
                         continue;
                     }
@@ -121,9 +153,9 @@ fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Ite
                     }
                 }
                 Ok(_) => {}
-                Err(RecvError::Lagged(skipped)) => {
-                    tracing::debug!(%job_id, skipped, "SSE subscriber lagged; catching up from the database");
-                    catch_up = true;
+                Err(RecvError::Lagged(_)) => {
+                    yield Ok(too_slow(last));
+                    return;
                 }
                 Err(RecvError::Closed) => return,
             }

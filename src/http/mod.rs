@@ -1,26 +1,32 @@
 //! The HTTP API: one router built from per-resource route sets, shared state, and the
 //! middleware that logs each request (and the cause of any 5xx) once.
 
+pub mod auth;
 mod checkpoints;
+mod dashboard;
 mod datasets;
 pub mod error;
 mod events;
 mod health;
 mod jobs;
 pub mod json;
+mod metrics;
 pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::datasets::ImportLimits;
 use crate::jobs::Jobs;
+use crate::telemetry::Telemetry;
 
 pub use error::ApiError;
 
@@ -34,11 +40,26 @@ pub struct StateInner {
     pub max_upload_bytes: u64,
     pub import_limits: ImportLimits,
     pub sse_keepalive: Duration,
+    /// A live subscriber this many events behind is dropped (see `events`).
+    pub sse_max_lag_events: usize,
+    /// `None`: the API is open.
+    pub auth: Option<auth::Auth>,
+    /// Browser origins allowed by CORS; empty sends no CORS headers.
+    pub cors_origins: Vec<String>,
+    pub telemetry: Arc<Telemetry>,
+    /// The worker tasks, for readiness.
+    pub workers: Vec<tokio::task::AbortHandle>,
 }
 
 impl AppState {
     pub fn new(inner: StateInner) -> Self {
         Self(Arc::new(inner))
+    }
+}
+
+impl StateInner {
+    pub fn workers_alive(&self) -> usize {
+        self.workers.iter().filter(|w| !w.is_finished()).count()
     }
 }
 
@@ -52,8 +73,12 @@ impl std::ops::Deref for AppState {
 /// The whole API; no I/O happens here.
 pub fn router(state: AppState) -> Router {
     let max_upload = usize::try_from(state.max_upload_bytes).unwrap_or(usize::MAX);
-    Router::new()
+    let cors = cors_layer(&state.cors_origins);
+    let router = Router::new()
+        .merge(dashboard::routes())
         .merge(health::routes())
+        .merge(metrics::routes())
+        .merge(auth::routes())
         .merge(openapi::routes())
         .merge(datasets::routes(max_upload))
         .merge(jobs::routes())
@@ -61,9 +86,33 @@ pub fn router(state: AppState) -> Router {
         .merge(checkpoints::routes())
         .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(middleware::from_fn(log_server_errors))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(TraceLayer::new_for_http());
+    // Outermost, so a preflight is answered before the token check.
+    match cors {
+        Some(cors) => router.layer(cors).with_state(state),
+        None => router.with_state(state),
+    }
+}
+
+/// CORS for dashboards served from another origin; `None` when no origin is configured.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("last-event-id")])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Logs the cause of a 5xx once, inside the request's span.

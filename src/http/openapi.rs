@@ -9,9 +9,13 @@ use super::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerAuth),
     info(title = "tanuki", description = "A training-job service for transfer learning and fine-tuning of vision models."),
     paths(
         super::health::get_health,
+        super::health::get_readiness,
+        super::metrics::get_metrics,
+        super::auth::create_stream_token,
         super::datasets::create_dataset,
         super::datasets::list_datasets,
         super::datasets::get_dataset,
@@ -32,11 +36,30 @@ use super::AppState;
         (name = "datasets", description = "Image datasets, uploaded as archives of class folders"),
         (name = "jobs", description = "Training jobs: submit, follow, cancel"),
         (name = "checkpoints", description = "Checkpoint weights"),
-        (name = "health", description = "Probes"),
+        (name = "health", description = "Probes and metrics"),
         (name = "meta", description = "This document"),
     )
 )]
 pub struct ApiDoc;
+
+/// Documents the optional bearer token (on when `TANUKI_API_TOKENS` is set).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("Required on every endpoint but /healthz and /readyz when the server has API tokens (TANUKI_API_TOKENS); the job events stream also takes a stream token as ?access_token="))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document as pretty JSON with a trailing newline (the committed file's form).
 pub fn document() -> String {

@@ -1,7 +1,10 @@
 //! End-to-end tests: real HTTP against a real server on a random port, a real SQLite file in a
 //! temp directory, real training on a few real photos.
 
+mod access;
+mod browser;
 mod common;
+mod dashboard;
 mod datasets;
 mod jobs;
 mod openapi;
