@@ -75,11 +75,12 @@ fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> PhaseSpec {
     PhaseSpec {
         name: name.into(),
         trainable: trainable.iter().map(|s| s.to_string()).collect(),
-        optimizer: OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: lr, beta1: None, beta2: None, epsilon: None, momentum: None },
+        optimizer: OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: lr, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None },
         epochs,
         batch_norm: BatchNormMode::Inference,
         early_stopping: None,
         reduce_lr_on_plateau: None,
+        unfreeze_top_blocks: None,
     }
 }
 
@@ -92,7 +93,7 @@ fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
         input: InputSpec { height: 16, width: 16, ..InputSpec::default() },
         augmentation: AugmentationSpec { horizontal_flip: true, rotation: 0.05 },
         model: ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, widths: Some(vec![4, 8]) },
+            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![4, 8]) },
             head: HeadSpec { pooling: Pooling::Avg, dropout: 0.1, units: 1 },
         },
         batch_size: 8,
@@ -388,7 +389,7 @@ fn initial_weights_take_the_backbone_and_check_names() {
     let mut s = spec(vec![phase("head", &["head"], 0.01, 1)]);
     s.seed = 99;
     let mut job = f.job(s.clone(), "second");
-    job.initial_weights = Some(first.weights.clone().unwrap().path);
+    job.initial_weights = Some(InitialWeights { path: first.weights.clone().unwrap().path, format: WeightsFormat::Tanuki });
     let (out, _) = run_ok(&job);
     let fin = final_weights(&out);
     assert!(same(&source["backbone.block2.conv.kernel"], &fin["backbone.block2.conv.kernel"]));
@@ -396,7 +397,7 @@ fn initial_weights_take_the_backbone_and_check_names() {
     let mut partial = source.clone();
     partial.remove("backbone.block1.bn.beta");
     let file = checkpoint::write(f.dir.path(), "partial.safetensors", &partial).unwrap();
-    job.initial_weights = Some(file.path);
+    job.initial_weights = Some(InitialWeights { path: file.path, format: WeightsFormat::Tanuki });
     let err = run(&job, &Control::new(), &mut Recorder::default()).unwrap_err();
     assert!(matches!(err, TrainError::Weights(ref m) if m.contains("backbone.block1.bn.beta")), "{err}");
 }
