@@ -241,3 +241,63 @@ fn group_rates_pick_the_longest_selector() {
     assert_eq!(optim::group_rate(&groups, "head.dense"), Some(1.0));
     assert_eq!(optim::group_rate(&BTreeMap::new(), "head.dense"), None);
 }
+
+#[test]
+fn top_blocks_and_group_rates_drive_a_phase() {
+    use super::tests::*;
+    let f = fixture(4);
+    let mut p = phase("top", &[], 0.05, 1);
+    p.unfreeze_top_blocks = Some(1);
+    p.trainable = vec!["head".into()];
+    p.optimizer.learning_rates = Some([("backbone".to_string(), 0.01)].into());
+    let s = spec(vec![p]);
+    let before = model::Model::new(&s.model, &s.input, s.seed).unwrap().params.snapshot().unwrap();
+    let summary = summarize(&s.model, &s.input, &s.phases).unwrap();
+    let (out, rec) = run_ok(&f.job(s, "run"));
+    let started = rec.events.iter().find_map(|e| match e {
+        TrainEvent::PhaseStarted { learning_rates, trainable_params, .. } => Some((learning_rates.clone(), *trainable_params)),
+        _ => None,
+    });
+    let (rates, trainable) = started.unwrap();
+    assert_eq!(rates, BTreeMap::from([("backbone".to_string(), 0.01)]));
+    // block2 of widths [4, 8]: conv 3*3*4*8 + BN gamma/beta 2*8; head 8 + 1.
+    assert_eq!(trainable, 288 + 16 + 9);
+    assert_eq!(summary.phases[0].trainable_params, trainable);
+    let after = final_weights(&out);
+    assert!(same(&before["backbone.block1.conv.kernel"], &after["backbone.block1.conv.kernel"]));
+    assert!(!same(&before["backbone.block2.conv.kernel"], &after["backbone.block2.conv.kernel"]));
+}
+
+#[test]
+fn a_job_from_torchvision_weights_keeps_their_numerics_through_predict() {
+    use super::tests::*;
+    let f = fixture(3);
+    let mut s = spec(vec![phase("head", &["head"], 0.01, 1)]);
+    s.model = backbone(Architecture::MobilenetV2, None, 1, 0.2);
+    s.input = InputSpec { height: 32, width: 32, mean: Some([0.485, 0.456, 0.406]), std: Some([0.229, 0.224, 0.225]), ..InputSpec::default() };
+    let mut job = f.job(s.clone(), "run");
+    let path = weights_dir().join("mobilenet_v2_1.0_224_imagenet.torchvision.safetensors");
+    job.initial_weights = Some(InitialWeights { path: path.clone(), format: WeightsFormat::Torchvision });
+    let (out, _) = run_ok(&job);
+    let fin = out.weights.unwrap().path;
+    assert_eq!(weights::file_convention(&fin).unwrap(), Convention::Torchvision);
+    let (imported, _) = weights::import(&s.model, &s.input, WeightsFormat::Torchvision, &path, false).unwrap();
+    let after = load_weights(&fin).unwrap();
+    assert!(same(&imported["backbone.block_16_project.kernel"], &after["backbone.block_16_project.kernel"]));
+
+    // predict: the same preprocessing and numerics as evaluation, and a per-image error.
+    let classes = ["a".to_string(), "b".to_string()];
+    let png = std::fs::read(&f.samples[0].path).unwrap();
+    let answers = predict(&s.model, &s.input, &classes, &fin, &[png, b"not an image".to_vec()]).unwrap();
+    let first = answers[0].as_ref().unwrap();
+    assert!(answers[1].is_err());
+    assert!(first[0].1 >= first[1].1 && (first[0].1 + first[1].1 - 1.0).abs() < 1e-5);
+    let m = Model::with_convention(&s.model, &s.input, 0, Convention::Torchvision).unwrap();
+    m.params.load(&after, |_| true).unwrap();
+    let (ds, _) = data::Dataset::decode(&f.samples[..1], &s.input);
+    let batch = data::make_batch(&ds, &[0], None, data::augment::Normalize::new(&s.input));
+    let logit = m.forward(&batch.tensor(&Device::Cpu).unwrap(), &mut inference()).unwrap();
+    let p_b = candle_nn::ops::sigmoid(&logit).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let ours = first.iter().find(|(c, _)| c == "b").unwrap().1;
+    assert!((ours - p_b).abs() < 1e-6, "{ours} vs {p_b}");
+}

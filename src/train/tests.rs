@@ -12,8 +12,8 @@ use super::*;
 
 /// Collects every event.
 #[derive(Default)]
-struct Recorder {
-    events: Vec<TrainEvent>,
+pub(super) struct Recorder {
+    pub(super) events: Vec<TrainEvent>,
 }
 
 impl Observer for Recorder {
@@ -49,7 +49,7 @@ impl Recorder {
 }
 
 /// Two separable classes: reddish images with a bright left half vs bluish ones, with noise.
-fn synthetic(dir: &Path, per_class: usize, side: u32) -> Vec<Sample> {
+pub(super) fn synthetic(dir: &Path, per_class: usize, side: u32) -> Vec<Sample> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut samples = Vec::new();
     for label in 0..2 {
@@ -71,7 +71,7 @@ fn synthetic(dir: &Path, per_class: usize, side: u32) -> Vec<Sample> {
     samples
 }
 
-fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> PhaseSpec {
+pub(super) fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> PhaseSpec {
     PhaseSpec {
         name: name.into(),
         trainable: trainable.iter().map(|s| s.to_string()).collect(),
@@ -84,7 +84,7 @@ fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> PhaseSpec {
     }
 }
 
-fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
+pub(super) fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
     JobSpec {
         name: None,
         dataset_id: "d".into(),
@@ -103,12 +103,12 @@ fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
     }
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    samples: Vec<Sample>,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) samples: Vec<Sample>,
 }
 
-fn fixture(per_class: usize) -> Fixture {
+pub(super) fn fixture(per_class: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -117,7 +117,7 @@ fn fixture(per_class: usize) -> Fixture {
 }
 
 impl Fixture {
-    fn job(&self, spec: JobSpec, run: &str) -> TrainJob {
+    pub(super) fn job(&self, spec: JobSpec, run: &str) -> TrainJob {
         TrainJob {
             spec,
             classes: vec!["a".into(), "b".into()],
@@ -130,7 +130,7 @@ impl Fixture {
     }
 }
 
-fn run_ok(job: &TrainJob) -> (TrainOutcome, Recorder) {
+pub(super) fn run_ok(job: &TrainJob) -> (TrainOutcome, Recorder) {
     let mut rec = Recorder::default();
     let out = run(job, &Control::new(), &mut rec).unwrap();
     (out, rec)
@@ -140,13 +140,13 @@ fn initial_weights(spec: &JobSpec) -> HashMap<String, Tensor> {
     model::Model::new(&spec.model, &spec.input, spec.seed).unwrap().params.snapshot().unwrap()
 }
 
-fn same(a: &Tensor, b: &Tensor) -> bool {
+pub(super) fn same(a: &Tensor, b: &Tensor) -> bool {
     let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
     a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()) && a.len() == b.len()
 }
 
-fn final_weights(out: &TrainOutcome) -> HashMap<String, Tensor> {
+pub(super) fn final_weights(out: &TrainOutcome) -> HashMap<String, Tensor> {
     load_weights(&out.weights.as_ref().unwrap().path).unwrap()
 }
 
