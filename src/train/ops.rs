@@ -223,12 +223,9 @@ mod tests {
         let got: Vec<Vec<f32>> = y.get(0).unwrap().get(0).unwrap().to_vec2().unwrap();
         for (oi, row) in got.iter().enumerate() {
             for (oj, &m) in row.iter().enumerate() {
-                let mut best = f32::NEG_INFINITY;
-                for i in (2 * oi).saturating_sub(p.top)..(2 * oi + 3 - p.top).min(6) {
-                    for j in (2 * oj).saturating_sub(p.left)..(2 * oj + 3 - p.left).min(5) {
-                        best = best.max(v[i][j]);
-                    }
-                }
+                let rows = &v[(2 * oi).saturating_sub(p.top)..(2 * oi + 3 - p.top).min(6)];
+                let cols = (2 * oj).saturating_sub(p.left)..(2 * oj + 3 - p.left).min(5);
+                let best = rows.iter().flat_map(|r| r[cols.clone()].iter().copied()).fold(f32::NEG_INFINITY, f32::max);
                 assert_eq!(m, best, "at {oi},{oj}");
             }
         }
