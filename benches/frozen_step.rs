@@ -35,7 +35,7 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let model_spec = ModelSpec {
-        backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, widths: Some(vec![32, 64, 128, 256]) },
+        backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![32, 64, 128, 256]) },
         head: HeadSpec::default(),
     };
     let input = InputSpec { height: SIDE, width: SIDE, ..InputSpec::default() };
@@ -48,7 +48,7 @@ fn main() {
         Tensor::from_vec(v, (BATCH, 3, SIDE as usize, SIDE as usize), &Device::Cpu).expect("input")
     };
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
-    let adam = OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: 1e-4, beta1: None, beta2: None, epsilon: None, momentum: None };
+    let adam = OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: 1e-4, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None };
     let ctx = |grad| ForwardCtx { dropout: grad, bn_training: false, grad, rng: rng::rng(1, Stream::Dropout, 0, 0, 0) };
 
     let forward = median_ms(|| {

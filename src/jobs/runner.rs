@@ -55,7 +55,7 @@ impl Jobs {
                 let row = db::checkpoints::get(&self.pool, &reference.checkpoint)
                     .await?
                     .ok_or_else(|| JobsError::Internal(format!("checkpoint {} no longer exists", reference.checkpoint)))?;
-                Some(PathBuf::from(row.path))
+                Some(train::InitialWeights { path: PathBuf::from(row.path), format: train::WeightsFormat::Tanuki })
             }
             _ => None,
         };

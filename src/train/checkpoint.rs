@@ -23,8 +23,19 @@ pub fn file_names(phase: usize, epoch: u32, global_step: u64) -> (String, String
 
 /// Writes `tensors` to `dir/name` atomically.
 pub fn write(dir: &Path, name: &str, tensors: &HashMap<String, Tensor>) -> Result<CheckpointFile, TrainError> {
+    write_with_metadata(dir, name, tensors, None)
+}
+
+/// Writes `tensors` to `dir/name` atomically, with safetensors header metadata (our weights
+/// files record their numerics under [`crate::train::weights::CONVENTION_KEY`]).
+pub fn write_with_metadata(
+    dir: &Path,
+    name: &str,
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<CheckpointFile, TrainError> {
     fs::create_dir_all(dir)?;
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)
         .map_err(|e| TrainError::Weights(format!("serialising {name}: {e}")))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));

@@ -19,10 +19,11 @@ use super::job::{
 };
 use super::layers::ForwardCtx;
 use super::loss::LossKind;
-use super::model::Model;
+use super::model::{self, Model};
 use super::optim::Optimizer;
 use super::rng::{self, Stream};
 use super::spec::{BatchNormMode, PhaseSpec, SpecError};
+use super::weights::{self, WeightsError};
 
 /// Runs the whole job; see the module docs. Blocking: call it on a dedicated thread.
 pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Result<TrainOutcome, TrainError> {
@@ -51,11 +52,7 @@ pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Re
     });
     check_stop(control)?;
 
-    let model = Model::new(&spec.model, &spec.input, spec.seed)?;
-    if let Some(path) = &job.initial_weights {
-        // Our own naming: take the backbone, keep the freshly initialised head.
-        model.params.load(&load_weights(path)?, |name| name.starts_with("backbone."))?;
-    }
+    let model = initial_model(job)?;
     let mut start_phase = 0;
     if let Some(resume) = &job.resume {
         if resume.state.phase_index >= spec.phases.len() {
@@ -84,12 +81,40 @@ pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Re
     }
 
     let test = if test.is_empty() { None } else { Some(fit.evaluate(&test)?) };
-    let weights = checkpoint::write(
+    let weights = checkpoint::write_with_metadata(
         &job.checkpoint_dir,
         &format!("weights-final-s{}.safetensors", fit.global_step),
         &fit.model.params.snapshot()?,
+        Some(weights_metadata(&fit.model)),
     )?;
     Ok(TrainOutcome { test, validation: last_validation, weights: Some(weights) })
+}
+
+/// The model a job starts from: fresh, or with the backbone of `initial_weights` (imported from
+/// its format, the head freshly initialised), under the numerics those weights were trained
+/// with. A resumed job takes the numerics its checkpoint recorded.
+fn initial_model(job: &TrainJob) -> Result<Model, TrainError> {
+    let spec = &job.spec;
+    let weights_error = |e: WeightsError| TrainError::Weights(e.to_string());
+    let resumed = match &job.resume {
+        Some(r) => Some(weights::file_convention(&r.weights).map_err(weights_error)?),
+        None => None,
+    };
+    let imported = match &job.initial_weights {
+        Some(w) => Some(weights::import(&spec.model, &spec.input, w.format, &w.path, false).map_err(weights_error)?),
+        None => None,
+    };
+    let convention = resumed.or(imported.as_ref().map(|(_, c)| *c)).unwrap_or_default();
+    let model = Model::with_convention(&spec.model, &spec.input, spec.seed, convention)?;
+    if let Some((tensors, _)) = &imported {
+        model.params.load(tensors, |name| name.starts_with("backbone."))?;
+    }
+    Ok(model)
+}
+
+/// Header metadata of our weights files: the numerics they need.
+pub fn weights_metadata(model: &Model) -> HashMap<String, String> {
+    HashMap::from([(weights::CONVENTION_KEY.to_string(), model.convention.as_str().to_string())])
 }
 
 /// Binary cross-entropy for one unit and two classes, softmax for one unit per class.
@@ -169,7 +194,7 @@ impl Fit<'_> {
     /// metrics.
     fn phase(&mut self, index: usize, resume: Option<&ResumeFrom>) -> Result<Option<Metrics>, TrainError> {
         let phase = &self.job.spec.phases[index];
-        self.model.set_trainable(&phase.trainable);
+        self.model.set_trainable(&model::phase_selectors(&self.job.spec.model, phase));
         let (trainable_params, non_trainable_params) = self.model.params.counts();
         let mut optimizer = Optimizer::new(&phase.optimizer, &self.model.params)?;
         let mut progress = EarlyStopping::new(phase.early_stopping.as_ref());
@@ -202,6 +227,7 @@ impl Fit<'_> {
             name: phase.name.clone(),
             epochs: phase.epochs,
             learning_rate: optimizer.learning_rate(),
+            learning_rates: optimizer.learning_rates(),
             trainable_params,
             non_trainable_params,
             batch_norm: phase.batch_norm,
@@ -325,7 +351,8 @@ impl Fit<'_> {
     fn write_checkpoint(&mut self, optimizer: &Optimizer, validation: Option<Metrics>, state: ResumeState) -> Result<(), TrainError> {
         let dir = &self.job.checkpoint_dir;
         let (weights_name, optimizer_name) = checkpoint::file_names(state.phase_index, state.epochs_done, state.global_step);
-        let weights = checkpoint::write(dir, &weights_name, &self.model.params.snapshot()?)?;
+        let weights =
+            checkpoint::write_with_metadata(dir, &weights_name, &self.model.params.snapshot()?, Some(weights_metadata(&self.model)))?;
         let optimizer = checkpoint::write(dir, &optimizer_name, &optimizer.export()?)?;
         self.observer.on_event(&TrainEvent::CheckpointWritten {
             phase_index: state.phase_index,

@@ -29,13 +29,21 @@ pub struct TrainJob {
     /// The images of `spec.validation_dataset_id`, when the spec names one (then the split holds
     /// out no validation fraction).
     pub validation_samples: Option<Vec<Sample>>,
-    /// A safetensors file of model weights (names as in our own checkpoints) to start from
-    /// instead of random initialisation; `backbone.*` tensors are taken, the head stays new.
-    pub initial_weights: Option<PathBuf>,
+    /// A safetensors file of backbone weights to start from instead of random initialisation:
+    /// our own checkpoint (its `backbone.*` tensors) or an imported Keras/torchvision file. The
+    /// head always starts new. The forward pass follows the numerics of the file's format.
+    pub initial_weights: Option<InitialWeights>,
     /// Set when resuming a job that was interrupted; the model and optimizer come from there.
     pub resume: Option<ResumeFrom>,
     /// Checkpoint files are written here (created if missing).
     pub checkpoint_dir: PathBuf,
+}
+
+/// A weights file and the naming/layout convention it is written in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitialWeights {
+    pub path: PathBuf,
+    pub format: super::weights::WeightsFormat,
 }
 
 /// Where an interrupted job picks up.
@@ -159,6 +167,10 @@ pub enum TrainEvent {
         name: String,
         epochs: u32,
         learning_rate: f64,
+        /// Per parameter group (selector → rate) when the optimizer spec sets `learning_rates`;
+        /// empty otherwise (every weight at `learning_rate`).
+        #[serde(default)]
+        learning_rates: std::collections::BTreeMap<String, f64>,
         trainable_params: usize,
         non_trainable_params: usize,
         batch_norm: super::spec::BatchNormMode,

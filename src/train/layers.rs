@@ -3,28 +3,45 @@
 //! Layers are data ([`Layer`]: a name and a [`LayerKind`]); their parameters live in the
 //! [`ParamStore`] under `<layer name>.<weight name>`. Tensors are NCHW inside (candle's conv
 //! layout); shapes reported to people are channels-last as Keras shows them. Conv kernels are
-//! stored as candle wants them, `[out, in, kh, kw]`; dense kernels as Keras does, `[in, out]`.
-//! More kinds (depthwise and separable convs, ReLU6, TF-"SAME" padding) slot in here.
+//! stored as candle wants them, `[out, in, kh, kw]` (depthwise ones `[c, 1, kh, kw]`); dense
+//! kernels as Keras does, `[in, out]`. Weight names are Keras's (`kernel`, `depthwise_kernel`,
+//! `pointwise_kernel`, `gamma`, ...). A layer normally takes the previous layer's output; one
+//! with `inputs` takes named earlier outputs instead (residual connections).
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::job::TrainError;
+use super::ops::{self, Pad};
 use super::params::{ParamStore, Role};
 
 /// Keras's BatchNormalization defaults.
 pub const BN_MOMENTUM: f64 = 0.99;
 pub const BN_EPSILON: f64 = 1e-3;
+/// PyTorch's BatchNorm2d epsilon (torchvision weights were trained with it).
+pub const TORCH_BN_EPSILON: f64 = 1e-5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
-    /// Square kernel, symmetric zero padding.
-    Conv2d { in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize, bias: bool },
-    BatchNorm { channels: usize },
+    /// Square kernel, zero padding per side (asymmetric for TensorFlow's "SAME" at stride 2).
+    Conv2d { in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: Pad, bias: bool },
+    /// One `kernel` x `kernel` filter per channel (Keras `DepthwiseConv2D`, depth multiplier 1).
+    DepthwiseConv2d { channels: usize, kernel: usize, stride: usize, padding: Pad, bias: bool },
+    /// Depthwise then pointwise (1x1) convolution as ONE layer, as Keras's `SeparableConv2D`.
+    SeparableConv2d { in_channels: usize, out_channels: usize, kernel: usize, padding: Pad, bias: bool },
+    /// Keras `ZeroPadding2D`.
+    ZeroPad(Pad),
+    BatchNorm { channels: usize, epsilon: f64 },
     Relu,
+    /// `min(max(x, 0), 6)`: Keras `ReLU(6.0)`.
+    Relu6,
     /// Square window with stride equal to the window ("valid" padding).
     MaxPool { size: usize },
+    /// Overlapping window (`size` > `stride` allowed), padding that never wins the max.
+    MaxPoolPadded { size: usize, stride: usize, padding: Pad },
+    /// Elementwise sum of the layer's two `inputs` (Keras `Add`).
+    Add,
     GlobalAvgPool,
     Dropout { rate: f32 },
     Dense { inputs: usize, units: usize },
@@ -54,6 +71,8 @@ pub struct Layer {
     pub name: String,
     pub kind: LayerKind,
     pub output_shape: Vec<usize>,
+    /// Names of the earlier layers whose outputs this one takes; empty: the previous layer's.
+    pub inputs: Vec<String>,
 }
 
 /// How a forward pass runs.
@@ -74,9 +93,13 @@ impl LayerKind {
     pub fn keras_class(&self) -> &'static str {
         match self {
             LayerKind::Conv2d { .. } => "Conv2D",
+            LayerKind::DepthwiseConv2d { .. } => "DepthwiseConv2D",
+            LayerKind::SeparableConv2d { .. } => "SeparableConv2D",
+            LayerKind::ZeroPad(_) => "ZeroPadding2D",
             LayerKind::BatchNorm { .. } => "BatchNormalization",
-            LayerKind::Relu => "ReLU",
-            LayerKind::MaxPool { .. } => "MaxPooling2D",
+            LayerKind::Relu | LayerKind::Relu6 => "ReLU",
+            LayerKind::MaxPool { .. } | LayerKind::MaxPoolPadded { .. } => "MaxPooling2D",
+            LayerKind::Add => "Add",
             LayerKind::GlobalAvgPool => "GlobalAveragePooling2D",
             LayerKind::Dropout { .. } => "Dropout",
             LayerKind::Dense { .. } => "Dense",
@@ -96,7 +119,34 @@ impl LayerKind {
                 }
                 v
             }
-            LayerKind::BatchNorm { channels } => vec![
+            LayerKind::DepthwiseConv2d { channels, kernel, bias, .. } => {
+                // Keras's fans for a (k, k, c, 1) kernel.
+                let area = kernel * kernel;
+                let init = Init::GlorotUniform { fan_in: area * channels, fan_out: area };
+                let mut v = vec![w("depthwise_kernel", vec![channels, 1, kernel, kernel], Role::Weight, init)];
+                if bias {
+                    v.push(w("bias", vec![channels], Role::Weight, Init::Zeros));
+                }
+                v
+            }
+            LayerKind::SeparableConv2d { in_channels, out_channels, kernel, bias, .. } => {
+                let area = kernel * kernel;
+                let mut v = vec![
+                    w("depthwise_kernel", vec![in_channels, 1, kernel, kernel], Role::Weight, Init::GlorotUniform {
+                        fan_in: area * in_channels,
+                        fan_out: area,
+                    }),
+                    w("pointwise_kernel", vec![out_channels, in_channels, 1, 1], Role::Weight, Init::GlorotUniform {
+                        fan_in: in_channels,
+                        fan_out: out_channels,
+                    }),
+                ];
+                if bias {
+                    v.push(w("bias", vec![out_channels], Role::Weight, Init::Zeros));
+                }
+                v
+            }
+            LayerKind::BatchNorm { channels, .. } => vec![
                 w("gamma", vec![channels], Role::Weight, Init::Ones),
                 w("beta", vec![channels], Role::Weight, Init::Zeros),
                 w("moving_mean", vec![channels], Role::Stat, Init::Zeros),
@@ -106,9 +156,14 @@ impl LayerKind {
                 w("kernel", vec![inputs, units], Role::Weight, Init::GlorotUniform { fan_in: inputs, fan_out: units }),
                 w("bias", vec![units], Role::Weight, Init::Zeros),
             ],
-            LayerKind::Relu | LayerKind::MaxPool { .. } | LayerKind::GlobalAvgPool | LayerKind::Dropout { .. } => {
-                Vec::new()
-            }
+            LayerKind::ZeroPad(_)
+            | LayerKind::Relu
+            | LayerKind::Relu6
+            | LayerKind::MaxPool { .. }
+            | LayerKind::MaxPoolPadded { .. }
+            | LayerKind::Add
+            | LayerKind::GlobalAvgPool
+            | LayerKind::Dropout { .. } => Vec::new(),
         }
     }
 
@@ -133,22 +188,51 @@ impl Init {
 }
 
 impl Layer {
+    /// A layer that takes the previous layer's output.
+    pub fn new(name: impl Into<String>, kind: LayerKind, output_shape: Vec<usize>) -> Self {
+        Self { name: name.into(), kind, output_shape, inputs: Vec::new() }
+    }
+
+    /// The same layer taking the outputs of `inputs` (earlier layer names) instead.
+    pub fn with_inputs(mut self, inputs: &[&str]) -> Self {
+        self.inputs = inputs.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Runs the layer on `x` (NCHW for spatial layers, `[batch, features]` after pooling).
+    /// [`LayerKind::Add`] takes two inputs: see [`Layer::forward_add`].
     pub fn forward(&self, x: &Tensor, params: &ParamStore, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
         let name = self.name.as_str();
+        let with_bias = |y: Tensor, bias: bool| -> Result<Tensor, TrainError> {
+            if !bias {
+                return Ok(y);
+            }
+            let b = params.tensor(name, "bias", ctx.grad)?;
+            Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?)
+        };
         Ok(match self.kind {
             LayerKind::Conv2d { stride, padding, bias, .. } => {
-                let y = x.conv2d(&params.tensor(name, "kernel", ctx.grad)?, padding, stride, 1, 1)?;
-                if bias {
-                    let b = params.tensor(name, "bias", ctx.grad)?;
-                    y.broadcast_add(&b.reshape((1, (), 1, 1))?)?
-                } else {
-                    y
-                }
+                with_bias(ops::conv2d(x, &params.tensor(name, "kernel", ctx.grad)?, stride, padding)?, bias)?
             }
-            LayerKind::BatchNorm { channels } => batch_norm(x, name, channels, params, ctx)?,
+            LayerKind::DepthwiseConv2d { stride, padding, bias, .. } => {
+                let k = params.tensor(name, "depthwise_kernel", ctx.grad)?;
+                with_bias(ops::depthwise_conv(x, &k, stride, padding)?, bias)?
+            }
+            LayerKind::SeparableConv2d { padding, bias, .. } => {
+                let dk = params.tensor(name, "depthwise_kernel", ctx.grad)?;
+                let pk = params.tensor(name, "pointwise_kernel", ctx.grad)?;
+                let y = ops::depthwise_conv(x, &dk, 1, padding)?;
+                with_bias(y.conv2d(&pk, 0, 1, 1, 1)?, bias)?
+            }
+            LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
+            LayerKind::BatchNorm { channels, epsilon } => batch_norm(x, name, channels, epsilon, params, ctx)?,
             LayerKind::Relu => x.relu()?,
+            LayerKind::Relu6 => x.clamp(0f32, 6f32)?,
             LayerKind::MaxPool { size } => x.max_pool2d(size)?,
+            LayerKind::MaxPoolPadded { size, stride, padding } => ops::max_pool(x, size, stride, padding)?,
+            LayerKind::Add => {
+                return Err(TrainError::Weights(format!("{name}: an Add layer needs two inputs")));
+            }
             // [batch, c, h, w] -> [batch, c]
             LayerKind::GlobalAvgPool => x.mean((2, 3))?,
             LayerKind::Dropout { rate } => {
@@ -174,7 +258,14 @@ impl Layer {
 /// Batch normalisation over NCHW. Inference mode folds the moving statistics into a per-channel
 /// scale and shift; training mode normalises with the batch's (biased) statistics and moves the
 /// moving ones towards them as Keras does: `moving = moving * 0.99 + batch * 0.01`.
-fn batch_norm(x: &Tensor, name: &str, c: usize, params: &ParamStore, ctx: &ForwardCtx) -> Result<Tensor, TrainError> {
+fn batch_norm(
+    x: &Tensor,
+    name: &str,
+    c: usize,
+    epsilon: f64,
+    params: &ParamStore,
+    ctx: &ForwardCtx,
+) -> Result<Tensor, TrainError> {
     let (training, grad) = (ctx.bn_training, ctx.grad);
     let gamma = params.tensor(name, "gamma", grad)?.reshape((1, c, 1, 1))?;
     let beta = params.tensor(name, "beta", grad)?.reshape((1, c, 1, 1))?;
@@ -183,7 +274,7 @@ fn batch_norm(x: &Tensor, name: &str, c: usize, params: &ParamStore, ctx: &Forwa
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        let y = centered.broadcast_div(&(var.clone() + BN_EPSILON)?.sqrt()?)?;
+        let y = centered.broadcast_div(&(var.clone() + epsilon)?.sqrt()?)?;
         for (stat, batch) in [("moving_mean", &mean), ("moving_variance", &var)] {
             let p = params
                 .get(&format!("{name}.{stat}"))
@@ -197,7 +288,7 @@ fn batch_norm(x: &Tensor, name: &str, c: usize, params: &ParamStore, ctx: &Forwa
         let mean = params.tensor(name, "moving_mean", false)?.reshape((1, c, 1, 1))?;
         let var = params.tensor(name, "moving_variance", false)?.reshape((1, c, 1, 1))?;
         // [1, c, 1, 1]
-        let scale = gamma.broadcast_div(&(var + BN_EPSILON)?.sqrt()?)?;
+        let scale = gamma.broadcast_div(&(var + epsilon)?.sqrt()?)?;
         let shift = beta.broadcast_sub(&mean.broadcast_mul(&scale)?)?;
         Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
     }

@@ -6,7 +6,9 @@
 //! persists and broadcasts the events.
 //!
 //! The entry points are [`validate`] (spec checks without data), [`summarize`] (Keras's
-//! `model.summary(show_trainable=True)`) and [`run`] (the whole job).
+//! `model.summary(show_trainable=True)`), [`check_weights`] (does a pretrained weights file fit
+//! an architecture?), [`run`] (the whole job) and [`predict`] (class probabilities of images
+//! from a trained model).
 
 pub mod checkpoint;
 pub mod data;
@@ -16,13 +18,18 @@ pub mod job;
 pub mod layers;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod predict;
 pub mod rng;
 pub mod spec;
 pub mod summary;
 pub mod validate;
+pub mod weights;
 
+#[cfg(test)]
+mod backbone_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,4 +38,6 @@ pub use fit::run;
 pub use job::*;
 pub use spec::*;
 pub use summary::summarize;
+pub use predict::predict;
 pub use validate::validate;
+pub use weights::{check_weights, WeightsError, WeightsFormat, WeightsReport};

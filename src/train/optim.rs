@@ -4,13 +4,19 @@
 //!
 //! An optimizer is built per phase over exactly that phase's trainable weights (the guide's
 //! re-compile); anything not in its list is never touched.
+//!
+//! Per-group learning rates: each weight's rate is its group's (the longest selector of
+//! `learning_rates` that matches its layer) or the default `learning_rate`, held as a fixed
+//! multiple of the current default rate, so reduce-on-plateau (which changes the default)
+//! scales every group alike.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::job::TrainError;
+use super::model::selector_matches;
 use super::params::ParamStore;
 use super::spec::{OptimizerKind, OptimizerSpec};
 
@@ -19,6 +25,12 @@ use super::spec::{OptimizerKind, OptimizerSpec};
 pub struct Optimizer {
     kind: Kind,
     vars: Vec<(String, Var)>,
+    /// Per variable: its learning rate divided by the default one.
+    rate_factors: Vec<f64>,
+    /// The spec's groups (selector → rate at the spec's default rate).
+    groups: BTreeMap<String, f64>,
+    /// The spec's default rate (the groups' reference when the current rate has been cut).
+    base_rate: f64,
     /// Adam: first moments; SGD: velocities (only with momentum).
     slot_a: Vec<Tensor>,
     /// Adam: second moments.
@@ -36,8 +48,10 @@ enum Kind {
 impl Optimizer {
     /// Over every trainable parameter of `params`, in store order.
     pub fn new(spec: &OptimizerSpec, params: &ParamStore) -> Result<Self, TrainError> {
-        let vars: Vec<(String, Var)> =
-            params.iter().filter(|p| p.trainable()).map(|p| (p.name.clone(), p.var.clone())).collect();
+        let groups = spec.learning_rates.clone().unwrap_or_default();
+        let trainable: Vec<_> = params.iter().filter(|p| p.trainable()).collect();
+        let rate_factors = trainable.iter().map(|p| group_rate(&groups, &p.layer).map_or(1.0, |r| r / spec.learning_rate)).collect();
+        let vars: Vec<(String, Var)> = trainable.iter().map(|p| (p.name.clone(), p.var.clone())).collect();
         let kind = match spec.kind {
             OptimizerKind::Adam => Kind::Adam {
                 beta1: spec.beta1.unwrap_or(0.9),
@@ -54,11 +68,18 @@ impl Optimizer {
             Kind::Sgd { momentum } if momentum > 0.0 => (zeros(&vars)?, Vec::new()),
             Kind::Sgd { .. } => (Vec::new(), Vec::new()),
         };
-        Ok(Self { kind, vars, slot_a, slot_b, step: 0, learning_rate: spec.learning_rate })
+        Ok(Self { kind, vars, rate_factors, groups, base_rate: spec.learning_rate, slot_a, slot_b, step: 0, learning_rate: spec.learning_rate })
     }
 
+    /// The default rate (weights outside every group).
     pub fn learning_rate(&self) -> f64 {
         self.learning_rate
+    }
+
+    /// The current rate of each group of the spec (empty without groups).
+    pub fn learning_rates(&self) -> BTreeMap<String, f64> {
+        let scale = self.learning_rate / self.base_rate;
+        self.groups.iter().map(|(k, v)| (k.clone(), v * scale)).collect()
     }
 
     pub fn set_learning_rate(&mut self, lr: f64) {
@@ -73,8 +94,8 @@ impl Optimizer {
     /// One update from `grads`. A variable without a gradient (unused in the loss) is skipped.
     pub fn step(&mut self, grads: &GradStore) -> Result<(), TrainError> {
         self.step += 1;
-        let lr = self.learning_rate;
         for (i, (_, var)) in self.vars.iter().enumerate() {
+            let lr = self.learning_rate * self.rate_factors[i];
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g = g.detach();
             let theta = var.as_detached_tensor();
@@ -150,4 +171,14 @@ impl Optimizer {
             Kind::Sgd { .. } => (None, None),
         }
     }
+}
+
+/// The rate of the most specific (longest) selector of `groups` that matches `layer`; `all`
+/// is the least specific.
+pub fn group_rate(groups: &BTreeMap<String, f64>, layer: &str) -> Option<f64> {
+    groups
+        .iter()
+        .filter(|(sel, _)| selector_matches(sel, layer))
+        .max_by_key(|(sel, _)| if sel.as_str() == "all" { 0 } else { sel.len() })
+        .map(|(_, &rate)| rate)
 }

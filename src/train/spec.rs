@@ -103,6 +103,9 @@ pub struct BackboneSpec {
     /// Channel widths of `small_cnn`'s conv blocks (one block per entry).
     #[serde(default)]
     pub widths: Option<Vec<usize>>,
+    /// MobileNetV2's width multiplier (Keras's `alpha`, default 1.0); only for `mobilenet_v2`.
+    #[serde(default)]
+    pub alpha: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -110,6 +113,10 @@ pub struct BackboneSpec {
 pub enum Architecture {
     /// A few conv–batch-norm–ReLU blocks: the built-in backbone, fast enough to train on CPU.
     SmallCnn,
+    /// Keras's `MobileNetV2` (layer names as Keras's, prefixed `backbone.`), any `alpha`.
+    MobilenetV2,
+    /// Keras's `Xception` (the guide's base), input at least 71x71.
+    Xception,
 }
 
 /// Initial backbone weights: an uploaded weights file by id, or a checkpoint of an earlier job.
@@ -152,8 +159,14 @@ pub enum Pooling {
 pub struct PhaseSpec {
     pub name: String,
     /// Layer selectors: `"all"`, `"head"`, `"backbone"`, or a layer-name prefix such as
-    /// `"backbone.block3"`. A selected layer is trainable with everything below it (recursively).
+    /// `"backbone.block3"` (prefix at a `.` or `_` boundary). A selected layer is trainable with
+    /// everything below it (recursively). May be empty when `unfreeze_top_blocks` is set.
+    #[serde(default)]
     pub trainable: Vec<String>,
+    /// Also makes the top N blocks of the backbone trainable (fastai's `freeze_to(-N)`): see
+    /// [`crate::train::model::blocks`] for what a block is per architecture.
+    #[serde(default)]
+    pub unfreeze_top_blocks: Option<usize>,
     pub optimizer: OptimizerSpec,
     pub epochs: u32,
     /// Batch normalisation mode of the backbone: `inference` (the guide's `training=False`, moving
@@ -180,6 +193,11 @@ pub struct OptimizerSpec {
     #[serde(rename = "type")]
     pub kind: OptimizerKind,
     pub learning_rate: f64,
+    /// Per parameter group: selector (as in `trainable`) → learning rate. A weight takes the rate
+    /// of the longest selector that matches its layer, `learning_rate` when none does.
+    /// Reduce-on-plateau scales every group by the same factor.
+    #[serde(default)]
+    pub learning_rates: Option<std::collections::BTreeMap<String, f64>>,
     /// Adam's β1 (default 0.9).
     #[serde(default)]
     pub beta1: Option<f64>,

@@ -11,7 +11,8 @@ use super::spec::{InputSpec, ModelSpec, PhaseSpec, SpecError};
 /// The summary of `model` at `input` under each of `phases`.
 pub fn summarize(model: &ModelSpec, input: &InputSpec, phases: &[PhaseSpec]) -> Result<ModelSummary, SpecError> {
     let layers = model::plan(model, input)?;
-    let selected = |phase: &PhaseSpec, name: &str| phase.trainable.iter().any(|s| selector_matches(s, name));
+    let selectors: Vec<Vec<String>> = phases.iter().map(|p| model::phase_selectors(model, p)).collect();
+    let selected = |k: usize, name: &str| selectors[k].iter().any(|s| selector_matches(s, name));
     let mut total_params = 0;
     let mut trainable_params = vec![0usize; phases.len()];
     let mut out = Vec::with_capacity(layers.len());
@@ -22,7 +23,7 @@ pub fn summarize(model: &ModelSpec, input: &InputSpec, phases: &[PhaseSpec]) -> 
         };
         let params = count(None);
         total_params += params;
-        let trainable: Vec<bool> = phases.iter().map(|p| selected(p, &layer.name)).collect();
+        let trainable: Vec<bool> = (0..phases.len()).map(|k| selected(k, &layer.name)).collect();
         for (k, &t) in trainable.iter().enumerate() {
             if t {
                 trainable_params[k] += count(Some(Role::Weight));
@@ -51,7 +52,7 @@ mod tests {
 
     fn model(widths: Vec<usize>, units: usize) -> ModelSpec {
         ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, widths: Some(widths) },
+            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(widths) },
             head: HeadSpec { units, ..HeadSpec::default() },
         }
     }
@@ -60,11 +61,12 @@ mod tests {
         PhaseSpec {
             name: trainable.join("+"),
             trainable: trainable.iter().map(|s| s.to_string()).collect(),
-            optimizer: OptimizerSpec { kind: OptimizerKind::Sgd, learning_rate: 0.1, beta1: None, beta2: None, epsilon: None, momentum: None },
+            optimizer: OptimizerSpec { kind: OptimizerKind::Sgd, learning_rate: 0.1, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None },
             epochs: 1,
             batch_norm: BatchNormMode::Inference,
             early_stopping: None,
             reduce_lr_on_plateau: None,
+            unfreeze_top_blocks: None,
         }
     }
 

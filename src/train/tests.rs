@@ -12,8 +12,8 @@ use super::*;
 
 /// Collects every event.
 #[derive(Default)]
-struct Recorder {
-    events: Vec<TrainEvent>,
+pub(super) struct Recorder {
+    pub(super) events: Vec<TrainEvent>,
 }
 
 impl Observer for Recorder {
@@ -49,7 +49,7 @@ impl Recorder {
 }
 
 /// Two separable classes: reddish images with a bright left half vs bluish ones, with noise.
-fn synthetic(dir: &Path, per_class: usize, side: u32) -> Vec<Sample> {
+pub(super) fn synthetic(dir: &Path, per_class: usize, side: u32) -> Vec<Sample> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut samples = Vec::new();
     for label in 0..2 {
@@ -71,19 +71,20 @@ fn synthetic(dir: &Path, per_class: usize, side: u32) -> Vec<Sample> {
     samples
 }
 
-fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> PhaseSpec {
+pub(super) fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> PhaseSpec {
     PhaseSpec {
         name: name.into(),
         trainable: trainable.iter().map(|s| s.to_string()).collect(),
-        optimizer: OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: lr, beta1: None, beta2: None, epsilon: None, momentum: None },
+        optimizer: OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: lr, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None },
         epochs,
         batch_norm: BatchNormMode::Inference,
         early_stopping: None,
         reduce_lr_on_plateau: None,
+        unfreeze_top_blocks: None,
     }
 }
 
-fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
+pub(super) fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
     JobSpec {
         name: None,
         dataset_id: "d".into(),
@@ -92,7 +93,7 @@ fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
         input: InputSpec { height: 16, width: 16, ..InputSpec::default() },
         augmentation: AugmentationSpec { horizontal_flip: true, rotation: 0.05 },
         model: ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, widths: Some(vec![4, 8]) },
+            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![4, 8]) },
             head: HeadSpec { pooling: Pooling::Avg, dropout: 0.1, units: 1 },
         },
         batch_size: 8,
@@ -102,12 +103,12 @@ fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
     }
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    samples: Vec<Sample>,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) samples: Vec<Sample>,
 }
 
-fn fixture(per_class: usize) -> Fixture {
+pub(super) fn fixture(per_class: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -116,7 +117,7 @@ fn fixture(per_class: usize) -> Fixture {
 }
 
 impl Fixture {
-    fn job(&self, spec: JobSpec, run: &str) -> TrainJob {
+    pub(super) fn job(&self, spec: JobSpec, run: &str) -> TrainJob {
         TrainJob {
             spec,
             classes: vec!["a".into(), "b".into()],
@@ -129,7 +130,7 @@ impl Fixture {
     }
 }
 
-fn run_ok(job: &TrainJob) -> (TrainOutcome, Recorder) {
+pub(super) fn run_ok(job: &TrainJob) -> (TrainOutcome, Recorder) {
     let mut rec = Recorder::default();
     let out = run(job, &Control::new(), &mut rec).unwrap();
     (out, rec)
@@ -139,13 +140,13 @@ fn initial_weights(spec: &JobSpec) -> HashMap<String, Tensor> {
     model::Model::new(&spec.model, &spec.input, spec.seed).unwrap().params.snapshot().unwrap()
 }
 
-fn same(a: &Tensor, b: &Tensor) -> bool {
+pub(super) fn same(a: &Tensor, b: &Tensor) -> bool {
     let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
     a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()) && a.len() == b.len()
 }
 
-fn final_weights(out: &TrainOutcome) -> HashMap<String, Tensor> {
+pub(super) fn final_weights(out: &TrainOutcome) -> HashMap<String, Tensor> {
     load_weights(&out.weights.as_ref().unwrap().path).unwrap()
 }
 
@@ -388,7 +389,7 @@ fn initial_weights_take_the_backbone_and_check_names() {
     let mut s = spec(vec![phase("head", &["head"], 0.01, 1)]);
     s.seed = 99;
     let mut job = f.job(s.clone(), "second");
-    job.initial_weights = Some(first.weights.clone().unwrap().path);
+    job.initial_weights = Some(InitialWeights { path: first.weights.clone().unwrap().path, format: WeightsFormat::Tanuki });
     let (out, _) = run_ok(&job);
     let fin = final_weights(&out);
     assert!(same(&source["backbone.block2.conv.kernel"], &fin["backbone.block2.conv.kernel"]));
@@ -396,7 +397,7 @@ fn initial_weights_take_the_backbone_and_check_names() {
     let mut partial = source.clone();
     partial.remove("backbone.block1.bn.beta");
     let file = checkpoint::write(f.dir.path(), "partial.safetensors", &partial).unwrap();
-    job.initial_weights = Some(file.path);
+    job.initial_weights = Some(InitialWeights { path: file.path, format: WeightsFormat::Tanuki });
     let err = run(&job, &Control::new(), &mut Recorder::default()).unwrap_err();
     assert!(matches!(err, TrainError::Weights(ref m) if m.contains("backbone.block1.bn.beta")), "{err}");
 }

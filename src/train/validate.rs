@@ -3,7 +3,7 @@
 
 use super::layers::Layer;
 use super::model::{self, selector_matches};
-use super::spec::{JobSpec, PhaseSpec, SpecError};
+use super::spec::{JobSpec, ModelSpec, PhaseSpec, SpecError};
 
 /// The largest input side accepted (memory for one batch grows with its square).
 const MAX_SIDE: u32 = 2048;
@@ -59,16 +59,23 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
         return Err(SpecError::new("phases", "needs at least one phase"));
     }
     for (i, phase) in spec.phases.iter().enumerate() {
-        validate_phase(phase, &layers, &format!("phases[{i}]"))?;
+        validate_phase(phase, &spec.model, &layers, &format!("phases[{i}]"))?;
     }
     Ok(())
 }
 
-fn validate_phase(phase: &PhaseSpec, layers: &[Layer], at: &str) -> Result<(), SpecError> {
+/// Checks one phase of a job on `model` (whose layers are `layers`); errors name `at.<field>`.
+pub fn validate_phase(phase: &PhaseSpec, model: &ModelSpec, layers: &[Layer], at: &str) -> Result<(), SpecError> {
     if phase.epochs == 0 {
         return Err(SpecError::new(format!("{at}.epochs"), "must be at least 1"));
     }
-    if phase.trainable.is_empty() {
+    if let Some(n) = phase.unfreeze_top_blocks {
+        let blocks = model::blocks(model).len();
+        if n == 0 || n > blocks {
+            return Err(SpecError::new(format!("{at}.unfreeze_top_blocks"), format!("must be between 1 and {blocks} (the backbone's blocks)")));
+        }
+    }
+    if phase.trainable.is_empty() && phase.unfreeze_top_blocks.is_none() {
         return Err(SpecError::new(format!("{at}.trainable"), "makes nothing trainable"));
     }
     for (j, sel) in phase.trainable.iter().enumerate() {
@@ -76,9 +83,9 @@ fn validate_phase(phase: &PhaseSpec, layers: &[Layer], at: &str) -> Result<(), S
             return Err(SpecError::new(format!("{at}.trainable[{j}]"), format!("`{sel}` matches no layer")));
         }
     }
-    let trains_something = layers
-        .iter()
-        .any(|l| phase.trainable.iter().any(|s| selector_matches(s, &l.name)) && l.kind.param_count() > 0);
+    let selectors = model::phase_selectors(model, phase);
+    let trains_something =
+        layers.iter().any(|l| selectors.iter().any(|s| selector_matches(s, &l.name)) && l.kind.param_count() > 0);
     if !trains_something {
         return Err(SpecError::new(format!("{at}.trainable"), "selects only layers without weights"));
     }
@@ -86,6 +93,15 @@ fn validate_phase(phase: &PhaseSpec, layers: &[Layer], at: &str) -> Result<(), S
     let at_opt = format!("{at}.optimizer");
     if !(opt.learning_rate.is_finite() && opt.learning_rate > 0.0) {
         return Err(SpecError::new(format!("{at_opt}.learning_rate"), "must be finite and > 0"));
+    }
+    for (sel, &rate) in opt.learning_rates.iter().flatten() {
+        let field = format!("{at_opt}.learning_rates.{sel}");
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(SpecError::new(field, "must be finite and > 0"));
+        }
+        if !layers.iter().any(|l| selector_matches(sel, &l.name)) {
+            return Err(SpecError::new(field, format!("`{sel}` matches no layer")));
+        }
     }
     for (name, v) in [("beta1", opt.beta1), ("beta2", opt.beta2), ("momentum", opt.momentum)] {
         if let Some(v) = v {

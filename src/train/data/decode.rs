@@ -56,7 +56,20 @@ pub fn decode_all(samples: &[Sample], height: u32, width: u32) -> (Vec<Image>, u
 
 /// One file to an RGB8 image of exactly `width` x `height`.
 pub fn decode(path: &Path, height: u32, width: u32) -> Result<RgbImage, image::ImageError> {
-    let mut reader = ImageReader::open(path)?.with_guessed_format()?;
+    decode_reader(ImageReader::open(path)?.with_guessed_format()?, height, width)
+}
+
+/// An encoded image (JPEG or PNG bytes) to an RGB8 image of exactly `width` x `height`, with the
+/// same limits and resize as [`decode`].
+pub fn decode_bytes(bytes: &[u8], height: u32, width: u32) -> Result<RgbImage, image::ImageError> {
+    decode_reader(ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?, height, width)
+}
+
+fn decode_reader<R: std::io::BufRead + std::io::Seek>(
+    mut reader: ImageReader<R>,
+    height: u32,
+    width: u32,
+) -> Result<RgbImage, image::ImageError> {
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
     limits.max_image_width = Some(MAX_SIDE);

@@ -3,29 +3,128 @@
 //!
 //! The layer list is pure data computed from the spec ([`plan`]), so validation and the summary
 //! need no tensors; [`Model::new`] then creates and initialises the parameters. Names are
-//! hierarchical (`backbone.block1.conv`, `head.dense`) and a phase's `trainable` selectors match
-//! them by prefix at `.` boundaries.
+//! `backbone.<layer>` / `head.<layer>`: small_cnn's are hierarchical (`backbone.block1.conv`),
+//! MobileNetV2's and Xception's are Keras's own layer names (`backbone.block_3_depthwise`,
+//! `backbone.block4_sepconv1_bn`). A phase's `trainable` selectors match them by prefix at a `.`
+//! or `_` boundary, so `backbone.block_3` picks `backbone.block_3_expand_BN` but not
+//! `backbone.block_13_expand`.
+//!
+//! Residual connections: a layer with `inputs` takes named earlier outputs instead of the
+//! previous one; [`Model::forward`] keeps exactly the outputs that are referenced later.
 
+pub mod mobilenet_v2;
 pub mod small_cnn;
+pub mod xception;
+
+use std::collections::{HashMap, HashSet};
 
 use candle_core::{Device, Tensor};
 
 use super::job::TrainError;
-use super::layers::{ForwardCtx, Layer, LayerKind};
+use super::layers::{ForwardCtx, Layer, LayerKind, BN_EPSILON, TORCH_BN_EPSILON};
+use super::ops::SamePadding;
 use super::params::ParamStore;
 use super::rng::{self, Stream};
-use super::spec::{Architecture, InputSpec, ModelSpec, SpecError};
+use super::spec::{Architecture, InputSpec, ModelSpec, PhaseSpec, SpecError};
 
-/// Whether selector `sel` picks layer `name`: `all`, or `name` equals `sel` or starts with
-/// `sel.` (so `backbone.block3` picks `backbone.block3.conv` but not `backbone.block30.conv`).
-pub fn selector_matches(sel: &str, name: &str) -> bool {
-    sel == "all" || name == sel || (name.starts_with(sel) && name.as_bytes().get(sel.len()) == Some(&b'.'))
+/// The numerics the weights were trained with, which the forward pass must reproduce: batch-norm
+/// epsilon and how "same" padding splits at stride 2. Shapes and parameter counts are the same
+/// under both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Convention {
+    /// Keras/TensorFlow: epsilon 1e-3, "SAME" padding heavier at the bottom/right.
+    #[default]
+    Keras,
+    /// PyTorch/torchvision: epsilon 1e-5, symmetric padding.
+    Torchvision,
 }
 
-/// The layers of `model` for `input`, backbone then head. Errors name the spec field.
+impl Convention {
+    pub fn bn_epsilon(self) -> f64 {
+        match self {
+            Convention::Keras => BN_EPSILON,
+            Convention::Torchvision => TORCH_BN_EPSILON,
+        }
+    }
+
+    pub fn same_padding(self) -> SamePadding {
+        match self {
+            Convention::Keras => SamePadding::TensorFlow,
+            Convention::Torchvision => SamePadding::Symmetric,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Convention::Keras => "keras",
+            Convention::Torchvision => "torchvision",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "keras" => Some(Convention::Keras),
+            "torchvision" => Some(Convention::Torchvision),
+            _ => None,
+        }
+    }
+}
+
+/// Whether selector `sel` picks layer `name`: `all`, or `name` equals `sel` or starts with
+/// `sel.` or `sel_` (so `backbone.block3` picks `backbone.block3.conv` and
+/// `backbone.block3_sepconv1` but not `backbone.block30.conv`).
+pub fn selector_matches(sel: &str, name: &str) -> bool {
+    sel == "all"
+        || name == sel
+        || (name.starts_with(sel) && matches!(name.as_bytes().get(sel.len()), Some(b'.') | Some(b'_')))
+}
+
+/// The backbone's blocks, bottom to top, as selectors: what `unfreeze_top_blocks` counts.
+/// small_cnn: `backbone.block{i}`; MobileNetV2: `backbone.expanded_conv` (Keras's block 0),
+/// `backbone.block_1` ... `backbone.block_16`, then `backbone.Conv_1` (the stem `Conv1` is in
+/// none); Xception: `backbone.block1` ... `backbone.block14`.
+pub fn blocks(model: &ModelSpec) -> Vec<String> {
+    match model.backbone.architecture {
+        Architecture::SmallCnn => {
+            let n = model.backbone.widths.as_ref().map_or(small_cnn::DEFAULT_WIDTHS.len(), Vec::len);
+            (1..=n).map(|i| format!("backbone.block{i}")).collect()
+        }
+        Architecture::MobilenetV2 => mobilenet_v2::blocks(),
+        Architecture::Xception => (1..=14).map(|i| format!("backbone.block{i}")).collect(),
+    }
+}
+
+/// A phase's effective selectors: its `trainable` plus the top `unfreeze_top_blocks` blocks.
+pub fn phase_selectors(model: &ModelSpec, phase: &PhaseSpec) -> Vec<String> {
+    let mut selectors = phase.trainable.clone();
+    if let Some(n) = phase.unfreeze_top_blocks {
+        let blocks = blocks(model);
+        selectors.extend(blocks.iter().rev().take(n).cloned());
+    }
+    selectors
+}
+
+/// The layers of `model` for `input` with Keras numerics, backbone then head. Errors name the
+/// spec field.
 pub fn plan(model: &ModelSpec, input: &InputSpec) -> Result<Vec<Layer>, SpecError> {
-    let mut layers = match model.backbone.architecture {
-        Architecture::SmallCnn => small_cnn::layers(model.backbone.widths.as_deref(), input.height, input.width)?,
+    plan_with(model, input, Convention::Keras)
+}
+
+/// The layers of `model` for `input` with the numerics of `convention`.
+pub fn plan_with(model: &ModelSpec, input: &InputSpec, convention: Convention) -> Result<Vec<Layer>, SpecError> {
+    let backbone = &model.backbone;
+    if backbone.alpha.is_some() && backbone.architecture != Architecture::MobilenetV2 {
+        return Err(SpecError::new("model.backbone.alpha", "only mobilenet_v2 has a width multiplier"));
+    }
+    if backbone.widths.is_some() && backbone.architecture != Architecture::SmallCnn {
+        return Err(SpecError::new("model.backbone.widths", "only small_cnn takes widths"));
+    }
+    let (h, w) = (input.height, input.width);
+    let mut layers = match backbone.architecture {
+        Architecture::SmallCnn => small_cnn::layers(backbone.widths.as_deref(), h, w)?,
+        Architecture::MobilenetV2 => mobilenet_v2::layers(backbone.alpha, h, w, convention)?,
+        Architecture::Xception => xception::layers(h, w, convention)?,
     };
     let channels = *layers.last().map(|l| l.output_shape.last().unwrap_or(&0)).unwrap_or(&0);
     let head = &model.head;
@@ -35,17 +134,9 @@ pub fn plan(model: &ModelSpec, input: &InputSpec) -> Result<Vec<Layer>, SpecErro
     if head.units == 0 {
         return Err(SpecError::new("model.head.units", "must be at least 1"));
     }
-    layers.push(Layer { name: "head.pool".into(), kind: LayerKind::GlobalAvgPool, output_shape: vec![channels] });
-    layers.push(Layer {
-        name: "head.dropout".into(),
-        kind: LayerKind::Dropout { rate: head.dropout },
-        output_shape: vec![channels],
-    });
-    layers.push(Layer {
-        name: "head.dense".into(),
-        kind: LayerKind::Dense { inputs: channels, units: head.units },
-        output_shape: vec![head.units],
-    });
+    layers.push(Layer::new("head.pool", LayerKind::GlobalAvgPool, vec![channels]));
+    layers.push(Layer::new("head.dropout", LayerKind::Dropout { rate: head.dropout }, vec![channels]));
+    layers.push(Layer::new("head.dense", LayerKind::Dense { inputs: channels, units: head.units }, vec![head.units]));
     Ok(layers)
 }
 
@@ -55,13 +146,19 @@ pub struct Model {
     pub layers: Vec<Layer>,
     pub params: ParamStore,
     pub device: Device,
+    pub convention: Convention,
 }
 
 impl Model {
     /// Builds the model with fresh Keras-style initialisation from `seed`. Backbone and head draw
     /// from separate streams, so loading backbone weights leaves the head's init unchanged.
     pub fn new(model: &ModelSpec, input: &InputSpec, seed: u64) -> Result<Self, TrainError> {
-        let layers = plan(model, input)?;
+        Self::with_convention(model, input, seed, Convention::Keras)
+    }
+
+    /// As [`Model::new`], with the numerics of weights trained under `convention`.
+    pub fn with_convention(model: &ModelSpec, input: &InputSpec, seed: u64, convention: Convention) -> Result<Self, TrainError> {
+        let layers = plan_with(model, input, convention)?;
         let device = Device::Cpu;
         let mut params = ParamStore::new();
         let mut backbone_rng = rng::rng(seed, Stream::Init, 0, 0, 0);
@@ -73,7 +170,7 @@ impl Model {
                 params.insert(&layer.name, w.name, w.role, t)?;
             }
         }
-        Ok(Self { layers, params, device })
+        Ok(Self { layers, params, device, convention })
     }
 
     /// Makes trainable exactly the weights of layers picked by `selectors`.
@@ -83,9 +180,32 @@ impl Model {
 
     /// `[batch, 3, h, w]` → logits `[batch, units]`.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
+        self.run_layers(x, ctx, |_| true)
+    }
+
+    /// `[batch, 3, h, w]` → the backbone's feature map `[batch, c, h', w']` (head not run).
+    pub fn features(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
+        self.run_layers(x, ctx, |l| l.name.starts_with("backbone."))
+    }
+
+    /// Runs the layers for which `take` holds (a prefix of the list), wiring named inputs.
+    fn run_layers(&self, x: &Tensor, ctx: &mut ForwardCtx, take: impl Fn(&Layer) -> bool) -> Result<Tensor, TrainError> {
+        let referenced: HashSet<&str> = self.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
+        let mut saved: HashMap<&str, Tensor> = HashMap::new();
         let mut x = x.clone();
-        for layer in &self.layers {
-            x = layer.forward(&x, &self.params, ctx)?;
+        for layer in self.layers.iter().take_while(|l| take(l)) {
+            let input = |name: &String| {
+                saved.get(name.as_str()).ok_or_else(|| TrainError::Weights(format!("{}: no output named {name}", layer.name)))
+            };
+            x = match (&layer.kind, layer.inputs.as_slice()) {
+                (LayerKind::Add, [a, b]) => (input(a)? + input(b)?)?,
+                (_, []) => layer.forward(&x, &self.params, ctx)?,
+                (_, [a]) => layer.forward(input(a)?, &self.params, ctx)?,
+                _ => return Err(TrainError::Weights(format!("{}: unexpected inputs {:?}", layer.name, layer.inputs))),
+            };
+            if referenced.contains(layer.name.as_str()) {
+                saved.insert(layer.name.as_str(), x.clone());
+            }
         }
         Ok(x)
     }

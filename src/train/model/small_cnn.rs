@@ -4,7 +4,8 @@
 //! conv has no bias because batch norm follows (its beta is the bias). Pooling halves the
 //! spatial size and is left out of a block once that would take a side below 2.
 
-use crate::train::layers::{Layer, LayerKind};
+use crate::train::layers::{Layer, LayerKind, BN_EPSILON};
+use crate::train::ops::Pad;
 use crate::train::spec::SpecError;
 
 /// Channel widths when the spec names none.
@@ -32,14 +33,14 @@ pub fn layers(widths: Option<&[usize]>, height: u32, width: u32) -> Result<Vec<L
     let mut out = Vec::new();
     for (i, &width_i) in widths.iter().enumerate() {
         let block = format!("backbone.block{}", i + 1);
-        let layer = |name: &str, kind, shape: Vec<usize>| Layer { name: format!("{block}.{name}"), kind, output_shape: shape };
+        let layer = |name: &str, kind, shape: Vec<usize>| Layer::new(format!("{block}.{name}"), kind, shape);
         out.push(layer(
             "conv",
-            LayerKind::Conv2d { in_channels: c, out_channels: width_i, kernel: 3, stride: 1, padding: 1, bias: false },
+            LayerKind::Conv2d { in_channels: c, out_channels: width_i, kernel: 3, stride: 1, padding: Pad::uniform(1), bias: false },
             vec![h, w, width_i],
         ));
         c = width_i;
-        out.push(layer("bn", LayerKind::BatchNorm { channels: c }, vec![h, w, c]));
+        out.push(layer("bn", LayerKind::BatchNorm { channels: c, epsilon: BN_EPSILON }, vec![h, w, c]));
         out.push(layer("relu", LayerKind::Relu, vec![h, w, c]));
         if h / 2 >= 2 && w / 2 >= 2 {
             h /= 2;

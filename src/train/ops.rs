@@ -1,0 +1,237 @@
+//! Tensor operations the layers are built from that candle lacks in the form needed: explicit
+//! (asymmetric) padding, TensorFlow's "SAME" padding arithmetic, depthwise convolution and
+//! overlapping max pooling, both as sums/maxima of shifted strided views so that every step has
+//! a gradient (candle's own max-pool backward refuses a window larger than its stride).
+//!
+//! Everything is NCHW. These are plain reference implementations; faster kernels may replace
+//! them behind the same functions.
+
+use candle_core::Tensor;
+
+use super::job::TrainError;
+
+/// Zero (or `-inf`) padding per side, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pad {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
+/// How "same" padding is split when the total is odd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamePadding {
+    /// TensorFlow/Keras: the extra row/column goes at the bottom/right (at stride 2 and an even
+    /// input, the top/left get none at all).
+    TensorFlow,
+    /// PyTorch: `kernel / 2` on every side, whatever the stride.
+    Symmetric,
+}
+
+impl Pad {
+    pub fn uniform(p: usize) -> Self {
+        Self { top: p, bottom: p, left: p, right: p }
+    }
+
+    /// "Same" padding of a `kernel` x `kernel` window at `stride` over an `h` x `w` input, so
+    /// that the output is `ceil(h / stride)` x `ceil(w / stride)`.
+    pub fn same(kernel: usize, stride: usize, h: usize, w: usize, style: SamePadding) -> Self {
+        match style {
+            SamePadding::Symmetric => Self::uniform(kernel / 2),
+            SamePadding::TensorFlow => {
+                let total = |n: usize| ((n.div_ceil(stride) - 1) * stride + kernel).saturating_sub(n);
+                let (th, tw) = (total(h), total(w));
+                Self { top: th / 2, bottom: th - th / 2, left: tw / 2, right: tw - tw / 2 }
+            }
+        }
+    }
+
+    pub fn is_symmetric(&self) -> bool {
+        self.top == self.bottom && self.left == self.right && self.top == self.left
+    }
+
+    /// Output side of a `kernel` window at `stride` over `n` input pixels padded by `a + b`.
+    pub fn out_side(n: usize, a: usize, b: usize, kernel: usize, stride: usize) -> usize {
+        (n + a + b).saturating_sub(kernel) / stride + 1
+    }
+
+    /// Output `(h, w)` of a `kernel` window at `stride` over an `h` x `w` input with this padding.
+    pub fn out_hw(&self, h: usize, w: usize, kernel: usize, stride: usize) -> (usize, usize) {
+        (Self::out_side(h, self.top, self.bottom, kernel, stride), Self::out_side(w, self.left, self.right, kernel, stride))
+    }
+}
+
+/// Pads `x` (`[n, c, h, w]`) with `value` on each side.
+pub fn pad(x: &Tensor, p: Pad, value: f32) -> Result<Tensor, TrainError> {
+    if p == Pad::default() {
+        return Ok(x.clone());
+    }
+    if value == 0.0 {
+        return Ok(x.pad_with_zeros(2, p.top, p.bottom)?.pad_with_zeros(3, p.left, p.right)?);
+    }
+    let side = |x: &Tensor, dim: usize, a: usize, b: usize| -> Result<Tensor, TrainError> {
+        if a == 0 && b == 0 {
+            return Ok(x.clone());
+        }
+        let mut shape = x.dims().to_vec();
+        let mut parts = Vec::with_capacity(3);
+        if a > 0 {
+            shape[dim] = a;
+            parts.push(Tensor::full(value, shape.as_slice(), x.device())?);
+        }
+        parts.push(x.clone());
+        if b > 0 {
+            shape[dim] = b;
+            parts.push(Tensor::full(value, shape.as_slice(), x.device())?);
+        }
+        Ok(Tensor::cat(&parts, dim)?)
+    };
+    let x = side(x, 2, p.top, p.bottom)?;
+    side(&x, 3, p.left, p.right)
+}
+
+/// The `kernel * kernel` shifted views of a `kernel` window at `stride` over `x` (`[n, c, h, w]`,
+/// already padded), each `[n, c, oh, ow]`, in row-major window order. Built from `narrow` and
+/// `reshape`, so gradients flow back into `x`. `fill` pads the bottom/right when the strided
+/// split needs more rows than there are; those pixels are never part of a view.
+pub fn windows(x: &Tensor, kernel: usize, stride: usize, fill: f32) -> Result<Vec<Tensor>, TrainError> {
+    let (n, c, h, w) = x.dims4()?;
+    if h < kernel || w < kernel {
+        return Err(TrainError::Candle(candle_core::Error::Msg(format!("{h}x{w} input is smaller than a {kernel}x{kernel} window"))));
+    }
+    let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+    let mut views = Vec::with_capacity(kernel * kernel);
+    if stride == 1 {
+        for i in 0..kernel {
+            for j in 0..kernel {
+                views.push(x.narrow(2, i, oh)?.narrow(3, j, ow)?);
+            }
+        }
+        return Ok(views);
+    }
+    // Split into stride x stride phases (`phase[a][b] = x[.., a::stride, b::stride]`); a view at
+    // window offset (i, j) is then a stride-1 crop of phase (i % stride, j % stride).
+    let reach = kernel.div_ceil(stride).saturating_sub(1);
+    let (ph, pw) = (oh + reach, ow + reach);
+    let (need_h, need_w) = (ph * stride, pw * stride);
+    let x = if need_h > h || need_w > w {
+        pad(x, Pad { bottom: need_h.saturating_sub(h), right: need_w.saturating_sub(w), ..Pad::default() }, fill)?
+    } else {
+        x.clone()
+    };
+    let x = x.narrow(2, 0, need_h)?.narrow(3, 0, need_w)?.reshape((n, c, ph, stride, pw, stride))?;
+    let mut phases = Vec::with_capacity(stride * stride);
+    for a in 0..stride {
+        for b in 0..stride {
+            phases.push(x.narrow(3, a, 1)?.narrow(5, b, 1)?.reshape((n, c, ph, pw))?);
+        }
+    }
+    for i in 0..kernel {
+        for j in 0..kernel {
+            let phase = &phases[(i % stride) * stride + j % stride];
+            views.push(phase.narrow(2, i / stride, oh)?.narrow(3, j / stride, ow)?);
+        }
+    }
+    Ok(views)
+}
+
+/// Depthwise convolution: `x` `[n, c, h, w]` (unpadded), `kernel` `[c, 1, k, k]`.
+pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    let (c, _, k, _) = kernel.dims4()?;
+    let x = pad(x, p, 0.0)?;
+    let mut acc: Option<Tensor> = None;
+    for (idx, view) in windows(&x, k, stride, 0.0)?.iter().enumerate() {
+        // [1, c, 1, 1]
+        let w = kernel.narrow(2, idx / k, 1)?.narrow(3, idx % k, 1)?.reshape((1, c, 1, 1))?;
+        let term = view.broadcast_mul(&w)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => (a + term)?,
+        });
+    }
+    acc.ok_or_else(|| TrainError::Candle(candle_core::Error::Msg("empty depthwise kernel".into())))
+}
+
+/// Max pooling of a `size` window at `stride` with padding that never wins (`-inf`), as
+/// TensorFlow's `padding="same"` pooling.
+pub fn max_pool(x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    let x = pad(x, p, f32::NEG_INFINITY)?;
+    let views = windows(&x, size, stride, f32::NEG_INFINITY)?;
+    let mut acc = views[0].clone();
+    for v in &views[1..] {
+        acc = acc.maximum(v)?;
+    }
+    Ok(acc)
+}
+
+/// A conv2d that pads asymmetrically when needed (explicit pad, then a "valid" conv).
+pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if p.is_symmetric() {
+        Ok(x.conv2d(kernel, p.top, stride, 1, 1)?)
+    } else {
+        Ok(pad(x, p, 0.0)?.conv2d(kernel, 0, stride, 1, 1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn ramp(shape: (usize, usize, usize, usize)) -> Tensor {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor) -> bool {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4)
+    }
+
+    #[test]
+    fn tensorflow_same_padding_is_bottom_right_heavy() {
+        assert_eq!(Pad::same(3, 2, 224, 224, SamePadding::TensorFlow), Pad { top: 0, bottom: 1, left: 0, right: 1 });
+        assert_eq!(Pad::same(3, 2, 75, 75, SamePadding::TensorFlow), Pad::uniform(1));
+        assert_eq!(Pad::same(3, 1, 10, 10, SamePadding::TensorFlow), Pad::uniform(1));
+        assert_eq!(Pad::same(1, 2, 36, 37, SamePadding::TensorFlow), Pad::default());
+        assert_eq!(Pad::same(3, 2, 224, 224, SamePadding::Symmetric), Pad::uniform(1));
+    }
+
+    #[test]
+    fn depthwise_matches_grouped_conv() {
+        let x = ramp((2, 3, 8, 7));
+        let k = (ramp((3, 1, 3, 3)) * 0.1).unwrap();
+        for (stride, p) in [(1, Pad::uniform(1)), (2, Pad { top: 0, bottom: 1, left: 0, right: 1 }), (2, Pad::uniform(1))] {
+            let ours = depthwise_conv(&x, &k, stride, p).unwrap();
+            let reference = pad(&x, p, 0.0).unwrap().conv2d(&k, 0, stride, 1, 3).unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            assert!(close(&ours, &reference), "stride {stride} {p:?}");
+        }
+    }
+
+    #[test]
+    fn overlapping_max_pool_has_a_gradient() {
+        let x = Var::from_tensor(&ramp((1, 2, 6, 5))).unwrap();
+        let p = Pad::same(3, 2, 6, 5, SamePadding::TensorFlow);
+        let y = max_pool(x.as_tensor(), 3, 2, p).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 3, 3]);
+        // Brute force on the first channel.
+        let v: Vec<Vec<f32>> = x.as_tensor().get(0).unwrap().get(0).unwrap().to_vec2().unwrap();
+        let got: Vec<Vec<f32>> = y.get(0).unwrap().get(0).unwrap().to_vec2().unwrap();
+        for (oi, row) in got.iter().enumerate() {
+            for (oj, &m) in row.iter().enumerate() {
+                let rows = &v[(2 * oi).saturating_sub(p.top)..(2 * oi + 3 - p.top).min(6)];
+                let cols = (2 * oj).saturating_sub(p.left)..(2 * oj + 3 - p.left).min(5);
+                let best = rows.iter().flat_map(|r| r[cols.clone()].iter().copied()).fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(m, best, "at {oi},{oj}");
+            }
+        }
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap();
+        let total: f32 = g.sum_all().unwrap().to_scalar().unwrap();
+        assert!((total - 18.0).abs() < 1e-4, "each output sends its gradient to its maxima: {total}");
+    }
+}

@@ -1,0 +1,74 @@
+//! Prediction: class probabilities of encoded images from a trained model's weights, through
+//! exactly the job's preprocessing (decode, resize, rescale or normalise; never augmentation) and
+//! the model in inference mode (dropout off, batch norm on its moving statistics).
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use super::checkpoint::load_weights;
+use super::data::augment::{self, Normalize};
+use super::data::decode;
+use super::fit::loss_kind;
+use super::job::TrainError;
+use super::layers::ForwardCtx;
+use super::loss::LossKind;
+use super::model::Model;
+use super::rng::{self, Stream};
+use super::spec::{InputSpec, ModelSpec};
+use super::weights;
+
+/// Images per forward pass (bounds memory whatever the number of images).
+const BATCH: usize = 16;
+
+/// Per image, in order: `(class, probability)` most likely first, or why it could not be read.
+pub type Predictions = Vec<Result<Vec<(String, f32)>, String>>;
+
+/// Runs the model of `model`/`input` with the weights at `weights` (one of our checkpoints, every
+/// parameter included) on `images` (encoded JPEG or PNG). One logit means two classes (sigmoid:
+/// the probability of `classes[1]`); more means softmax over `classes`.
+pub fn predict(model: &ModelSpec, input: &InputSpec, classes: &[String], weights: &Path, images: &[Vec<u8>]) -> Result<Predictions, TrainError> {
+    let kind = loss_kind(model.head.units, classes.len())?;
+    let convention = weights::file_convention(weights).map_err(|e| TrainError::Weights(e.to_string()))?;
+    let m = Model::with_convention(model, input, 0, convention)?;
+    m.params.load(&load_weights(weights)?, |_| true)?;
+    let (h, w) = (input.height as usize, input.width as usize);
+    let norm = Normalize::new(input);
+
+    let decoded: Vec<Result<Vec<u8>, String>> = images
+        .iter()
+        .map(|bytes| {
+            // A decoder that panics on a hostile file fails that image, not the request.
+            std::panic::catch_unwind(|| decode::decode_bytes(bytes, input.height, input.width))
+                .map_err(|_| "the decoder failed on this image".to_string())?
+                .map(|img| img.into_raw())
+                .map_err(|e| format!("cannot decode image: {e}"))
+        })
+        .collect();
+    let ok: Vec<(usize, &Vec<u8>)> = decoded.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|p| (i, p))).collect();
+    let mut out: Predictions = decoded.iter().map(|d| d.as_ref().map(|_| Vec::new()).map_err(Clone::clone)).collect();
+
+    for chunk in ok.chunks(BATCH) {
+        let size = 3 * h * w;
+        let mut pixels = vec![0f32; chunk.len() * size];
+        for (slot, (_, img)) in pixels.chunks_mut(size).zip(chunk) {
+            augment::write_image(img, h, w, None, norm, slot);
+        }
+        let x = Tensor::from_vec(pixels, (chunk.len(), 3, h, w), &m.device)?; // [n, 3, h, w]
+        let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+        let logits = m.forward(&x, &mut ctx)?; // [n, units]
+        let probs: Vec<Vec<f32>> = match kind {
+            LossKind::Binary => {
+                let p: Vec<f32> = candle_nn::ops::sigmoid(&logits.flatten_all()?)?.to_vec1()?;
+                p.into_iter().map(|p| vec![1.0 - p, p]).collect()
+            }
+            LossKind::Softmax => candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
+        };
+        for ((i, _), p) in chunk.iter().zip(probs) {
+            let mut ranked: Vec<(String, f32)> = classes.iter().cloned().zip(p).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            out[*i] = Ok(ranked);
+        }
+    }
+    Ok(out)
+}
