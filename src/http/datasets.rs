@@ -1,20 +1,17 @@
 //! `/v1/datasets`: upload (streamed to disk, then unpacked off the runtime), list, get, delete.
 
-use std::path::{Path, PathBuf};
-
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::json::Json;
+use super::upload::{check_declared_length, write_limited, TempUpload};
 use super::AppState;
 use crate::datasets::{self, DatasetManifest};
 use crate::db::{self, datasets::DatasetRow};
@@ -113,11 +110,7 @@ pub async fn create_dataset(
     request: Request,
 ) -> Result<(StatusCode, Json<DatasetView>), ApiError> {
     let limit = state.max_upload_bytes;
-    if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if length > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-    }
+    check_declared_length(request.headers(), limit)?;
     let name = params.name.unwrap_or_else(|| "dataset".to_owned());
     if name.trim().is_empty() || name.len() > 200 {
         return Err(ApiError::BadRequest { code: "invalid_name", detail: "name must be 1 to 200 characters".into(), field: Some("name".into()) });
@@ -192,39 +185,6 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
         ApiError::PayloadTooLarge { limit: 0 }
     } else {
         ApiError::bad_request("invalid_multipart", error.body_text())
-    }
-}
-
-/// Streams chunks into a new file, refusing more than `limit` bytes; the file is fsynced so a
-/// crash right after cannot leave a truncated archive that looks complete.
-async fn write_limited<S>(stream: S, path: &Path, limit: u64) -> Result<u64, ApiError>
-where
-    S: Stream<Item = Result<Bytes, ApiError>>,
-{
-    let mut file = tokio::fs::File::create(path).await?;
-    let mut written = 0u64;
-    futures::pin_mut!(stream);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            ApiError::PayloadTooLarge { .. } => ApiError::PayloadTooLarge { limit },
-            other => other,
-        })?;
-        written += chunk.len() as u64;
-        if written > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        file.write_all(&chunk).await?;
-    }
-    file.sync_all().await?;
-    Ok(written)
-}
-
-/// An upload file that is removed whatever happens to the request.
-struct TempUpload(PathBuf);
-
-impl Drop for TempUpload {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
