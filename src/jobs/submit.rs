@@ -1,12 +1,13 @@
 //! Accepting a job (validation that needs the database, then queuing) and canceling one.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::{EventKind, Jobs, JobsError};
 use crate::db;
-use crate::train::{self, JobSpec, SpecError, StopReason, WeightsSource};
+use crate::train::{self, JobSpec, SpecError, StopReason, WeightsFormat, WeightsSource};
 
 /// What a cancel request did.
 #[derive(Debug)]
@@ -33,23 +34,15 @@ impl Jobs {
             }
         }
         check_head_units(spec.model.head.units, classes.len())?;
-        match &spec.model.backbone.weights {
-            None => {}
-            Some(WeightsSource::Checkpoint(reference)) => {
-                if db::checkpoints::get(&self.pool, &reference.checkpoint).await?.is_none() {
-                    return Err(SpecError::new(
-                        "model.backbone.weights.checkpoint",
-                        format!("no checkpoint with id {}", reference.checkpoint),
-                    )
-                    .into());
-                }
-            }
-            Some(WeightsSource::Uploaded(id)) => {
-                return Err(SpecError::new(
-                    "model.backbone.weights",
-                    format!("no uploaded backbone weights with id {id} (this architecture takes a checkpoint or null)"),
-                )
-                .into());
+        if let Some((path, format)) = self.initial_weights_of(&spec).await? {
+            // The file must fit this spec's architecture (and width): checked now, not when a
+            // worker gets to it.
+            let model = spec.model.clone();
+            let checked = tokio::task::spawn_blocking(move || train::check_weights(&model, format, &path))
+                .await
+                .map_err(|e| JobsError::Internal(e.to_string()))?;
+            if let Err(error) = checked {
+                return Err(SpecError::new("model.backbone.weights", format!("these weights do not fit the model: {error}")).into());
             }
         }
         let summary = train::summarize(&spec.model, &spec.input, &spec.phases)?;
@@ -57,6 +50,7 @@ impl Jobs {
         let id = uuid::Uuid::now_v7().to_string();
         let spec_json = serde_json::to_string(&spec).map_err(|e| JobsError::Internal(e.to_string()))?;
         let summary_json = serde_json::to_string(&summary).map_err(|e| JobsError::Internal(e.to_string()))?;
+        let classes_json = serde_json::to_string(&classes).map_err(|e| JobsError::Internal(e.to_string()))?;
         let now = db::now();
         let mut tx = self.pool.begin().await?;
         db::jobs::insert(
@@ -68,18 +62,40 @@ impl Jobs {
                 validation_dataset_id: spec.validation_dataset_id.as_deref(),
                 spec: &spec_json,
                 summary: &summary_json,
+                classes: &classes_json,
                 created_at: now,
             },
         )
         .await?;
         let event = db::events::append(&mut *tx, &id, EventKind::State.as_str(), &json!({"state": "queued"}).to_string(), now)
             .await?;
+        // Read back inside the transaction: once committed and the workers woken, the job may
+        // already be running, and the answer to the submit must show it as queued.
+        let job = db::jobs::get(&mut *tx, &id).await?.ok_or_else(|| JobsError::NotFound(id.clone()))?;
         tx.commit().await?;
         self.hub.publish(event.into());
         self.wake.notify_one();
-        let job = db::jobs::get(&self.pool, &id).await?.ok_or_else(|| JobsError::NotFound(id.clone()))?;
         tracing::info!(job_id = %id, dataset_id = %spec.dataset_id, "job queued");
         Ok(job)
+    }
+
+    /// The file and format of the spec's initial backbone weights, if it names any; an unknown
+    /// id is an invalid spec.
+    pub(super) async fn initial_weights_of(&self, spec: &JobSpec) -> Result<Option<(PathBuf, WeightsFormat)>, JobsError> {
+        match &spec.model.backbone.weights {
+            None => Ok(None),
+            Some(WeightsSource::Checkpoint(reference)) => match db::checkpoints::get(&self.pool, &reference.checkpoint).await? {
+                Some(row) => Ok(Some((PathBuf::from(row.path), WeightsFormat::Tanuki))),
+                None => Err(SpecError::new("model.backbone.weights.checkpoint", format!("no checkpoint with id {}", reference.checkpoint)).into()),
+            },
+            Some(WeightsSource::Uploaded(id)) => {
+                let Some(row) = db::backbones::get(&self.pool, id).await? else {
+                    return Err(SpecError::new("model.backbone.weights", format!("no uploaded backbone weights with id {id}")).into());
+                };
+                let format = serde_json::from_value(json!(row.format)).map_err(|e| JobsError::Internal(format!("stored format: {e}")))?;
+                Ok(Some((PathBuf::from(row.path), format)))
+            }
+        }
     }
 
     async fn dataset_classes(&self, id: &str, field: &str) -> Result<Vec<String>, JobsError> {
