@@ -56,7 +56,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let shutdown = CancellationToken::new();
     let jobs = Jobs::new(
         pool.clone(),
-        jobs::Paths { datasets: config.datasets_dir(), checkpoints: config.checkpoints_dir() },
+        jobs::Paths { datasets: config.datasets_dir(), checkpoints: config.checkpoints_dir(), backbones: config.backbones_dir() },
         shutdown.clone(),
     );
     let requeued = jobs.requeue_interrupted().await?;

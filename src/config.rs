@@ -103,6 +103,10 @@ impl Config {
         self.data_dir.join("checkpoints")
     }
 
+    pub fn backbones_dir(&self) -> PathBuf {
+        self.data_dir.join("backbones")
+    }
+
     /// Uploads in progress; cleared on start since nothing there can be finished.
     pub fn uploads_dir(&self) -> PathBuf {
         self.data_dir.join("uploads")

@@ -29,6 +29,8 @@ pub struct JobRow {
     pub final_weights_path: Option<String>,
     pub final_weights_size: Option<i64>,
     pub final_weights_sha256: Option<String>,
+    /// JSON: the class names, in label order.
+    pub classes: Option<String>,
 }
 
 /// A new job, always `queued`.
@@ -39,13 +41,14 @@ pub struct NewJob<'a> {
     pub validation_dataset_id: Option<&'a str>,
     pub spec: &'a str,
     pub summary: &'a str,
+    pub classes: &'a str,
     pub created_at: DateTime<Utc>,
 }
 
 pub async fn insert<'e>(db: impl SqliteExecutor<'e>, job: &NewJob<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO jobs (id, name, dataset_id, validation_dataset_id, spec, summary, state, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+        "INSERT INTO jobs (id, name, dataset_id, validation_dataset_id, spec, summary, classes, state, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
     )
     .bind(job.id)
     .bind(job.name)
@@ -53,6 +56,7 @@ pub async fn insert<'e>(db: impl SqliteExecutor<'e>, job: &NewJob<'_>) -> sqlx::
     .bind(job.validation_dataset_id)
     .bind(job.spec)
     .bind(job.summary)
+    .bind(job.classes)
     .bind(job.created_at)
     .execute(db)
     .await?;

@@ -1,6 +1,7 @@
 //! SQLite: opening the pool, migrations, and one module per table with one function per
 //! statement. Functions take any executor so they run on the pool or inside a transaction.
 
+pub mod backbones;
 pub mod checkpoints;
 pub mod datasets;
 pub mod events;

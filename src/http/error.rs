@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::datasets::DatasetError;
 use crate::jobs::JobsError;
-use crate::train::SpecError;
+use crate::train::{SpecError, WeightsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,6 +26,9 @@ pub enum ApiError {
     Archive(DatasetError),
     #[error("{0}")]
     InvalidSpec(#[from] SpecError),
+    /// An uploaded weights file that does not fit its architecture.
+    #[error("the weights do not fit the architecture: {0}")]
+    Weights(#[from] WeightsError),
     /// The body is not JSON at all (syntax), or has the wrong content type.
     #[error("{detail}")]
     BadRequest { code: &'static str, detail: String, field: Option<String> },
@@ -78,7 +81,7 @@ impl ApiError {
             ApiError::Archive(DatasetError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Archive(DatasetError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Archive(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidSpec(_) | ApiError::Weights(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest { code, .. } if *code == "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest { code, .. } if *code == "invalid_body" => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -97,6 +100,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "upload_too_large",
             ApiError::Archive(error) => error.code(),
             ApiError::InvalidSpec(_) => "invalid_spec",
+            ApiError::Weights(WeightsError::Spec(_)) => "invalid_architecture",
+            ApiError::Weights(_) => "weights_mismatch",
             ApiError::BadRequest { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Unavailable(_) => "not_ready",
@@ -106,7 +111,7 @@ impl ApiError {
 
     fn field(&self) -> Option<String> {
         match self {
-            ApiError::InvalidSpec(error) => Some(error.field.clone()),
+            ApiError::InvalidSpec(error) | ApiError::Weights(WeightsError::Spec(error)) => Some(error.field.clone()),
             ApiError::BadRequest { field, .. } => field.clone(),
             _ => None,
         }

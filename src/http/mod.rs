@@ -2,6 +2,7 @@
 //! middleware that logs each request (and the cause of any 5xx) once.
 
 pub mod auth;
+mod backbones;
 mod checkpoints;
 mod dashboard;
 mod datasets;
@@ -9,8 +10,11 @@ pub mod error;
 mod events;
 mod health;
 mod jobs;
+mod upload;
 pub mod json;
 mod metrics;
+mod models;
+mod predict;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -81,7 +85,10 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::routes())
         .merge(openapi::routes())
         .merge(datasets::routes(max_upload))
+        .merge(backbones::routes(max_upload))
         .merge(jobs::routes())
+        .merge(models::routes())
+        .merge(predict::routes())
         .merge(events::routes())
         .merge(checkpoints::routes())
         .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })

@@ -30,6 +30,8 @@ use crate::train::Control;
 pub struct Paths {
     pub datasets: PathBuf,
     pub checkpoints: PathBuf,
+    /// Uploaded pretrained weights.
+    pub backbones: PathBuf,
 }
 
 /// Shared by the HTTP handlers and the workers.

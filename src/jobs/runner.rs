@@ -50,15 +50,8 @@ impl Jobs {
             Some(id) => Some(self.samples_of(id).await?.1),
             None => None,
         };
-        let initial_weights = match &spec.model.backbone.weights {
-            Some(train::WeightsSource::Checkpoint(reference)) => {
-                let row = db::checkpoints::get(&self.pool, &reference.checkpoint)
-                    .await?
-                    .ok_or_else(|| JobsError::Internal(format!("checkpoint {} no longer exists", reference.checkpoint)))?;
-                Some(train::InitialWeights { path: PathBuf::from(row.path), format: train::WeightsFormat::Tanuki })
-            }
-            _ => None,
-        };
+        let initial_weights =
+            self.initial_weights_of(&spec).await.map_err(|e| JobsError::Internal(format!("initial weights: {e}")))?.map(|(path, format)| train::InitialWeights { path, format });
         let resume = self.resume_point(&job.id).await?;
         let resumed_from = resume.as_ref().map(|r| json!({"phase_index": r.state.phase_index, "epoch": r.state.epochs_done}));
         self.hub

@@ -3,6 +3,7 @@
 
 mod access;
 mod browser;
+mod backbones;
 mod common;
 mod dashboard;
 mod datasets;

@@ -1,0 +1,225 @@
+//! `/v1/backbones`: the built-in architectures and uploaded pretrained weights, checked against
+//! their architecture when uploaded so a job can rely on them.
+
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, Problem};
+use super::json::Json;
+use super::upload::{check_declared_length, write_limited, TempUpload};
+use super::AppState;
+use crate::db::{self, backbones::BackboneRow};
+use crate::train::{self, ModelSpec, WeightsFormat};
+
+pub fn routes(max_upload: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v1/backbones", post(create_backbone).layer(DefaultBodyLimit::max(max_upload)).get(list_backbones))
+        .route("/v1/backbones/{id}", get(get_backbone).delete(delete_backbone))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CreateBackboneParams {
+    /// `mobilenet_v2`, `xception` or `small_cnn`.
+    pub architecture: String,
+    /// Width multiplier (MobileNetV2: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
+    pub alpha: Option<f32>,
+    /// How tensors are named and laid out: `keras`, `torchvision`, or `tanuki` (our checkpoints).
+    pub format: String,
+    /// A name for people; defaults to the architecture.
+    pub name: Option<String>,
+}
+
+/// Uploaded pretrained weights.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackboneView {
+    pub id: String,
+    pub name: String,
+    pub architecture: String,
+    pub alpha: Option<f64>,
+    pub format: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// Tensors in the file.
+    pub tensors: u64,
+    /// Values the backbone takes from it.
+    pub params: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An architecture a job can name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArchitectureView {
+    pub name: String,
+    pub description: String,
+    /// Weight formats an upload for it may use.
+    pub formats: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackboneList {
+    pub architectures: Vec<ArchitectureView>,
+    pub weights: Vec<BackboneView>,
+}
+
+impl From<BackboneRow> for BackboneView {
+    fn from(row: BackboneRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            architecture: row.architecture,
+            alpha: row.alpha,
+            format: row.format,
+            size_bytes: row.size_bytes as u64,
+            sha256: row.sha256,
+            tensors: row.tensors as u64,
+            params: row.params as u64,
+            created_at: row.created_at,
+        }
+    }
+}
+
+fn architectures() -> Vec<ArchitectureView> {
+    let arch = |name: &str, description: &str, formats: &[&str]| ArchitectureView {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        formats: formats.iter().map(|f| (*f).to_owned()).collect(),
+    };
+    vec![
+        arch("small_cnn", "A few conv-batch-norm-ReLU blocks; trains from scratch quickly on CPU", &["tanuki"]),
+        arch("mobilenet_v2", "MobileNetV2 (width multiplier alpha), ImageNet weights in Keras or torchvision format", &["keras", "torchvision", "tanuki"]),
+        arch("xception", "Xception, the guide's base (Keras-identical parameter counts)", &["keras", "tanuki"]),
+    ]
+}
+
+/// The model spec the uploaded file must fit.
+fn model_for(params: &CreateBackboneParams) -> Result<ModelSpec, ApiError> {
+    let mut backbone = serde_json::json!({"architecture": params.architecture});
+    if let Some(alpha) = params.alpha {
+        backbone["alpha"] = serde_json::json!(alpha);
+    }
+    serde_json::from_value(serde_json::json!({ "backbone": backbone })).map_err(|e| ApiError::BadRequest {
+        code: "invalid_architecture",
+        detail: format!("architecture {:?} (alpha {:?}): {e}", params.architecture, params.alpha),
+        field: Some("architecture".into()),
+    })
+}
+
+fn format_of(name: &str) -> Result<WeightsFormat, ApiError> {
+    serde_json::from_value(serde_json::json!(name)).map_err(|_| ApiError::BadRequest {
+        code: "invalid_format",
+        detail: format!("format must be keras, torchvision or tanuki, got {name:?}"),
+        field: Some("format".into()),
+    })
+}
+
+/// Upload pretrained weights for an architecture.
+///
+/// The body is a safetensors file (raw, `application/octet-stream`). It is checked against the
+/// architecture before it is stored: a file that does not fit is a 422 naming the first tensor
+/// that is missing or has the wrong shape.
+#[utoipa::path(post, path = "/v1/backbones", tag = "backbones", operation_id = "create_backbone",
+    params(CreateBackboneParams),
+    request_body(content = Vec<u8>, description = "A safetensors file", content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Checked and stored", body = BackboneView),
+        (status = 400, description = "Unknown architecture or format", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over the upload limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The file does not fit the architecture", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_backbone(
+    State(state): State<AppState>,
+    Query(params): Query<CreateBackboneParams>,
+    request: Request,
+) -> Result<(StatusCode, Json<BackboneView>), ApiError> {
+    let limit = state.max_upload_bytes;
+    check_declared_length(request.headers(), limit)?;
+    let model = model_for(&params)?;
+    let format = format_of(&params.format)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    tokio::fs::create_dir_all(&state.uploads_dir).await?;
+    let upload = TempUpload(state.uploads_dir.join(format!("{id}.weights")));
+    let stream = request.into_body().into_data_stream().map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
+    let size = write_limited(stream, &upload.0, limit).await?;
+
+    let path = upload.0.clone();
+    let (report, sha256) = tokio::task::spawn_blocking(move || {
+        let report = train::check_weights(&model, format, &path)?;
+        let sha256 = hex::encode(Sha256::digest(std::fs::read(&path)?));
+        Ok::<_, ApiError>((report, sha256))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("weights check task: {e}")))??;
+
+    let dir = &state.jobs.paths.backbones;
+    tokio::fs::create_dir_all(dir).await?;
+    let stored = dir.join(format!("{id}.safetensors"));
+    tokio::fs::rename(&upload.0, &stored).await?;
+    let row = BackboneRow {
+        id: id.clone(),
+        name: params.name.clone().unwrap_or_else(|| params.architecture.clone()),
+        architecture: params.architecture.clone(),
+        alpha: params.alpha.map(f64::from),
+        format: params.format.clone(),
+        path: stored.to_string_lossy().into_owned(),
+        size_bytes: size as i64,
+        sha256,
+        tensors: report.tensors as i64,
+        params: report.params as i64,
+        created_at: db::now(),
+    };
+    if let Err(error) = db::backbones::insert(&state.jobs.pool, &row).await {
+        let _ = tokio::fs::remove_file(&stored).await;
+        return Err(error.into());
+    }
+    tracing::info!(backbone_id = %id, architecture = %row.architecture, format = %row.format, "backbone weights stored");
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// The built-in architectures and the uploaded weights.
+#[utoipa::path(get, path = "/v1/backbones", tag = "backbones", operation_id = "list_backbones",
+    responses((status = 200, description = "Architectures and uploaded weights", body = BackboneList)))]
+pub async fn list_backbones(State(state): State<AppState>) -> Result<Json<BackboneList>, ApiError> {
+    let weights = db::backbones::list(&state.jobs.pool).await?.into_iter().map(BackboneView::from).collect();
+    Ok(Json(BackboneList { architectures: architectures(), weights }))
+}
+
+/// One uploaded weights file.
+#[utoipa::path(get, path = "/v1/backbones/{id}", tag = "backbones", operation_id = "get_backbone",
+    params(("id" = String, Path, description = "Backbone weights id")),
+    responses(
+        (status = 200, description = "The weights", body = BackboneView),
+        (status = 404, description = "No such weights", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_backbone(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<BackboneView>, ApiError> {
+    let row = db::backbones::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("backbone", &id))?;
+    Ok(Json(row.into()))
+}
+
+/// Delete uploaded weights; refused while a queued or running job starts from them.
+#[utoipa::path(delete, path = "/v1/backbones/{id}", tag = "backbones", operation_id = "delete_backbone",
+    params(("id" = String, Path, description = "Backbone weights id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such weights", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A queued or running job uses them", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_backbone(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
+    let pool = &state.jobs.pool;
+    let Some(row) = db::backbones::get(pool, &id).await? else {
+        return Err(ApiError::not_found("backbone", &id));
+    };
+    if !db::backbones::delete_if_unused(pool, &id).await? {
+        return Err(ApiError::Conflict { code: "backbone_in_use", detail: format!("backbone {id} is used by a queued or running job") });
+    }
+    if let Err(error) = tokio::fs::remove_file(&row.path).await {
+        tracing::warn!(backbone_id = %id, %error, "backbone row deleted but its file could not be removed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
