@@ -131,7 +131,7 @@ pub async fn create_dataset(
         let mut found = false;
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             if field.name() == Some("file") {
-                let stream = field.map(|chunk| chunk.map_err(|e| multipart_error(e)));
+                let stream = field.map(|chunk| chunk.map_err(multipart_error));
                 let written = write_limited(stream, &upload.0, limit).await?;
                 state.telemetry.add_upload_bytes(written);
                 found = true;

@@ -30,11 +30,12 @@ async fn spawn_server(data_dir: &std::path::Path, port: u16) -> Server {
         .stdout(Stdio::null())
         .spawn()
         .expect("the binary starts");
-    let base = format!("http://127.0.0.1:{port}");
+    // Owned by `Server` from here on, so its `Drop` kills and reaps it on every path.
+    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Server { child, base };
+        if client.get(format!("{}/healthz", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
