@@ -131,21 +131,9 @@ fn taps<const T: usize, const FMA: bool>(out: &mut [f32], src: &[&[f32]; T], w: 
 #[inline(always)]
 fn taps_dw<const T: usize, const FMA: bool>(acc: &mut [f32], dy: &[f32], src: &[&[f32]; T]) {
     let n = dy.len();
-    let mut x = 0;
-    while x + LANES <= n {
-        let d: &[f32; LANES] = dy[x..x + LANES].try_into().expect("16 lanes");
-        for t in 0..T {
-            let s: &[f32; LANES] = src[t][x..x + LANES].try_into().expect("16 lanes");
-            let a: &mut [f32; LANES] = (&mut acc[t * n + x..t * n + x + LANES]).try_into().expect("16 lanes");
-            for i in 0..LANES {
-                a[i] = madd::<FMA>(d[i], s[i], a[i]);
-            }
-        }
-        x += LANES;
-    }
-    for x in x..n {
-        for t in 0..T {
-            acc[t * n + x] = madd::<FMA>(dy[x], src[t][x], acc[t * n + x]);
+    for (a, s) in acc.chunks_exact_mut(n).zip(src) {
+        for ((a, d), s) in a.iter_mut().zip(dy).zip(&s[..n]) {
+            *a = madd::<FMA>(*d, *s, *a);
         }
     }
 }

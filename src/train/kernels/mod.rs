@@ -31,6 +31,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 
 pub use par::threads;
+pub use simd::has_avx512;
 
 /// Spatial padding of a convolution or pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
