@@ -1,13 +1,15 @@
 //! Max pooling (NCHW) with any kernel, stride and padding, and its backward pass.
 //!
-//! Forward reuses the depthwise kernel's phase-padded planes (padding is `-inf`, so it never
+//! Both passes reuse the depthwise kernel's phase-padded planes (padding is `-inf`, so it never
 //! wins). Backward recomputes each window's arg-max (the first maximum in row-major window order)
-//! and adds the output gradient there; a plane belongs to one thread, so the adds never race.
+//! a row at a time and adds the output gradient there, into a padded plane of the same layout;
+//! a plane belongs to one thread, so the adds never race.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::depthwise::{phase_pad, Geom, Phased};
 use super::par::par_items;
+use super::simd::{dispatch, Kernel};
 use super::{dims4, f32_slice, Padding};
 
 fn geom(l: &Layout, kernel: usize, stride: usize, padding: Padding) -> Result<Geom> {
@@ -38,40 +40,71 @@ fn forward(g: &Geom, x: &[f32], y: &mut [f32]) {
 }
 
 fn backward(g: &Geom, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let (pin, pout) = (g.h * g.w, g.ho * g.wo);
-    par_items(g.n * g.c, dx, |planes, dxs| {
+    par_items(g.n * g.c, dx, |planes, dxs| dispatch(Bwd { g, x, dy, planes, dxs }));
+}
+
+struct Bwd<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+    dy: &'a [f32],
+    planes: std::ops::Range<usize>,
+    dxs: &'a mut [f32],
+}
+
+impl Kernel for Bwd<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let Bwd { g, x, dy, planes, dxs } = self;
+        let (pin, pout, wo, s) = (g.h * g.w, g.ho * g.wo, g.wo, g.s);
+        let (hp, wq, kk) = (g.hp(), g.wq(), g.kh * g.kw);
+        let (mut q, mut dq) = (Vec::new(), Vec::new());
+        let (mut best, mut arg) = (vec![0.0f32; wo], vec![0u32; wo]);
+        // Where tap (ky, kx) of output (0, 0) lies in the phase layout (no divisions per element).
+        let tap_offset: Vec<usize> = (0..kk).map(|t| (t % g.kw % s * hp + t / g.kw) * wq + t % g.kw / s).collect();
         for (i, pi) in planes.enumerate() {
-            let xp = &x[pi * pin..][..pin];
-            let dyp = &dy[pi * pout..][..pout];
-            let dxp = &mut dxs[i * pin..][..pin];
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    let mut best = f32::NEG_INFINITY;
-                    let mut at = None;
-                    for ky in 0..g.kh {
-                        let iy = (oy * g.s + ky) as isize - g.pt as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        for kx in 0..g.kw {
-                            let ix = (ox * g.s + kx) as isize - g.pl as isize;
-                            if ix < 0 || ix >= g.w as isize {
-                                continue;
-                            }
-                            let j = iy as usize * g.w + ix as usize;
-                            if at.is_none() || xp[j] > best {
-                                best = xp[j];
-                                at = Some(j);
-                            }
-                        }
+            phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q);
+            let v = Phased { q: &q, hp, wq, s };
+            // The gradient of the padded plane, in the same phase layout.
+            dq.clear();
+            dq.resize(q.len(), 0.0);
+            for (oy, dyrow) in dy[pi * pout..][..pout].chunks_exact(wo).enumerate() {
+                // Arg-max per output column, in window order (the first maximum wins).
+                best.copy_from_slice(v.tap_row(oy * s, 0, wo));
+                arg.fill(0);
+                for t in 1..kk {
+                    for ((b, a), v) in best.iter_mut().zip(arg.iter_mut()).zip(v.tap_row(oy * s + t / g.kw, t % g.kw, wo)) {
+                        // Branch-free, so that it vectorises.
+                        let gt = *v > *b;
+                        *b = if gt { *v } else { *b };
+                        *a = if gt { t as u32 } else { *a };
                     }
-                    if let Some(j) = at {
-                        dxp[j] += dyp[oy * g.wo + ox];
+                }
+                let base = oy * s * wq;
+                for (ox, (&t, d)) in arg.iter().zip(dyrow).enumerate() {
+                    dq[tap_offset[t as usize] + base + ox] += d;
+                }
+            }
+            let dxp = &mut dxs[i * pin..][..pin];
+            for (iy, row) in dxp.chunks_exact_mut(g.w).enumerate() {
+                let prow = iy + g.pt;
+                if prow >= hp {
+                    row.fill(0.0);
+                    continue;
+                }
+                // Padded column ix + pl is phase (ix + pl) % s, index (ix + pl) / s.
+                let (mut r, mut j) = (g.pl % s, g.pl / s);
+                for o in row.iter_mut() {
+                    *o = if j < wq { dq[(r * hp + prow) * wq + j] } else { 0.0 };
+                    r += 1;
+                    if r == s {
+                        r = 0;
+                        j += 1;
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// The forward op; see [`super::max_pool2d`].
