@@ -18,8 +18,22 @@ fn geom(l: &Layout, kernel: usize, stride: usize, padding: Padding) -> Result<Ge
 }
 
 fn forward(g: &Geom, x: &[f32], y: &mut [f32]) {
-    let (pin, pout, wo) = (g.h * g.w, g.ho * g.wo, g.wo);
-    par_items(g.n * g.c, y, |planes, out| {
+    par_items(g.n * g.c, y, |planes, out| dispatch(Fwd { g, x, planes, out }));
+}
+
+struct Fwd<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+    planes: std::ops::Range<usize>,
+    out: &'a mut [f32],
+}
+
+impl Kernel for Fwd<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let Fwd { g, x, planes, out } = self;
+        let (pin, pout, wo) = (g.h * g.w, g.ho * g.wo, g.wo);
         let mut q = Vec::new();
         for (i, pi) in planes.enumerate() {
             phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q);
@@ -36,7 +50,7 @@ fn forward(g: &Geom, x: &[f32], y: &mut [f32]) {
                 }
             }
         }
-    });
+    }
 }
 
 fn backward(g: &Geom, x: &[f32], dy: &[f32], dx: &mut [f32]) {
