@@ -76,7 +76,8 @@ impl<'a> Phased<'a> {
 #[inline(always)]
 pub(crate) fn phase_pad(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>) {
     let (hp, wq, s) = (g.hp(), g.wq(), g.s);
-    q.resize(s * hp * wq, 0.0);
+    // LANES values of slack at the end, so that a row's last block may read past its end.
+    q.resize(s * hp * wq + LANES, 0.0);
     for r in 0..s {
         for row in 0..hp {
             let dst = &mut q[(r * hp + row) * wq..][..wq];
@@ -102,7 +103,7 @@ fn madd<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
 
 const LANES: usize = 16;
 
-/// `out[x] = sum_t w[t] * src[t][x]`.
+/// `out[x] = sum_t w[t] * src[t][x]`; each `src[t]` holds `out.len()` rounded up to `LANES`.
 #[inline(always)]
 fn taps<const T: usize, const FMA: bool>(out: &mut [f32], src: &[&[f32]; T], w: &[f32; T]) {
     let n = out.len();
@@ -118,12 +119,16 @@ fn taps<const T: usize, const FMA: bool>(out: &mut [f32], src: &[&[f32]; T], w: 
         out[x..x + LANES].copy_from_slice(&acc);
         x += LANES;
     }
-    for x in x..n {
-        let mut a = 0.0;
+    if x < n {
+        // The tail as one more full block: the sources have LANES - 1 values of slack.
+        let mut acc = [0.0f32; LANES];
         for t in 0..T {
-            a = madd::<FMA>(src[t][x], w[t], a);
+            let s: &[f32; LANES] = src[t][x..x + LANES].try_into().expect("16 lanes");
+            for i in 0..LANES {
+                acc[i] = madd::<FMA>(s[i], w[t], acc[i]);
+            }
         }
-        out[x] = a;
+        out[x..].copy_from_slice(&acc[..n - x]);
     }
 }
 
@@ -143,7 +148,8 @@ fn taps_dw<const T: usize, const FMA: bool>(acc: &mut [f32], dy: &[f32], src: &[
 pub(crate) fn plane_fwd<const FMA: bool>(v: Phased<'_>, kh: usize, kw: usize, s: usize, w: &[f32], out: &mut [f32], wo: usize) {
     for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
         if kh == 3 && kw == 3 {
-            let src: [&[f32]; 9] = std::array::from_fn(|t| v.tap_row(oy * s + t / 3, t % 3, wo));
+            let len = wo.next_multiple_of(LANES);
+            let src: [&[f32]; 9] = std::array::from_fn(|t| v.tap_row(oy * s + t / 3, t % 3, len));
             let w9: &[f32; 9] = w.try_into().expect("9 taps");
             taps::<9, FMA>(orow, &src, w9);
         } else {
@@ -233,7 +239,7 @@ impl Kernel for Bwd<'_> {
             }
             if !self.dx.is_empty() {
                 u.clear();
-                u.resize(uh * uw, 0.0);
+                u.resize(uh * uw + LANES, 0.0);
                 for (oy, dyrow) in dyp.chunks_exact(g.wo).enumerate() {
                     let urow = &mut u[(oy * g.s + oh) * uw..][..uw];
                     if g.s == 1 {
