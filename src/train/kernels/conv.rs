@@ -37,8 +37,8 @@ impl Geom {
         if wci != ci {
             bail!("conv2d: the input has {ci} channels but the kernel expects {wci}")
         }
-        let ay = Axis::new(h, kh, stride, padding)?;
-        let ax = Axis::new(w, kw, stride, padding)?;
+        let ay = Axis::along(true, h, kh, stride, padding)?;
+        let ax = Axis::along(false, w, kw, stride, padding)?;
         Ok(Self { n, ci, h, w, co, kh, kw, s: stride, pt: ay.pad, pl: ax.pad, ho: ay.out, wo: ax.out })
     }
     fn k(&self) -> usize {

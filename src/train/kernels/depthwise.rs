@@ -34,8 +34,8 @@ pub(crate) struct Geom {
 impl Geom {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(n: usize, c: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, padding: Padding) -> Result<Self> {
-        let ay = Axis::new(h, kh, stride, padding)?;
-        let ax = Axis::new(w, kw, stride, padding)?;
+        let ay = Axis::along(true, h, kh, stride, padding)?;
+        let ax = Axis::along(false, w, kw, stride, padding)?;
         Ok(Self { n, c, h, w, kh, kw, s: stride, pt: ay.pad, pl: ax.pad, ho: ay.out, wo: ax.out })
     }
     fn plane_in(&self) -> usize {

@@ -43,6 +43,18 @@ pub enum Padding {
     /// that is split with the smaller half on top/left (at stride 2 with an even input and a 3x3
     /// kernel: bottom/right only).
     TfSame,
+    /// Explicit padding per side (each smaller than the kernel), as `ops::Pad` holds it.
+    Explicit { top: usize, bottom: usize, left: usize, right: usize },
+}
+
+impl Padding {
+    /// `(before, after)` along the height (`vertical`) or the width, for explicit padding.
+    fn explicit(&self, vertical: bool) -> Option<(usize, usize)> {
+        match *self {
+            Padding::Explicit { top, bottom, left, right } => Some(if vertical { (top, bottom) } else { (left, right) }),
+            _ => None,
+        }
+    }
 }
 
 /// Resolved geometry along one spatial axis.
@@ -60,11 +72,34 @@ pub(crate) struct Axis {
 }
 
 impl Axis {
+    /// Along the height (`vertical`) or the width.
+    pub(crate) fn along(vertical: bool, size: usize, k: usize, stride: usize, padding: Padding) -> Result<Self> {
+        match padding.explicit(vertical) {
+            Some((before, after)) => Self::explicit(size, k, stride, before, after),
+            None => Self::new(size, k, stride, padding),
+        }
+    }
+
+    fn explicit(size: usize, k: usize, stride: usize, before: usize, after: usize) -> Result<Self> {
+        if stride == 0 || k == 0 {
+            bail!("kernels: stride and kernel size must be positive")
+        }
+        if before >= k || after >= k {
+            bail!("kernels: padding ({before}, {after}) must be smaller than the kernel size {k}")
+        }
+        if size + before + after < k {
+            bail!("kernels: input size {size} with padding ({before}, {after}) is smaller than the kernel size {k}")
+        }
+        Ok(Self { size, k, stride, pad: before, out: (size + before + after - k) / stride + 1 })
+    }
+
+    /// For `Symmetric` and `TfSame` (the same along both axes).
     pub(crate) fn new(size: usize, k: usize, stride: usize, padding: Padding) -> Result<Self> {
         if stride == 0 || k == 0 {
             bail!("kernels: stride and kernel size must be positive")
         }
         let (pad, out) = match padding {
+            Padding::Explicit { .. } => bail!("kernels: explicit padding differs per axis (use Axis::along)"),
             Padding::Symmetric(p) => {
                 if p >= k {
                     bail!("kernels: padding {p} must be smaller than the kernel size {k}")

@@ -321,6 +321,32 @@ fn max_pool_matches_naive_and_finite_differences() {
 }
 
 #[test]
+fn explicit_padding_matches_padded_reference() {
+    let x = rand_t(&[2, 3, 9, 8], 90);
+    let p = Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 };
+    let padded = x.pad_with_zeros(2, 0, 2).unwrap().pad_with_zeros(3, 1, 0).unwrap();
+    let w = rand_t(&[4, 3, 3, 3], 91);
+    assert_close(&conv2d(&x, &w, 2, p).unwrap(), &padded.conv2d(&w, 0, 2, 1, 1).unwrap(), 1e-5, "explicit conv");
+    let f = |x: &Tensor, w: &Tensor| conv2d(x, w, 2, p);
+    let (_, dx, dw) = grads(&f, &x, &w);
+    check_fd(&|x| f(x, &w).unwrap(), &x, &dx, "explicit conv dx");
+    check_fd(&|w| f(&x, w).unwrap(), &w, &dw, "explicit conv dw");
+    let wd = rand_t(&[3, 1, 3, 3], 92);
+    assert_close(&depthwise_conv2d(&x, &wd, 1, p).unwrap(), &padded.conv2d(&wd, 0, 1, 1, 3).unwrap(), 1e-5, "explicit depthwise");
+    let f = |x: &Tensor, w: &Tensor| depthwise_conv2d(x, w, 2, p);
+    let (_, dx, dw) = grads(&f, &x, &wd);
+    check_fd(&|x| f(x, &wd).unwrap(), &x, &dx, "explicit depthwise dx");
+    check_fd(&|w| f(&x, w).unwrap(), &wd, &dw, "explicit depthwise dw");
+    let xd = distinct_t(&[2, 3, 9, 8], 93);
+    let xv = Var::from_tensor(&xd).unwrap();
+    let y = max_pool2d(xv.as_tensor(), 3, 2, p).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 5, 4]);
+    let dx = loss(&y, 99).backward().unwrap().get(xv.as_tensor()).unwrap().clone();
+    check_fd(&|x| max_pool2d(x, 3, 2, p).unwrap(), &xd, &dx, "explicit pool dx");
+    assert!(conv2d(&x, &w, 1, Padding::Explicit { top: 3, bottom: 0, left: 0, right: 0 }).is_err());
+}
+
+#[test]
 fn bad_shapes_are_errors() {
     let x = rand_t(&[1, 3, 5, 5], 1);
     assert!(conv2d(&x, &rand_t(&[4, 2, 3, 3], 2), 1, Padding::Symmetric(1)).is_err());
