@@ -15,6 +15,7 @@ pub mod data;
 pub mod early_stopping;
 pub mod fit;
 pub mod job;
+pub mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod model;

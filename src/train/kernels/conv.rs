@@ -1,0 +1,311 @@
+//! Dense 2D convolution (NCHW, weights OIHW): tiled im2col + single-threaded GEMM per piece.
+//!
+//! Forward, per image: `Y[Co, P] = W[Co, K] * col[K, P]` with `K = Ci*kh*kw` and `P = Ho*Wo`,
+//! built tile by tile (a few hundred output pixels, so the im2col buffer stays in L2). 1x1
+//! stride-1 unpadded convolutions skip im2col (the image already is `col`).
+//!
+//! Backward, per image and tile: `dW += dY_tile * col_tile^T` (per-thread partial sums, added at
+//! the end) and `dcol = W^T * dY_tile`, folded back into dX (col2im). Threads own whole images,
+//! so nothing is shared while they write.
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::gemm::{sgemm, Mat};
+use super::par::{par_items, threads};
+use super::{dims4, f32_slice, gather_row, split_grads, Axis, Padding};
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geom {
+    n: usize,
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    pt: usize,
+    pl: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(xl: &Layout, wl: &Layout, stride: usize, padding: Padding) -> Result<Self> {
+        let (n, ci, h, w) = dims4(xl, "conv2d input")?;
+        let (co, wci, kh, kw) = dims4(wl, "conv2d kernel")?;
+        if wci != ci {
+            bail!("conv2d: the input has {ci} channels but the kernel expects {wci}")
+        }
+        let ay = Axis::along(true, h, kh, stride, padding)?;
+        let ax = Axis::along(false, w, kw, stride, padding)?;
+        Ok(Self { n, ci, h, w, co, kh, kw, s: stride, pt: ay.pad, pl: ax.pad, ho: ay.out, wo: ax.out })
+    }
+    fn k(&self) -> usize {
+        self.ci * self.kh * self.kw
+    }
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn img_in(&self) -> usize {
+        self.ci * self.h * self.w
+    }
+    fn img_out(&self) -> usize {
+        self.co * self.p()
+    }
+    /// 1x1, stride 1, no padding: the image is its own im2col matrix.
+    fn direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.s == 1 && self.pt == 0 && self.pl == 0
+    }
+    /// Output pixels per im2col tile: the tile (K x pixels) takes about `TANUKI_CONV_TILE_KB`
+    /// (default 1 MiB) so that it stays in L2 next to the GEMM's packed panels.
+    fn tile(&self) -> usize {
+        static KB: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let kb = *KB.get_or_init(|| {
+            std::env::var("TANUKI_CONV_TILE_KB").ok().and_then(|v| v.parse().ok()).filter(|&v: &usize| v > 0).unwrap_or(1024)
+        });
+        (kb * 256 / self.k()).max(16).min(self.p())
+    }
+}
+
+/// Fills `col` (`K x len`, row-major) with the im2col columns of output pixels `p0..p0 + len`.
+fn im2col(g: &Geom, ximg: &[f32], p0: usize, len: usize, col: &mut [f32]) {
+    let plane_len = g.h * g.w;
+    for ci in 0..g.ci {
+        let plane = &ximg[ci * plane_len..][..plane_len];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = (ci * g.kh + ky) * g.kw + kx;
+                let dst = &mut col[r * len..][..len];
+                let mut p = p0;
+                let mut d = 0;
+                while d < len {
+                    let (oy, ox0) = (p / g.wo, p % g.wo);
+                    let seg = (g.wo - ox0).min(len - d);
+                    let iy = (oy * g.s + ky) as isize - g.pt as isize;
+                    let out = &mut dst[d..d + seg];
+                    if iy < 0 || iy >= g.h as isize {
+                        out.fill(0.0);
+                    } else {
+                        let row = &plane[iy as usize * g.w..][..g.w];
+                        gather_row(out, row, (ox0 * g.s + kx) as isize - g.pl as isize, g.s, 0.0);
+                    }
+                    p += seg;
+                    d += seg;
+                }
+            }
+        }
+    }
+}
+
+/// `row[start + j * step] += src[j]` wherever that index lies inside `row`.
+fn scatter_add_row(row: &mut [f32], src: &[f32], start: isize, step: usize) {
+    let w = row.len() as isize;
+    if step == 1 {
+        let len = src.len() as isize;
+        let lo = (-start).clamp(0, len) as usize;
+        let hi = (w - start).clamp(lo as isize, len) as usize;
+        let s = (start + lo as isize) as usize;
+        for (o, v) in row[s..s + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+            *o += v;
+        }
+    } else {
+        for (j, v) in src.iter().enumerate() {
+            let i = start + (j * step) as isize;
+            if i >= 0 && i < w {
+                row[i as usize] += v;
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds `dcol` (`K x len`) into the image gradient `dximg`.
+fn col2im_add(g: &Geom, dcol: &[f32], p0: usize, len: usize, dximg: &mut [f32]) {
+    let plane_len = g.h * g.w;
+    for ci in 0..g.ci {
+        let plane = &mut dximg[ci * plane_len..][..plane_len];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = (ci * g.kh + ky) * g.kw + kx;
+                let src = &dcol[r * len..][..len];
+                let mut p = p0;
+                let mut d = 0;
+                while d < len {
+                    let (oy, ox0) = (p / g.wo, p % g.wo);
+                    let seg = (g.wo - ox0).min(len - d);
+                    let iy = (oy * g.s + ky) as isize - g.pt as isize;
+                    if iy >= 0 && iy < g.h as isize {
+                        let row = &mut plane[iy as usize * g.w..][..g.w];
+                        scatter_add_row(row, &src[d..d + seg], (ox0 * g.s + kx) as isize - g.pl as isize, g.s);
+                    }
+                    p += seg;
+                    d += seg;
+                }
+            }
+        }
+    }
+}
+
+/// Output rows `rows` (output channels) of one image: `yrows` is `rows.len() x P`.
+fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yrows: &mut [f32], col: &mut Vec<f32>) {
+    let (k, p) = (g.k(), g.p());
+    let m = rows.len();
+    let wmat = Mat { data: &w[rows.start * k..rows.end * k], rs: k, cs: 1 };
+    if g.direct() {
+        sgemm(m, p, k, yrows, p, false, wmat, Mat { data: ximg, rs: p, cs: 1 });
+        return;
+    }
+    let tile = g.tile();
+    col.resize(k * tile, 0.0);
+    for p0 in (0..p).step_by(tile) {
+        let len = tile.min(p - p0);
+        let col = &mut col[..k * len];
+        im2col(g, ximg, p0, len, col);
+        sgemm(m, len, k, &mut yrows[p0..], p, false, wmat, Mat { data: col, rs: len, cs: 1 });
+    }
+}
+
+fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let (img_in, img_out) = (g.img_in(), g.img_out());
+    if g.n >= threads() {
+        par_items(g.n, y, |imgs, yout| {
+            let mut col = Vec::new();
+            for (i, n) in imgs.enumerate() {
+                fwd_rows(g, &x[n * img_in..][..img_in], w, 0..g.co, &mut yout[i * img_out..][..img_out], &mut col);
+            }
+        });
+    } else {
+        // Fewer images than cores: split each image's output channels instead.
+        for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
+            let ximg = &x[n * img_in..][..img_in];
+            par_items(g.co, yimg, |rows, yrows| fwd_rows(g, ximg, w, rows, yrows, &mut Vec::new()));
+        }
+    }
+}
+
+struct Bufs {
+    col: Vec<f32>,
+    dcol: Vec<f32>,
+}
+
+fn bwd_image(g: &Geom, ximg: &[f32], w: &[f32], dyimg: &[f32], dximg: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, b: &mut Bufs) {
+    let (k, p, co) = (g.k(), g.p(), g.co);
+    let wt = Mat { data: w, rs: 1, cs: k };
+    if g.direct() {
+        if let Some(dw) = dw {
+            sgemm(co, k, p, dw, k, true, Mat { data: dyimg, rs: p, cs: 1 }, Mat { data: ximg, rs: 1, cs: p });
+        }
+        if let Some(dx) = dximg {
+            sgemm(k, p, co, dx, p, false, wt, Mat { data: dyimg, rs: p, cs: 1 });
+        }
+        return;
+    }
+    let mut dximg = dximg;
+    let tile = g.tile();
+    for p0 in (0..p).step_by(tile) {
+        let len = tile.min(p - p0);
+        let dy_tile = Mat { data: &dyimg[p0..], rs: p, cs: 1 };
+        if let Some(dw) = dw.as_deref_mut() {
+            b.col.resize(k * tile, 0.0);
+            let col = &mut b.col[..k * len];
+            im2col(g, ximg, p0, len, col);
+            sgemm(co, k, len, dw, k, true, dy_tile, Mat { data: col, rs: 1, cs: len });
+        }
+        if let Some(dx) = dximg.as_deref_mut() {
+            b.dcol.resize(k * tile, 0.0);
+            let dcol = &mut b.dcol[..k * len];
+            sgemm(k, len, co, dcol, len, false, wt, dy_tile);
+            col2im_add(g, dcol, p0, len, dx);
+        }
+    }
+}
+
+/// Fills `dx` (zeroed, `N x Ci x H x W`) and `dw` (zeroed, `Co x K`) where asked for.
+fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+    let (img_in, img_out) = (g.img_in(), g.img_out());
+    let want_dw = dw.is_some();
+    let want_dx = dx.is_some();
+    let mut empty: [f32; 0] = [];
+    let dx_all: &mut [f32] = match dx {
+        Some(d) => d,
+        None => &mut empty,
+    };
+    let partials = par_items(g.n, dx_all, |imgs, dxout| {
+        let mut b = Bufs { col: Vec::new(), dcol: Vec::new() };
+        let mut dwp = if want_dw { vec![0.0f32; g.co * g.k()] } else { Vec::new() };
+        for (i, n) in imgs.enumerate() {
+            let dximg = if want_dx { Some(&mut dxout[i * img_in..][..img_in]) } else { None };
+            let dwo = if want_dw { Some(dwp.as_mut_slice()) } else { None };
+            bwd_image(g, &x[n * img_in..][..img_in], w, &dy[n * img_out..][..img_out], dximg, dwo, &mut b);
+        }
+        dwp
+    });
+    if let Some(dw) = dw {
+        for part in partials {
+            for (d, v) in dw.iter_mut().zip(&part) {
+                *d += v;
+            }
+        }
+    }
+}
+
+/// The forward op; see [`super::conv2d`].
+pub(crate) struct Conv2d {
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "tanuki-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1, l2, self.stride, self.padding)?;
+        let x = f32_slice(s1, l1, "conv2d input")?;
+        let w = f32_slice(s2, l2, "conv2d kernel")?;
+        let mut y = vec![0.0f32; g.n * g.img_out()];
+        forward(&g, x, w, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (want_x, want_w) = (x.track_op(), w.track_op());
+        if !want_x && !want_w {
+            return Ok((None, None));
+        }
+        let op = Conv2dBackward { stride: self.stride, padding: self.padding, want_x, want_w };
+        let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
+        split_grads(flat, want_x.then_some(x), want_w.then_some(w))
+    }
+}
+
+/// The backward op: a flat tensor holding dX (if wanted) then dW (if wanted).
+struct Conv2dBackward {
+    stride: usize,
+    padding: Padding,
+    want_x: bool,
+    want_w: bool,
+}
+
+impl CustomOp3 for Conv2dBackward {
+    fn name(&self) -> &'static str {
+        "tanuki-conv2d-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1, l2, self.stride, self.padding)?;
+        let x = f32_slice(s1, l1, "conv2d input")?;
+        let w = f32_slice(s2, l2, "conv2d kernel")?;
+        let dy = f32_slice(s3, l3, "conv2d output gradient")?;
+        if l3.dims() != [g.n, g.co, g.ho, g.wo] {
+            bail!("conv2d backward: output gradient has shape {:?}, expected {:?}", l3.dims(), [g.n, g.co, g.ho, g.wo])
+        }
+        let dx_len = if self.want_x { g.n * g.img_in() } else { 0 };
+        let dw_len = if self.want_w { g.co * g.k() } else { 0 };
+        let mut out = vec![0.0f32; dx_len + dw_len];
+        let (dx, dw) = out.split_at_mut(dx_len);
+        backward(&g, x, w, dy, self.want_x.then_some(dx), self.want_w.then_some(dw));
+        Ok((CpuStorage::F32(out), Shape::from(dx_len + dw_len)))
+    }
+}

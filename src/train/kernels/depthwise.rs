@@ -1,0 +1,338 @@
+//! Depthwise 2D convolution (NCHW, weights `[C, 1, kh, kw]`), plane by plane.
+//!
+//! Each `H x W` plane of one image and channel is independent: threads take contiguous runs of
+//! planes. A plane is first copied, padded, into a small scratch in "phase" form (for stride `s`,
+//! `s` sub-planes holding the columns `j*s + r`), so that every tap of the kernel reads a
+//! contiguous, in-bounds row slice; the taps are then fused into one sweep per output row, 16
+//! lanes at a time (one AVX-512 register when the CPU has it).
+//!
+//! Backward, per plane, in one pass: dW accumulates `dY * shifted X` per tap in row buffers
+//! (per-thread partial sums), and dX is a gather: the stride-1 correlation of `dY` (zero-upsampled
+//! by the stride and padded) with the flipped kernel, i.e. the forward sweep again.
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::par::par_items;
+use super::simd::{dispatch, Kernel};
+use super::{dims4, f32_slice, gather_row, split_grads, Axis, Padding};
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub s: usize,
+    pub pt: usize,
+    pub pl: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Geom {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(n: usize, c: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, padding: Padding) -> Result<Self> {
+        let ay = Axis::along(true, h, kh, stride, padding)?;
+        let ax = Axis::along(false, w, kw, stride, padding)?;
+        Ok(Self { n, c, h, w, kh, kw, s: stride, pt: ay.pad, pl: ax.pad, ho: ay.out, wo: ax.out })
+    }
+    fn plane_in(&self) -> usize {
+        self.h * self.w
+    }
+    fn plane_out(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Rows of the padded plane that the output reads.
+    pub(crate) fn hp(&self) -> usize {
+        (self.ho - 1) * self.s + self.kh
+    }
+    /// Columns of each phase of the padded plane.
+    pub(crate) fn wq(&self) -> usize {
+        self.wo + (self.kw - 1) / self.s
+    }
+}
+
+/// A padded plane in phase form: phase `r` row `i` column `j` is padded column `j*s + r`.
+#[derive(Clone, Copy)]
+pub(crate) struct Phased<'a> {
+    pub q: &'a [f32],
+    pub hp: usize,
+    pub wq: usize,
+    pub s: usize,
+}
+
+impl<'a> Phased<'a> {
+    /// The `len` values read by tap column `kx` for padded row `row`.
+    #[inline(always)]
+    pub(crate) fn tap_row(&self, row: usize, kx: usize, len: usize) -> &'a [f32] {
+        let (r, off) = (kx % self.s, kx / self.s);
+        &self.q[(r * self.hp + row) * self.wq + off..][..len]
+    }
+}
+
+/// Copies `plane` (`h x w`) into `q` in phase form, padded with `fill`.
+#[inline(always)]
+pub(crate) fn phase_pad(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>) {
+    let (hp, wq, s) = (g.hp(), g.wq(), g.s);
+    // LANES values of slack at the end, so that a row's last block may read past its end.
+    q.resize(s * hp * wq + LANES, 0.0);
+    for r in 0..s {
+        for row in 0..hp {
+            let dst = &mut q[(r * hp + row) * wq..][..wq];
+            let iy = row as isize - g.pt as isize;
+            if iy < 0 || iy >= g.h as isize {
+                dst.fill(fill);
+            } else {
+                let src = &plane[iy as usize * g.w..][..g.w];
+                gather_row(dst, src, r as isize - g.pl as isize, s, fill);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, acc)
+    } else {
+        acc + a * b
+    }
+}
+
+const LANES: usize = 16;
+
+/// `out[x] = sum_t w[t] * src[t][x]`; each `src[t]` holds `out.len()` rounded up to `LANES`.
+#[inline(always)]
+fn taps<const T: usize, const FMA: bool>(out: &mut [f32], src: &[&[f32]; T], w: &[f32; T]) {
+    let n = out.len();
+    let mut x = 0;
+    while x + LANES <= n {
+        let mut acc = [0.0f32; LANES];
+        for t in 0..T {
+            let s: &[f32; LANES] = src[t][x..x + LANES].try_into().expect("16 lanes");
+            for i in 0..LANES {
+                acc[i] = madd::<FMA>(s[i], w[t], acc[i]);
+            }
+        }
+        out[x..x + LANES].copy_from_slice(&acc);
+        x += LANES;
+    }
+    if x < n {
+        // The tail as one more full block: the sources have LANES - 1 values of slack.
+        let mut acc = [0.0f32; LANES];
+        for t in 0..T {
+            let s: &[f32; LANES] = src[t][x..x + LANES].try_into().expect("16 lanes");
+            for i in 0..LANES {
+                acc[i] = madd::<FMA>(s[i], w[t], acc[i]);
+            }
+        }
+        out[x..].copy_from_slice(&acc[..n - x]);
+    }
+}
+
+/// `acc[t][x] += dy[x] * src[t][x]` for every tap `t` (`acc` is `T` rows of `dy.len()`).
+#[inline(always)]
+fn taps_dw<const T: usize, const FMA: bool>(acc: &mut [f32], dy: &[f32], src: &[&[f32]; T]) {
+    let n = dy.len();
+    for (a, s) in acc.chunks_exact_mut(n).zip(src) {
+        for ((a, d), s) in a.iter_mut().zip(dy).zip(&s[..n]) {
+            *a = madd::<FMA>(*d, *s, *a);
+        }
+    }
+}
+
+/// One output plane (`ho x wo`) from a phased padded input plane.
+#[inline(always)]
+pub(crate) fn plane_fwd<const FMA: bool>(v: Phased<'_>, kh: usize, kw: usize, s: usize, w: &[f32], out: &mut [f32], wo: usize) {
+    for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
+        if kh == 3 && kw == 3 {
+            let len = wo.next_multiple_of(LANES);
+            let src: [&[f32]; 9] = std::array::from_fn(|t| v.tap_row(oy * s + t / 3, t % 3, len));
+            let w9: &[f32; 9] = w.try_into().expect("9 taps");
+            taps::<9, FMA>(orow, &src, w9);
+        } else {
+            orow.fill(0.0);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let wt = w[ky * kw + kx];
+                    for (o, x) in orow.iter_mut().zip(v.tap_row(oy * s + ky, kx, wo)) {
+                        *o = madd::<FMA>(*x, wt, *o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Fwd<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+    w: &'a [f32],
+    planes: std::ops::Range<usize>,
+    out: &'a mut [f32],
+}
+
+impl Kernel for Fwd<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let g = self.g;
+        let (kk, pin, pout) = (g.kh * g.kw, g.plane_in(), g.plane_out());
+        let mut q = Vec::new();
+        for (i, pi) in self.planes.enumerate() {
+            let c = pi % g.c;
+            phase_pad(g, &self.x[pi * pin..][..pin], 0.0, &mut q);
+            let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
+            plane_fwd::<FMA>(v, g.kh, g.kw, g.s, &self.w[c * kk..][..kk], &mut self.out[i * pout..][..pout], g.wo);
+        }
+    }
+}
+
+struct Bwd<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+    w: &'a [f32],
+    dy: &'a [f32],
+    planes: std::ops::Range<usize>,
+    /// dX of these planes, or empty when dX is not wanted.
+    dx: &'a mut [f32],
+    want_w: bool,
+}
+
+impl Kernel for Bwd<'_> {
+    /// Per-thread partial dW (`C x kh*kw`), or empty.
+    type Out = Vec<f32>;
+    #[inline(always)]
+    fn run<const FMA: bool>(self) -> Vec<f32> {
+        let g = self.g;
+        let (kh, kw) = (g.kh, g.kw);
+        let (kk, pin, pout) = (kh * kw, g.plane_in(), g.plane_out());
+        let mut dw = if self.want_w { vec![0.0f32; g.c * kk] } else { Vec::new() };
+        let (mut q, mut u, mut acc) = (Vec::new(), Vec::new(), Vec::new());
+        // The dX gather's geometry: stride 1 over U, (h + kh - 1) x (w + kw - 1).
+        let (oh, ow) = (kh - 1 - g.pt, kw - 1 - g.pl);
+        let (uh, uw) = (g.h + kh - 1, g.w + kw - 1);
+        for (i, pi) in self.planes.enumerate() {
+            let c = pi % g.c;
+            let dyp = &self.dy[pi * pout..][..pout];
+            if self.want_w {
+                phase_pad(g, &self.x[pi * pin..][..pin], 0.0, &mut q);
+                let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
+                acc.clear();
+                acc.resize(kk * g.wo, 0.0);
+                for (oy, dyrow) in dyp.chunks_exact(g.wo).enumerate() {
+                    if kk == 9 {
+                        let src: [&[f32]; 9] = std::array::from_fn(|t| v.tap_row(oy * g.s + t / 3, t % 3, g.wo));
+                        taps_dw::<9, FMA>(&mut acc, dyrow, &src);
+                    } else {
+                        for t in 0..kk {
+                            let src = [v.tap_row(oy * g.s + t / kw, t % kw, g.wo)];
+                            taps_dw::<1, FMA>(&mut acc[t * g.wo..][..g.wo], dyrow, &src);
+                        }
+                    }
+                }
+                for (t, row) in acc.chunks_exact(g.wo).enumerate() {
+                    dw[c * kk + t] += row.iter().sum::<f32>();
+                }
+            }
+            if !self.dx.is_empty() {
+                u.clear();
+                u.resize(uh * uw + LANES, 0.0);
+                for (oy, dyrow) in dyp.chunks_exact(g.wo).enumerate() {
+                    let urow = &mut u[(oy * g.s + oh) * uw..][..uw];
+                    if g.s == 1 {
+                        urow[ow..ow + g.wo].copy_from_slice(dyrow);
+                    } else {
+                        for (ox, d) in dyrow.iter().enumerate() {
+                            urow[ox * g.s + ow] = *d;
+                        }
+                    }
+                }
+                let wc = &self.w[c * kk..][..kk];
+                let flipped: Vec<f32> = (0..kk).map(|t| wc[kk - 1 - t]).collect();
+                let v = Phased { q: &u, hp: uh, wq: uw, s: 1 };
+                plane_fwd::<FMA>(v, kh, kw, 1, &flipped, &mut self.dx[i * pin..][..pin], g.w);
+            }
+        }
+        dw
+    }
+}
+
+fn geom(xl: &Layout, wl: &Layout, stride: usize, padding: Padding) -> Result<Geom> {
+    let (n, c, h, w) = dims4(xl, "depthwise input")?;
+    let (wc, one, kh, kw) = dims4(wl, "depthwise kernel")?;
+    if wc != c || one != 1 {
+        bail!("depthwise_conv2d: kernel shape {:?} does not match {c} input channels (expected [{c}, 1, kh, kw])", wl.dims())
+    }
+    Geom::new(n, c, h, w, kh, kw, stride, padding)
+}
+
+/// The forward op; see [`super::depthwise_conv2d`].
+pub(crate) struct Depthwise {
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+impl CustomOp2 for Depthwise {
+    fn name(&self) -> &'static str {
+        "tanuki-depthwise-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l1, l2, self.stride, self.padding)?;
+        let x = f32_slice(s1, l1, "depthwise input")?;
+        let w = f32_slice(s2, l2, "depthwise kernel")?;
+        let mut y = vec![0.0f32; g.n * g.c * g.plane_out()];
+        par_items(g.n * g.c, &mut y, |planes, out| dispatch(Fwd { g: &g, x, w, planes, out }));
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (want_x, want_w) = (x.track_op(), w.track_op());
+        if !want_x && !want_w {
+            return Ok((None, None));
+        }
+        let op = DepthwiseBackward { stride: self.stride, padding: self.padding, want_x, want_w };
+        let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
+        split_grads(flat, want_x.then_some(x), want_w.then_some(w))
+    }
+}
+
+struct DepthwiseBackward {
+    stride: usize,
+    padding: Padding,
+    want_x: bool,
+    want_w: bool,
+}
+
+impl CustomOp3 for DepthwiseBackward {
+    fn name(&self) -> &'static str {
+        "tanuki-depthwise-conv2d-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l1, l2, self.stride, self.padding)?;
+        let x = f32_slice(s1, l1, "depthwise input")?;
+        let w = f32_slice(s2, l2, "depthwise kernel")?;
+        let dy = f32_slice(s3, l3, "depthwise output gradient")?;
+        if l3.dims() != [g.n, g.c, g.ho, g.wo] {
+            bail!("depthwise backward: output gradient has shape {:?}, expected {:?}", l3.dims(), [g.n, g.c, g.ho, g.wo])
+        }
+        let dx_len = if self.want_x { g.n * g.c * g.plane_in() } else { 0 };
+        let dw_len = if self.want_w { g.c * g.kh * g.kw } else { 0 };
+        let mut out = vec![0.0f32; dx_len + dw_len];
+        let (dx, dw) = out.split_at_mut(dx_len);
+        let want_w = self.want_w;
+        let parts = par_items(g.n * g.c, dx, |planes, dx| dispatch(Bwd { g: &g, x, w, dy, planes, dx, want_w }));
+        if want_w {
+            for part in parts {
+                for (d, v) in dw.iter_mut().zip(&part) {
+                    *d += v;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dx_len + dw_len)))
+    }
+}

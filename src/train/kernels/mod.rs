@@ -1,0 +1,198 @@
+//! Fast CPU kernels for convolutional backbones, as candle custom ops with backward passes.
+//!
+//! Every function takes and returns NCHW `f32` tensors (candle-nn's layout; weights OIHW), so a
+//! model switches from candle's stock op with a one-line change per call site:
+//!
+//! - [`conv2d`]: dense 2D convolution, any kernel size, stride and padding. Tiled im2col + GEMM
+//!   (the `gemm` crate with its AVX-512 kernels, single-threaded per piece), images split across
+//!   the cores.
+//! - [`depthwise_conv2d`]: one filter per channel (weights `[C, 1, kh, kw]`), any stride; planes
+//!   split across the cores, each plane padded once into an L1/L2-resident scratch and swept with
+//!   all taps fused (AVX-512 when the CPU has it, picked at run time).
+//! - [`max_pool2d`]: max pooling with any kernel, stride and padding (kernel != stride included,
+//!   which candle's own max-pool cannot differentiate).
+//!
+//! Backward passes compute each gradient only for the inputs that track one (a frozen weight or
+//! the input images get `None`), and compute dX and dW in one pass over the data.
+//!
+//! Only the CPU is supported; other devices get an error.
+
+mod conv;
+mod depthwise;
+mod gemm;
+mod par;
+mod pool;
+mod simd;
+
+#[cfg(test)]
+mod tests;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
+
+pub use par::threads;
+pub use simd::has_avx512;
+
+/// Spatial padding of a convolution or pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// `p` rows/columns on every side (PyTorch/candle style; `Symmetric(0)` is Keras's "valid").
+    /// The output is `(size + 2p - k) / stride + 1`.
+    Symmetric(usize),
+    /// TensorFlow/Keras "same": the output is `ceil(size / stride)`, and the padding needed for
+    /// that is split with the smaller half on top/left (at stride 2 with an even input and a 3x3
+    /// kernel: bottom/right only).
+    TfSame,
+    /// Explicit padding per side (each smaller than the kernel), as `ops::Pad` holds it.
+    Explicit { top: usize, bottom: usize, left: usize, right: usize },
+}
+
+impl Padding {
+    /// `(before, after)` along the height (`vertical`) or the width, for explicit padding.
+    fn explicit(&self, vertical: bool) -> Option<(usize, usize)> {
+        match *self {
+            Padding::Explicit { top, bottom, left, right } => Some(if vertical { (top, bottom) } else { (left, right) }),
+            _ => None,
+        }
+    }
+}
+
+/// Resolved geometry along one spatial axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Axis {
+    /// Input size.
+    pub size: usize,
+    /// Kernel size.
+    pub k: usize,
+    pub stride: usize,
+    /// Padding before the first element (top or left).
+    pub pad: usize,
+    /// Output size.
+    pub out: usize,
+}
+
+impl Axis {
+    /// Along the height (`vertical`) or the width.
+    pub(crate) fn along(vertical: bool, size: usize, k: usize, stride: usize, padding: Padding) -> Result<Self> {
+        match padding.explicit(vertical) {
+            Some((before, after)) => Self::explicit(size, k, stride, before, after),
+            None => Self::new(size, k, stride, padding),
+        }
+    }
+
+    fn explicit(size: usize, k: usize, stride: usize, before: usize, after: usize) -> Result<Self> {
+        if stride == 0 || k == 0 {
+            bail!("kernels: stride and kernel size must be positive")
+        }
+        if before >= k || after >= k {
+            bail!("kernels: padding ({before}, {after}) must be smaller than the kernel size {k}")
+        }
+        if size + before + after < k {
+            bail!("kernels: input size {size} with padding ({before}, {after}) is smaller than the kernel size {k}")
+        }
+        Ok(Self { size, k, stride, pad: before, out: (size + before + after - k) / stride + 1 })
+    }
+
+    /// For `Symmetric` and `TfSame` (the same along both axes).
+    pub(crate) fn new(size: usize, k: usize, stride: usize, padding: Padding) -> Result<Self> {
+        if stride == 0 || k == 0 {
+            bail!("kernels: stride and kernel size must be positive")
+        }
+        let (pad, out) = match padding {
+            Padding::Explicit { .. } => bail!("kernels: explicit padding differs per axis (use Axis::along)"),
+            Padding::Symmetric(p) => {
+                if p >= k {
+                    bail!("kernels: padding {p} must be smaller than the kernel size {k}")
+                }
+                if size + 2 * p < k {
+                    bail!("kernels: input size {size} with padding {p} is smaller than the kernel size {k}")
+                }
+                (p, (size + 2 * p - k) / stride + 1)
+            }
+            Padding::TfSame => {
+                if size == 0 {
+                    bail!("kernels: empty input")
+                }
+                let out = size.div_ceil(stride);
+                let total = ((out - 1) * stride + k).saturating_sub(size);
+                (total / 2, out)
+            }
+        };
+        Ok(Self { size, k, stride, pad, out })
+    }
+}
+
+/// `out[j] = row[start + j * step]`, or `fill` where that index falls outside `row`.
+#[inline]
+pub(crate) fn gather_row(out: &mut [f32], row: &[f32], start: isize, step: usize, fill: f32) {
+    let w = row.len() as isize;
+    if step == 1 {
+        let len = out.len() as isize;
+        let lo = (-start).clamp(0, len);
+        let hi = (w - start).clamp(lo, len);
+        let (lo, hi) = (lo as usize, hi as usize);
+        out[..lo].fill(fill);
+        out[hi..].fill(fill);
+        let s = (start + lo as isize) as usize;
+        out[lo..hi].copy_from_slice(&row[s..s + (hi - lo)]);
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            let i = start + (j * step) as isize;
+            *o = if i >= 0 && i < w { row[i as usize] } else { fill };
+        }
+    }
+}
+
+/// The contiguous f32 data of a storage/layout pair.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => bail!("kernels: {what} must be f32, got {:?}", s.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("kernels: {what} must be contiguous"),
+    }
+}
+
+pub(crate) fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match l.dims() {
+        &[a, b, c, d] => Ok((a, b, c, d)),
+        d => bail!("kernels: {what} must have 4 dimensions, got {d:?}"),
+    }
+}
+
+/// Splits the flat output of a fused backward op into the gradients it holds.
+pub(crate) fn split_grads(flat: Tensor, first: Option<&Tensor>, second: Option<&Tensor>) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let n1 = first.map_or(0, |t| t.elem_count());
+    let g1 = match first {
+        Some(t) => Some(flat.narrow(0, 0, n1)?.reshape(t.shape())?),
+        None => None,
+    };
+    let g2 = match second {
+        Some(t) => Some(flat.narrow(0, n1, t.elem_count())?.reshape(t.shape())?),
+        None => None,
+    };
+    Ok((g1, g2))
+}
+
+/// Dense 2D convolution: `x` `[N, Ci, H, W]`, `w` `[Co, Ci, kh, kw]` -> `[N, Co, Ho, Wo]`.
+///
+/// Drop-in for `x.conv2d(w, p, stride, 1, 1)` with `Padding::Symmetric(p)`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, conv::Conv2d { stride, padding })
+}
+
+/// Depthwise 2D convolution: `x` `[N, C, H, W]`, `w` `[C, 1, kh, kw]` -> `[N, C, Ho, Wo]`.
+///
+/// Drop-in for `x.conv2d(w, p, stride, 1, C)` with `Padding::Symmetric(p)`.
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, depthwise::Depthwise { stride, padding })
+}
+
+/// Max pooling over `kernel x kernel` windows: `x` `[N, C, H, W]` -> `[N, C, Ho, Wo]`. Padded
+/// positions never win. Drop-in for `x.max_pool2d_with_stride(kernel, stride)` with
+/// `Padding::Symmetric(0)`, and differentiable for any kernel and stride.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(pool::MaxPool { kernel, stride, padding })
+}

@@ -1,0 +1,175 @@
+//! Max pooling (NCHW) with any kernel, stride and padding, and its backward pass.
+//!
+//! Both passes reuse the depthwise kernel's phase-padded planes (padding is `-inf`, so it never
+//! wins). Backward recomputes each window's arg-max (the first maximum in row-major window order)
+//! a row at a time and adds the output gradient there, into a padded plane of the same layout;
+//! a plane belongs to one thread, so the adds never race.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+use super::depthwise::{phase_pad, Geom, Phased};
+use super::par::par_items;
+use super::simd::{dispatch, Kernel};
+use super::{dims4, f32_slice, Padding};
+
+fn geom(l: &Layout, kernel: usize, stride: usize, padding: Padding) -> Result<Geom> {
+    let (n, c, h, w) = dims4(l, "max_pool2d input")?;
+    Geom::new(n, c, h, w, kernel, kernel, stride, padding)
+}
+
+fn forward(g: &Geom, x: &[f32], y: &mut [f32]) {
+    par_items(g.n * g.c, y, |planes, out| dispatch(Fwd { g, x, planes, out }));
+}
+
+struct Fwd<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+    planes: std::ops::Range<usize>,
+    out: &'a mut [f32],
+}
+
+impl Kernel for Fwd<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let Fwd { g, x, planes, out } = self;
+        let (pin, pout, wo) = (g.h * g.w, g.ho * g.wo, g.wo);
+        let mut q = Vec::new();
+        for (i, pi) in planes.enumerate() {
+            phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q);
+            let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
+            for (oy, orow) in out[i * pout..][..pout].chunks_exact_mut(wo).enumerate() {
+                orow.copy_from_slice(v.tap_row(oy * g.s, 0, wo));
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        for (o, v) in orow.iter_mut().zip(v.tap_row(oy * g.s + ky, kx, wo)) {
+                            // Not f32::max: a NaN must propagate, as in the reference ops.
+                            *o = if *v > *o || v.is_nan() { *v } else { *o };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn backward(g: &Geom, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    par_items(g.n * g.c, dx, |planes, dxs| dispatch(Bwd { g, x, dy, planes, dxs }));
+}
+
+struct Bwd<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+    dy: &'a [f32],
+    planes: std::ops::Range<usize>,
+    dxs: &'a mut [f32],
+}
+
+impl Kernel for Bwd<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let Bwd { g, x, dy, planes, dxs } = self;
+        let (pin, pout, wo, s) = (g.h * g.w, g.ho * g.wo, g.wo, g.s);
+        let (hp, wq, kk) = (g.hp(), g.wq(), g.kh * g.kw);
+        let (mut q, mut dq) = (Vec::new(), Vec::new());
+        let (mut best, mut arg) = (vec![0.0f32; wo], vec![0u32; wo]);
+        // Where tap (ky, kx) of output (0, 0) lies in the phase layout (no divisions per element).
+        let tap_offset: Vec<usize> = (0..kk).map(|t| (t % g.kw % s * hp + t / g.kw) * wq + t % g.kw / s).collect();
+        for (i, pi) in planes.enumerate() {
+            phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q);
+            let v = Phased { q: &q, hp, wq, s };
+            // The gradient of the padded plane, in the same phase layout.
+            dq.clear();
+            dq.resize(q.len(), 0.0);
+            for (oy, dyrow) in dy[pi * pout..][..pout].chunks_exact(wo).enumerate() {
+                // Arg-max per output column, in window order (the first maximum wins).
+                best.copy_from_slice(v.tap_row(oy * s, 0, wo));
+                arg.fill(0);
+                for t in 1..kk {
+                    for ((b, a), v) in best.iter_mut().zip(arg.iter_mut()).zip(v.tap_row(oy * s + t / g.kw, t % g.kw, wo)) {
+                        // Branch-free, so that it vectorises.
+                        let gt = *v > *b;
+                        *b = if gt { *v } else { *b };
+                        *a = if gt { t as u32 } else { *a };
+                    }
+                }
+                let base = oy * s * wq;
+                for (ox, (&t, d)) in arg.iter().zip(dyrow).enumerate() {
+                    dq[tap_offset[t as usize] + base + ox] += d;
+                }
+            }
+            let dxp = &mut dxs[i * pin..][..pin];
+            for (iy, row) in dxp.chunks_exact_mut(g.w).enumerate() {
+                let prow = iy + g.pt;
+                if prow >= hp {
+                    row.fill(0.0);
+                    continue;
+                }
+                // Padded column ix + pl is phase (ix + pl) % s, index (ix + pl) / s.
+                let (mut r, mut j) = (g.pl % s, g.pl / s);
+                for o in row.iter_mut() {
+                    *o = if j < wq { dq[(r * hp + prow) * wq + j] } else { 0.0 };
+                    r += 1;
+                    if r == s {
+                        r = 0;
+                        j += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The forward op; see [`super::max_pool2d`].
+pub(crate) struct MaxPool {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "tanuki-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l, self.kernel, self.stride, self.padding)?;
+        let x = f32_slice(s, l, "max_pool2d input")?;
+        let mut y = vec![0.0f32; g.n * g.c * g.ho * g.wo];
+        forward(&g, x, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let op = MaxPoolBackward { kernel: self.kernel, stride: self.stride, padding: self.padding };
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &op)?))
+    }
+}
+
+struct MaxPoolBackward {
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+}
+
+impl candle_core::CustomOp2 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "tanuki-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l1, self.kernel, self.stride, self.padding)?;
+        let x = f32_slice(s1, l1, "max_pool2d input")?;
+        let dy = f32_slice(s2, l2, "max_pool2d output gradient")?;
+        if l2.dims() != [g.n, g.c, g.ho, g.wo] {
+            candle_core::bail!("max_pool2d backward: output gradient has shape {:?}, expected {:?}", l2.dims(), [g.n, g.c, g.ho, g.wo])
+        }
+        let mut dx = vec![0.0f32; x.len()];
+        backward(&g, x, dy, &mut dx);
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
