@@ -69,9 +69,11 @@ async fn uploads_are_checked_against_the_architecture() {
     assert_eq!(status, 422, "{body}");
     let (status, body) = upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=keras", b"garbage".to_vec()).await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = upload_weights(&server, "architecture=resnet&format=keras", keras.clone()).await;
+    // Bad parameters are refused before the body is read: send a small one, since a large body
+    // may still be on its way when the answer closes the connection.
+    let (status, body) = upload_weights(&server, "architecture=resnet&format=keras", b"x".to_vec()).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=onnx", keras).await;
+    let (status, body) = upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=onnx", b"x".to_vec()).await;
     assert_eq!(status, 400, "{body}");
 
     let (status, list) = server.get("/v1/backbones").await;

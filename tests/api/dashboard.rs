@@ -94,8 +94,18 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
     browser.navigate(&server.url(&format!("/?job={id}"))).await;
+    // The job's state turns `succeeded` one event before its `end`: wait for the whole history.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let total = loop {
+        let stored = stored_events(&server, &id).await;
+        if stored.last().is_some_and(|e| e["event"] == "end") {
+            break stored.len() as i64;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the short job did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let view = wait_for_view(&mut browser, Duration::from_secs(60), "the finished job", |v| {
-        v["jobId"] == id.as_str() && v["jobState"] == "succeeded" && number(v, "epochPoints") >= 2
+        v["jobId"] == id.as_str() && v["jobState"] == "succeeded" && number(v, "lastEventId") >= total
     })
     .await;
     assert_eq!(number(&view, "epochPoints"), 3, "2 head epochs + 1 fine-tuning epoch: {view}");
