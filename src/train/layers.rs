@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::fold::Folded;
 use super::job::TrainError;
 use super::ops::{self, Pad};
 use super::params::{ParamStore, Role};
@@ -202,33 +203,46 @@ impl Layer {
     /// Runs the layer on `x` (NCHW for spatial layers, `[batch, features]` after pooling).
     /// [`LayerKind::Add`] takes two inputs: see [`Layer::forward_add`].
     pub fn forward(&self, x: &Tensor, params: &ParamStore, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
+        self.forward_folded(x, params, ctx, None)
+    }
+
+    /// As [`Layer::forward`]; a convolution with `fold` runs with its folded kernel and bias.
+    pub fn forward_folded(
+        &self,
+        x: &Tensor,
+        params: &ParamStore,
+        ctx: &mut ForwardCtx,
+        fold: Option<&Folded>,
+    ) -> Result<Tensor, TrainError> {
         let name = self.name.as_str();
+        let weight = |w: &str| match fold {
+            Some(f) if f.weight == w => Ok(f.kernel.clone()),
+            _ => params.tensor(name, w, ctx.grad),
+        };
         let with_bias = |y: Tensor, bias: bool| -> Result<Tensor, TrainError> {
-            if !bias {
-                return Ok(y);
-            }
-            let b = params.tensor(name, "bias", ctx.grad)?;
+            let b = match fold {
+                Some(f) => f.bias.clone(),
+                None if bias => params.tensor(name, "bias", ctx.grad)?,
+                None => return Ok(y),
+            };
             Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?)
         };
         Ok(match self.kind {
-            LayerKind::Conv2d { stride, padding, bias, .. } => {
-                with_bias(ops::conv2d(x, &params.tensor(name, "kernel", ctx.grad)?, stride, padding)?, bias)?
-            }
+            LayerKind::Conv2d { stride, padding, bias, .. } => with_bias(ops::conv2d(x, &weight("kernel")?, stride, padding)?, bias)?,
             LayerKind::DepthwiseConv2d { stride, padding, bias, .. } => {
-                let k = params.tensor(name, "depthwise_kernel", ctx.grad)?;
-                with_bias(ops::depthwise_conv(x, &k, stride, padding)?, bias)?
+                with_bias(ops::depthwise_conv(x, &weight("depthwise_kernel")?, stride, padding)?, bias)?
             }
             LayerKind::SeparableConv2d { padding, bias, .. } => {
-                let dk = params.tensor(name, "depthwise_kernel", ctx.grad)?;
-                let pk = params.tensor(name, "pointwise_kernel", ctx.grad)?;
+                let dk = weight("depthwise_kernel")?;
+                let pk = weight("pointwise_kernel")?;
                 let y = ops::depthwise_conv(x, &dk, 1, padding)?;
-                with_bias(y.conv2d(&pk, 0, 1, 1, 1)?, bias)?
+                with_bias(ops::conv2d(&y, &pk, 1, Pad::default())?, bias)?
             }
             LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
             LayerKind::BatchNorm { channels, epsilon } => batch_norm(x, name, channels, epsilon, params, ctx)?,
             LayerKind::Relu => x.relu()?,
             LayerKind::Relu6 => x.clamp(0f32, 6f32)?,
-            LayerKind::MaxPool { size } => x.max_pool2d(size)?,
+            LayerKind::MaxPool { size } => ops::max_pool_valid(x, size)?,
             LayerKind::MaxPoolPadded { size, stride, padding } => ops::max_pool(x, size, stride, padding)?,
             LayerKind::Add => {
                 return Err(TrainError::Weights(format!("{name}: an Add layer needs two inputs")));

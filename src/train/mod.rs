@@ -13,7 +13,9 @@
 pub mod checkpoint;
 pub mod data;
 pub mod early_stopping;
+pub mod feature_cache;
 pub mod fit;
+pub mod fold;
 pub mod job;
 pub mod kernels;
 pub mod layers;
@@ -25,12 +27,15 @@ pub mod params;
 pub mod predict;
 pub mod rng;
 pub mod spec;
+pub mod step;
 pub mod summary;
 pub mod validate;
 pub mod weights;
 
 #[cfg(test)]
 mod backbone_tests;
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;
 

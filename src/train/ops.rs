@@ -3,12 +3,45 @@
 //! overlapping max pooling, both as sums/maxima of shifted strided views so that every step has
 //! a gradient (candle's own max-pool backward refuses a window larger than its stride).
 //!
-//! Everything is NCHW. These are plain reference implementations; faster kernels may replace
-//! them behind the same functions.
+//! Everything is NCHW. Each op runs [`super::kernels`] (fast CPU custom ops with their own
+//! backward) unless the process-wide [`Backend`] says [`Backend::Stock`]: then the reference
+//! implementations built from candle's own ops run, which benchmarks time side by side.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 
 use super::job::TrainError;
+use super::kernels::{self, Padding};
+
+/// Which implementation the convolution and pooling layers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// [`super::kernels`]: the default, and the only one the service uses.
+    Fast,
+    /// candle's stock ops (and the shifted-view reference ops below): for benchmarks only.
+    Stock,
+}
+
+/// Process-wide rather than per forward pass: the only user is a benchmark that switches it
+/// between timed runs, and threading it through every `ForwardCtx` would touch every caller.
+static STOCK: AtomicBool = AtomicBool::new(false);
+
+pub fn set_backend(backend: Backend) {
+    STOCK.store(backend == Backend::Stock, Ordering::Relaxed);
+}
+
+pub fn backend() -> Backend {
+    if STOCK.load(Ordering::Relaxed) {
+        Backend::Stock
+    } else {
+        Backend::Fast
+    }
+}
+
+fn kp(p: Pad) -> Padding {
+    Padding::Explicit { top: p.top, bottom: p.bottom, left: p.left, right: p.right }
+}
 
 /// Zero (or `-inf`) padding per side, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,6 +171,9 @@ pub fn windows(x: &Tensor, kernel: usize, stride: usize, fill: f32) -> Result<Ve
 
 /// Depthwise convolution: `x` `[n, c, h, w]` (unpadded), `kernel` `[c, 1, k, k]`.
 pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if backend() == Backend::Fast {
+        return Ok(kernels::depthwise_conv2d(x, kernel, stride, kp(p))?);
+    }
     let (c, _, k, _) = kernel.dims4()?;
     let x = pad(x, p, 0.0)?;
     let mut acc: Option<Tensor> = None;
@@ -156,6 +192,9 @@ pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Res
 /// Max pooling of a `size` window at `stride` with padding that never wins (`-inf`), as
 /// TensorFlow's `padding="same"` pooling.
 pub fn max_pool(x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if backend() == Backend::Fast {
+        return Ok(kernels::max_pool2d(x, size, stride, kp(p))?);
+    }
     let x = pad(x, p, f32::NEG_INFINITY)?;
     let views = windows(&x, size, stride, f32::NEG_INFINITY)?;
     let mut acc = views[0].clone();
@@ -165,8 +204,20 @@ pub fn max_pool(x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor
     Ok(acc)
 }
 
+/// Non-overlapping `size` x `size` max pooling, "valid" padding. candle 0.11's own
+/// `max_pool2d` (the stock backend) scales its gradient by 1/size²; the kernel's is exact.
+pub fn max_pool_valid(x: &Tensor, size: usize) -> Result<Tensor, TrainError> {
+    match backend() {
+        Backend::Fast => Ok(kernels::max_pool2d(x, size, size, Padding::Symmetric(0))?),
+        Backend::Stock => Ok(x.max_pool2d(size)?),
+    }
+}
+
 /// A conv2d that pads asymmetrically when needed (explicit pad, then a "valid" conv).
 pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if backend() == Backend::Fast {
+        return Ok(kernels::conv2d(x, kernel, stride, kp(p))?);
+    }
     if p.is_symmetric() {
         Ok(x.conv2d(kernel, p.top, stride, 1, 1)?)
     } else {
