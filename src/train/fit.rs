@@ -25,7 +25,7 @@ use super::loss::LossKind;
 use super::model::{self, Model};
 use super::optim::Optimizer;
 use super::rng::{self, Stream};
-use super::spec::{BatchNormMode, PhaseSpec, SpecError};
+use super::spec::{BatchNormMode, PhaseSpec};
 use super::weights::{self, WeightsError};
 
 /// Runs the whole job; see the module docs. Blocking: call it on a dedicated thread.
