@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::batch_norm;
 use super::fold::Folded;
 use super::job::TrainError;
 use super::ops::{self, Pad};
@@ -239,7 +240,7 @@ impl Layer {
                 with_bias(ops::conv2d(&y, &pk, 1, Pad::default())?, bias)?
             }
             LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
-            LayerKind::BatchNorm { channels, epsilon } => batch_norm(x, name, channels, epsilon, params, ctx)?,
+            LayerKind::BatchNorm { channels, epsilon } => batch_norm::forward(x, name, channels, epsilon, params, ctx)?,
             LayerKind::Relu => x.relu()?,
             LayerKind::Relu6 => x.clamp(0f32, 6f32)?,
             LayerKind::MaxPool { size } => ops::max_pool_valid(x, size)?,
@@ -266,45 +267,6 @@ impl Layer {
                 x.matmul(&k)?.broadcast_add(&b)?
             }
         })
-    }
-}
-
-/// Batch normalisation over NCHW. Inference mode folds the moving statistics into a per-channel
-/// scale and shift; training mode normalises with the batch's (biased) statistics and moves the
-/// moving ones towards them as Keras does: `moving = moving * 0.99 + batch * 0.01`.
-fn batch_norm(
-    x: &Tensor,
-    name: &str,
-    c: usize,
-    epsilon: f64,
-    params: &ParamStore,
-    ctx: &ForwardCtx,
-) -> Result<Tensor, TrainError> {
-    let (training, grad) = (ctx.bn_training, ctx.grad);
-    let gamma = params.tensor(name, "gamma", grad)?.reshape((1, c, 1, 1))?;
-    let beta = params.tensor(name, "beta", grad)?.reshape((1, c, 1, 1))?;
-    if training {
-        // [1, c, 1, 1]
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        let y = centered.broadcast_div(&(var.clone() + epsilon)?.sqrt()?)?;
-        for (stat, batch) in [("moving_mean", &mean), ("moving_variance", &var)] {
-            let p = params
-                .get(&format!("{name}.{stat}"))
-                .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}.{stat}")))?;
-            let moved = ((p.var.as_detached_tensor() * BN_MOMENTUM)?
-                + (batch.detach().flatten_all()? * (1.0 - BN_MOMENTUM))?)?;
-            p.var.set(&moved)?;
-        }
-        Ok(y.broadcast_mul(&gamma)?.broadcast_add(&beta)?)
-    } else {
-        let mean = params.tensor(name, "moving_mean", false)?.reshape((1, c, 1, 1))?;
-        let var = params.tensor(name, "moving_variance", false)?.reshape((1, c, 1, 1))?;
-        // [1, c, 1, 1]
-        let scale = gamma.broadcast_div(&(var + epsilon)?.sqrt()?)?;
-        let shift = beta.broadcast_sub(&mean.broadcast_mul(&scale)?)?;
-        Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
     }
 }
 

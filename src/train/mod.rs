@@ -10,6 +10,7 @@
 //! an architecture?), [`run`] (the whole job) and [`predict`] (class probabilities of images
 //! from a trained model).
 
+pub mod batch_norm;
 pub mod checkpoint;
 pub mod data;
 pub mod early_stopping;
