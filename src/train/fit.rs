@@ -2,7 +2,9 @@
 //!
 //! Each phase sets the trainable set from its selectors and rebuilds the optimizer over exactly
 //! those weights (the guide's re-compile). Frozen weights are used detached, so no graph is built
-//! through them. After every epoch: validation (dropout off, batch norm in inference mode), the
+//! through them; with batch norm in inference mode frozen conv → BN pairs are folded for the
+//! phase, and a head-only phase without augmentation trains on cached backbone features
+//! (docs/performance.md). After every epoch: validation (dropout off, batch norm in inference mode), the
 //! callbacks, and a checkpoint. The stop flag is checked after every batch and between epochs.
 
 use std::collections::HashMap;
@@ -216,7 +218,11 @@ impl Fit<'_> {
             resumed_from_epoch: resume.map(|r| r.state.epochs_done),
         });
         let cache = match cache {
-            Some(end) => Some(self.build_cache(end)?),
+            Some(end) => {
+                let check = || check_stop(self.control);
+                let (bs, norm) = (self.job.spec.batch_size, self.norm);
+                Some(FeatureCache::build(&self.model, end, &self.train, &self.validation, bs, norm, &check)?)
+            }
             None => None,
         };
 
@@ -367,19 +373,6 @@ impl Fit<'_> {
         }
         let cached = cache.and_then(|c| Some((c.start, c.validation.as_ref()?)));
         Ok(Some(self.evaluate(&self.validation, cached)?))
-    }
-
-    /// Runs the frozen prefix (`..end`) once over the training and validation images.
-    fn build_cache(&self, end: usize) -> Result<FeatureCache, TrainError> {
-        let (bs, norm) = (self.job.spec.batch_size, self.norm);
-        let check = || check_stop(self.control);
-        let train = feature_cache::compute(&self.model, end, &self.train, bs, norm, &check)?;
-        let validation = if self.validation.is_empty() {
-            None
-        } else {
-            Some(feature_cache::compute(&self.model, end, &self.validation, bs, norm, &check)?)
-        };
-        Ok(FeatureCache { start: end, train, validation })
     }
 
     fn write_checkpoint(&mut self, optimizer: &Optimizer, validation: Option<Metrics>, state: ResumeState) -> Result<(), TrainError> {

@@ -36,8 +36,6 @@ pub mod weights;
 #[cfg(test)]
 mod backbone_tests;
 #[cfg(test)]
-mod cache_tests;
-#[cfg(test)]
 mod tests;
 
 pub use checkpoint::load_weights;
