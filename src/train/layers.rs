@@ -242,7 +242,7 @@ impl Layer {
             LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
             LayerKind::BatchNorm { channels, epsilon } => batch_norm::forward(x, name, channels, epsilon, params, ctx)?,
             LayerKind::Relu => x.relu()?,
-            LayerKind::Relu6 => x.clamp(0f32, 6f32)?,
+            LayerKind::Relu6 => ops::relu6(x)?,
             LayerKind::MaxPool { size } => ops::max_pool_valid(x, size)?,
             LayerKind::MaxPoolPadded { size, stride, padding } => ops::max_pool(x, size, stride, padding)?,
             LayerKind::Add => {
