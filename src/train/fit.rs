@@ -2,7 +2,9 @@
 //!
 //! Each phase sets the trainable set from its selectors and rebuilds the optimizer over exactly
 //! those weights (the guide's re-compile). Frozen weights are used detached, so no graph is built
-//! through them. After every epoch: validation (dropout off, batch norm in inference mode), the
+//! through them; with batch norm in inference mode frozen conv → BN pairs are folded for the
+//! phase, and a head-only phase without augmentation trains on cached backbone features
+//! (docs/performance.md). After every epoch: validation (dropout off, batch norm in inference mode), the
 //! callbacks, and a checkpoint. The stop flag is checked after every batch and between epochs.
 
 use std::collections::HashMap;
@@ -13,6 +15,9 @@ use candle_core::Tensor;
 use super::checkpoint::{self, load_weights};
 use super::data::augment::Normalize;
 use super::data::{self, AugmentFor, Dataset};
+use super::feature_cache::{self, Cached, FeatureCache};
+pub use super::step::{loss_kind, train_step, train_step_from};
+use super::step::{check_stop, Sums};
 use super::early_stopping::{EarlyStopping, ReduceLrOnPlateau};
 use super::job::{
     Control, Metrics, Observer, ResumeFrom, ResumeState, TrainError, TrainEvent, TrainJob, TrainOutcome,
@@ -22,11 +27,30 @@ use super::loss::LossKind;
 use super::model::{self, Model};
 use super::optim::Optimizer;
 use super::rng::{self, Stream};
-use super::spec::{BatchNormMode, PhaseSpec, SpecError};
+use super::spec::{BatchNormMode, PhaseSpec};
 use super::weights::{self, WeightsError};
 
 /// Runs the whole job; see the module docs. Blocking: call it on a dedicated thread.
 pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Result<TrainOutcome, TrainError> {
+    run_with(job, control, observer, RunOptions::default())
+}
+
+/// How [`run_with`] may execute a job; the results are the same (within float rounding).
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Train head-only phases on cached backbone features when allowed (see
+    /// [`feature_cache`](super::feature_cache)). Off only to compare the two paths.
+    pub feature_cache: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { feature_cache: true }
+    }
+}
+
+/// [`run`] with explicit [`RunOptions`].
+pub fn run_with(job: &TrainJob, control: &Control, observer: &mut dyn Observer, options: RunOptions) -> Result<TrainOutcome, TrainError> {
     let spec = &job.spec;
     super::validate::validate(spec)?;
     let loss_kind = loss_kind(spec.model.head.units, job.classes.len())?;
@@ -71,6 +95,7 @@ pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Re
         validation,
         loss_kind,
         norm: Normalize::new(&spec.input),
+        options,
         global_step: job.resume.as_ref().map_or(0, |r| r.state.global_step),
     };
     let mut last_validation = None;
@@ -80,7 +105,7 @@ pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Re
         last_validation = fit.phase(phase_index, resume)?;
     }
 
-    let test = if test.is_empty() { None } else { Some(fit.evaluate(&test)?) };
+    let test = if test.is_empty() { None } else { Some(fit.evaluate(&test, None)?) };
     let weights = checkpoint::write_with_metadata(
         &job.checkpoint_dir,
         &format!("weights-final-s{}.safetensors", fit.global_step),
@@ -117,64 +142,6 @@ pub fn weights_metadata(model: &Model) -> HashMap<String, String> {
     HashMap::from([(weights::CONVENTION_KEY.to_string(), model.convention.as_str().to_string())])
 }
 
-/// Binary cross-entropy for one unit and two classes, softmax for one unit per class.
-pub fn loss_kind(units: usize, classes: usize) -> Result<LossKind, TrainError> {
-    match (units, classes) {
-        (1, 2) => Ok(LossKind::Binary),
-        (u, c) if u == c && c >= 2 => Ok(LossKind::Softmax),
-        _ => Err(TrainError::Spec(SpecError::new(
-            "model.head.units",
-            format!("must be 1 (two classes) or the number of classes ({classes}); got {units}"),
-        ))),
-    }
-}
-
-/// One optimisation step on a batch: forward, loss, backward over the trainable weights only,
-/// update. Returns the batch's mean loss and the logits (`[batch, units]`).
-pub fn train_step(
-    model: &Model,
-    optimizer: &mut Optimizer,
-    loss_kind: LossKind,
-    x: &Tensor,
-    labels: &[u32],
-    ctx: &mut ForwardCtx,
-) -> Result<(f64, Tensor), TrainError> {
-    let logits = model.forward(x, ctx)?;
-    let loss = loss_kind.loss(&logits, labels)?;
-    // The graph only reaches back to the first trainable weight: frozen parameters and the
-    // input are detached leaves, so backward never walks the frozen prefix.
-    let grads = loss.backward()?;
-    optimizer.step(&grads)?;
-    Ok((f64::from(loss.to_scalar::<f32>()?), logits.detach()))
-}
-
-fn check_stop(control: &Control) -> Result<(), TrainError> {
-    match control.stop_requested() {
-        Some(reason) => Err(TrainError::Stopped(reason)),
-        None => Ok(()),
-    }
-}
-
-/// Running sums of an epoch's loss and accuracy.
-#[derive(Debug, Default, Clone, Copy)]
-struct Sums {
-    loss: f64,
-    correct: usize,
-    seen: usize,
-}
-
-impl Sums {
-    fn add(&mut self, loss: f64, correct: usize, n: usize) {
-        self.loss += loss * n as f64;
-        self.correct += correct;
-        self.seen += n;
-    }
-
-    fn metrics(&self) -> Metrics {
-        let n = self.seen.max(1) as f64;
-        Metrics { loss: self.loss / n, accuracy: self.correct as f64 / n }
-    }
-}
 
 /// The state shared by every phase of one run.
 struct Fit<'a> {
@@ -186,6 +153,7 @@ struct Fit<'a> {
     validation: Dataset,
     loss_kind: LossKind,
     norm: Normalize,
+    options: RunOptions,
     global_step: u64,
 }
 
@@ -193,8 +161,19 @@ impl Fit<'_> {
     /// Runs phase `index` (continuing from `resume` when given); returns its final validation
     /// metrics.
     fn phase(&mut self, index: usize, resume: Option<&ResumeFrom>) -> Result<Option<Metrics>, TrainError> {
-        let phase = &self.job.spec.phases[index];
+        let job = self.job;
+        let phase = &job.spec.phases[index];
         self.model.set_trainable(&model::phase_selectors(&self.job.spec.model, phase));
+        // Folds and cached features hold this phase's frozen weights; both end with the phase.
+        if phase.batch_norm == BatchNormMode::Inference {
+            self.model.fold_frozen_batch_norms()?;
+        }
+        let result = self.phase_inner(index, phase, resume);
+        self.model.unfold();
+        result
+    }
+
+    fn phase_inner(&mut self, index: usize, phase: &PhaseSpec, resume: Option<&ResumeFrom>) -> Result<Option<Metrics>, TrainError> {
         let (trainable_params, non_trainable_params) = self.model.params.counts();
         let mut optimizer = Optimizer::new(&phase.optimizer, &self.model.params)?;
         let mut progress = EarlyStopping::new(phase.early_stopping.as_ref());
@@ -203,6 +182,10 @@ impl Fit<'_> {
         let mut best_epoch = None;
         let mut epochs_done = 0;
         let mut stopped_early = false;
+        let cache = self
+            .model
+            .cacheable_prefix()
+            .filter(|_| self.options.feature_cache && feature_cache::phase_allows(phase, &self.job.spec.augmentation));
         if let Some(r) = resume {
             let s = &r.state;
             epochs_done = s.epochs_done;
@@ -231,9 +214,17 @@ impl Fit<'_> {
             trainable_params,
             non_trainable_params,
             batch_norm: phase.batch_norm,
-            execution: self.model.execution().to_string(),
+            execution: if cache.is_some() { "feature_cache" } else { self.model.execution() }.to_string(),
             resumed_from_epoch: resume.map(|r| r.state.epochs_done),
         });
+        let cache = match cache {
+            Some(end) => {
+                let check = || check_stop(self.control);
+                let (bs, norm) = (self.job.spec.batch_size, self.norm);
+                Some(FeatureCache::build(&self.model, end, &self.train, &self.validation, bs, norm, &check)?)
+            }
+            None => None,
+        };
 
         let mut last_validation = None;
         while epochs_done < phase.epochs && !stopped_early {
@@ -241,8 +232,8 @@ impl Fit<'_> {
             let epoch = epochs_done + 1;
             let started = Instant::now();
             let lr = optimizer.learning_rate();
-            let train = self.train_epoch(index, phase, epoch, &mut optimizer)?;
-            let validation = if self.validation.is_empty() { None } else { Some(self.evaluate(&self.validation)?) };
+            let train = self.train_epoch(index, phase, epoch, &mut optimizer, cache.as_ref())?;
+            let validation = self.evaluate_validation(cache.as_ref())?;
             let improved = progress.tracker.update(&train, validation.as_ref());
             if improved {
                 best_epoch = Some(epoch);
@@ -286,7 +277,7 @@ impl Fit<'_> {
         if let (Some(best), true) = (&best_weights, progress.restore_best_weights) {
             self.model.params.load(best, |_| true)?;
             restored_best_epoch = best_epoch;
-            last_validation = if self.validation.is_empty() { None } else { Some(self.evaluate(&self.validation)?) };
+            last_validation = self.evaluate_validation(cache.as_ref())?;
         }
         self.observer.on_event(&TrainEvent::PhaseEnded {
             phase_index: index,
@@ -298,21 +289,29 @@ impl Fit<'_> {
         Ok(last_validation)
     }
 
-    /// One pass over the shuffled training set; returns the epoch's running means.
-    fn train_epoch(&mut self, index: usize, phase: &PhaseSpec, epoch: u32, optimizer: &mut Optimizer) -> Result<Metrics, TrainError> {
+    /// One pass over the shuffled training set (or its cached features); returns the epoch's
+    /// running means. Both paths draw the same order and dropout masks.
+    fn train_epoch(
+        &mut self,
+        index: usize,
+        phase: &PhaseSpec,
+        epoch: u32,
+        optimizer: &mut Optimizer,
+        cache: Option<&FeatureCache>,
+    ) -> Result<Metrics, TrainError> {
         let spec = &self.job.spec;
         let order = data::epoch_order(self.train.len(), spec.seed, index, epoch);
         let batches = order.len().div_ceil(spec.batch_size);
         let aug = AugmentFor { spec: &spec.augmentation, seed: spec.seed, phase: index, epoch };
         let bn_training = phase.batch_norm == BatchNormMode::Training;
+        let start = cache.map_or(0, |c| c.start);
         let mut sums = Sums::default();
         let Fit { model, observer, control, loss_kind, global_step, norm, train, .. } = self;
-        data::for_each_batch(train, &order, spec.batch_size, Some(aug), *norm, |b, batch| {
-            let x = batch.tensor(&model.device)?; // [batch, 3, h, w]
+        let mut step = |b: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
             let mut ctx = ForwardCtx { dropout: true, bn_training, grad: true, rng: rng::rng(spec.seed, Stream::Dropout, index, epoch, b) };
-            let (loss, logits) = train_step(model, optimizer, *loss_kind, &x, &batch.labels, &mut ctx)?;
+            let (loss, logits) = train_step_from(model, start, optimizer, *loss_kind, x, labels, &mut ctx)?;
             *global_step += 1;
-            sums.add(loss, loss_kind.correct(&logits, &batch.labels)?, batch.len());
+            sums.add(loss, loss_kind.correct(&logits, labels)?, labels.len());
             if *global_step % u64::from(spec.log_every_steps) == 0 || b + 1 == batches {
                 let m = sums.metrics();
                 observer.on_event(&TrainEvent::Step {
@@ -326,26 +325,54 @@ impl Fit<'_> {
                     learning_rate: optimizer.learning_rate(),
                 });
             }
-            check_stop(control)?;
-            Ok(())
-        })?;
+            check_stop(control)
+        };
+        match cache {
+            Some(c) => {
+                for (b, chunk) in order.chunks(spec.batch_size).enumerate() {
+                    let (x, labels) = c.train.batch(chunk)?;
+                    step(b, &x, &labels)?;
+                }
+            }
+            None => data::for_each_batch(train, &order, spec.batch_size, Some(aug), *norm, |b, batch| {
+                step(b, &batch.tensor(&model.device)?, &batch.labels) // x: [batch, 3, h, w]
+            })?,
+        }
         Ok(sums.metrics())
     }
 
     /// Loss and accuracy over `ds` in inference mode, without building any graph.
-    fn evaluate(&self, ds: &Dataset) -> Result<Metrics, TrainError> {
-        let order: Vec<usize> = (0..ds.len()).collect();
+    fn evaluate(&self, ds: &Dataset, cached: Option<(usize, &Cached)>) -> Result<Metrics, TrainError> {
         let mut sums = Sums::default();
-        data::for_each_batch(ds, &order, self.job.spec.batch_size, None, self.norm, |_, batch| {
-            let x = batch.tensor(&self.model.device)?;
+        let mut add = |start: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
             // The rng is unused with dropout off; any seed will do.
             let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
-            let logits = self.model.forward(&x, &mut ctx)?;
-            let loss = self.loss_kind.loss(&logits, &batch.labels)?;
-            sums.add(loss.to_scalar::<f32>()? as f64, self.loss_kind.correct(&logits, &batch.labels)?, batch.len());
+            let logits = self.model.forward_from(start, x, &mut ctx)?;
+            let loss = self.loss_kind.loss(&logits, labels)?;
+            sums.add(loss.to_scalar::<f32>()? as f64, self.loss_kind.correct(&logits, labels)?, labels.len());
             Ok(())
-        })?;
+        };
+        let order: Vec<usize> = (0..ds.len()).collect();
+        match cached {
+            Some((start, c)) => {
+                for chunk in order.chunks(self.job.spec.batch_size) {
+                    let (x, labels) = c.batch(chunk)?;
+                    add(start, &x, &labels)?;
+                }
+            }
+            None => data::for_each_batch(ds, &order, self.job.spec.batch_size, None, self.norm, |_, batch| {
+                add(0, &batch.tensor(&self.model.device)?, &batch.labels)
+            })?,
+        }
         Ok(sums.metrics())
+    }
+
+    fn evaluate_validation(&self, cache: Option<&FeatureCache>) -> Result<Option<Metrics>, TrainError> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        let cached = cache.and_then(|c| Some((c.start, c.validation.as_ref()?)));
+        Ok(Some(self.evaluate(&self.validation, cached)?))
     }
 
     fn write_checkpoint(&mut self, optimizer: &Optimizer, validation: Option<Metrics>, state: ResumeState) -> Result<(), TrainError> {

@@ -12,6 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::batch_norm;
+use super::fold::Folded;
 use super::job::TrainError;
 use super::ops::{self, Pad};
 use super::params::{ParamStore, Role};
@@ -202,33 +204,46 @@ impl Layer {
     /// Runs the layer on `x` (NCHW for spatial layers, `[batch, features]` after pooling).
     /// [`LayerKind::Add`] takes two inputs: see [`Layer::forward_add`].
     pub fn forward(&self, x: &Tensor, params: &ParamStore, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
+        self.forward_folded(x, params, ctx, None)
+    }
+
+    /// As [`Layer::forward`]; a convolution with `fold` runs with its folded kernel and bias.
+    pub fn forward_folded(
+        &self,
+        x: &Tensor,
+        params: &ParamStore,
+        ctx: &mut ForwardCtx,
+        fold: Option<&Folded>,
+    ) -> Result<Tensor, TrainError> {
         let name = self.name.as_str();
+        let weight = |w: &str| match fold {
+            Some(f) if f.weight == w => Ok(f.kernel.clone()),
+            _ => params.tensor(name, w, ctx.grad),
+        };
         let with_bias = |y: Tensor, bias: bool| -> Result<Tensor, TrainError> {
-            if !bias {
-                return Ok(y);
-            }
-            let b = params.tensor(name, "bias", ctx.grad)?;
+            let b = match fold {
+                Some(f) => f.bias.clone(),
+                None if bias => params.tensor(name, "bias", ctx.grad)?,
+                None => return Ok(y),
+            };
             Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?)
         };
         Ok(match self.kind {
-            LayerKind::Conv2d { stride, padding, bias, .. } => {
-                with_bias(ops::conv2d(x, &params.tensor(name, "kernel", ctx.grad)?, stride, padding)?, bias)?
-            }
+            LayerKind::Conv2d { stride, padding, bias, .. } => with_bias(ops::conv2d(x, &weight("kernel")?, stride, padding)?, bias)?,
             LayerKind::DepthwiseConv2d { stride, padding, bias, .. } => {
-                let k = params.tensor(name, "depthwise_kernel", ctx.grad)?;
-                with_bias(ops::depthwise_conv(x, &k, stride, padding)?, bias)?
+                with_bias(ops::depthwise_conv(x, &weight("depthwise_kernel")?, stride, padding)?, bias)?
             }
             LayerKind::SeparableConv2d { padding, bias, .. } => {
-                let dk = params.tensor(name, "depthwise_kernel", ctx.grad)?;
-                let pk = params.tensor(name, "pointwise_kernel", ctx.grad)?;
+                let dk = weight("depthwise_kernel")?;
+                let pk = weight("pointwise_kernel")?;
                 let y = ops::depthwise_conv(x, &dk, 1, padding)?;
-                with_bias(y.conv2d(&pk, 0, 1, 1, 1)?, bias)?
+                with_bias(ops::conv2d(&y, &pk, 1, Pad::default())?, bias)?
             }
             LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
-            LayerKind::BatchNorm { channels, epsilon } => batch_norm(x, name, channels, epsilon, params, ctx)?,
+            LayerKind::BatchNorm { channels, epsilon } => batch_norm::forward(x, name, channels, epsilon, params, ctx)?,
             LayerKind::Relu => x.relu()?,
-            LayerKind::Relu6 => x.clamp(0f32, 6f32)?,
-            LayerKind::MaxPool { size } => x.max_pool2d(size)?,
+            LayerKind::Relu6 => ops::relu6(x)?,
+            LayerKind::MaxPool { size } => ops::max_pool_valid(x, size)?,
             LayerKind::MaxPoolPadded { size, stride, padding } => ops::max_pool(x, size, stride, padding)?,
             LayerKind::Add => {
                 return Err(TrainError::Weights(format!("{name}: an Add layer needs two inputs")));
@@ -252,45 +267,6 @@ impl Layer {
                 x.matmul(&k)?.broadcast_add(&b)?
             }
         })
-    }
-}
-
-/// Batch normalisation over NCHW. Inference mode folds the moving statistics into a per-channel
-/// scale and shift; training mode normalises with the batch's (biased) statistics and moves the
-/// moving ones towards them as Keras does: `moving = moving * 0.99 + batch * 0.01`.
-fn batch_norm(
-    x: &Tensor,
-    name: &str,
-    c: usize,
-    epsilon: f64,
-    params: &ParamStore,
-    ctx: &ForwardCtx,
-) -> Result<Tensor, TrainError> {
-    let (training, grad) = (ctx.bn_training, ctx.grad);
-    let gamma = params.tensor(name, "gamma", grad)?.reshape((1, c, 1, 1))?;
-    let beta = params.tensor(name, "beta", grad)?.reshape((1, c, 1, 1))?;
-    if training {
-        // [1, c, 1, 1]
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        let y = centered.broadcast_div(&(var.clone() + epsilon)?.sqrt()?)?;
-        for (stat, batch) in [("moving_mean", &mean), ("moving_variance", &var)] {
-            let p = params
-                .get(&format!("{name}.{stat}"))
-                .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}.{stat}")))?;
-            let moved = ((p.var.as_detached_tensor() * BN_MOMENTUM)?
-                + (batch.detach().flatten_all()? * (1.0 - BN_MOMENTUM))?)?;
-            p.var.set(&moved)?;
-        }
-        Ok(y.broadcast_mul(&gamma)?.broadcast_add(&beta)?)
-    } else {
-        let mean = params.tensor(name, "moving_mean", false)?.reshape((1, c, 1, 1))?;
-        let var = params.tensor(name, "moving_variance", false)?.reshape((1, c, 1, 1))?;
-        // [1, c, 1, 1]
-        let scale = gamma.broadcast_div(&(var + epsilon)?.sqrt()?)?;
-        let shift = beta.broadcast_sub(&mean.broadcast_mul(&scale)?)?;
-        Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
     }
 }
 

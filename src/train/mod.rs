@@ -10,10 +10,13 @@
 //! an architecture?), [`run`] (the whole job) and [`predict`] (class probabilities of images
 //! from a trained model).
 
+pub mod batch_norm;
 pub mod checkpoint;
 pub mod data;
 pub mod early_stopping;
+pub mod feature_cache;
 pub mod fit;
+pub mod fold;
 pub mod job;
 pub mod kernels;
 pub mod layers;
@@ -25,6 +28,7 @@ pub mod params;
 pub mod predict;
 pub mod rng;
 pub mod spec;
+pub mod step;
 pub mod summary;
 pub mod validate;
 pub mod weights;

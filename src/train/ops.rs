@@ -3,12 +3,45 @@
 //! overlapping max pooling, both as sums/maxima of shifted strided views so that every step has
 //! a gradient (candle's own max-pool backward refuses a window larger than its stride).
 //!
-//! Everything is NCHW. These are plain reference implementations; faster kernels may replace
-//! them behind the same functions.
+//! Everything is NCHW. Each op runs [`super::kernels`] (fast CPU custom ops with their own
+//! backward) unless the process-wide [`Backend`] says [`Backend::Stock`]: then the reference
+//! implementations built from candle's own ops run, which benchmarks time side by side.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 
 use super::job::TrainError;
+use super::kernels::{self, Padding};
+
+/// Which implementation the convolution and pooling layers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// [`super::kernels`]: the default, and the only one the service uses.
+    Fast,
+    /// candle's stock ops (and the shifted-view reference ops below): for benchmarks only.
+    Stock,
+}
+
+/// Process-wide rather than per forward pass: the only user is a benchmark that switches it
+/// between timed runs, and threading it through every `ForwardCtx` would touch every caller.
+static STOCK: AtomicBool = AtomicBool::new(false);
+
+pub fn set_backend(backend: Backend) {
+    STOCK.store(backend == Backend::Stock, Ordering::Relaxed);
+}
+
+pub fn backend() -> Backend {
+    if STOCK.load(Ordering::Relaxed) {
+        Backend::Stock
+    } else {
+        Backend::Fast
+    }
+}
+
+fn kp(p: Pad) -> Padding {
+    Padding::Explicit { top: p.top, bottom: p.bottom, left: p.left, right: p.right }
+}
 
 /// Zero (or `-inf`) padding per side, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,6 +171,9 @@ pub fn windows(x: &Tensor, kernel: usize, stride: usize, fill: f32) -> Result<Ve
 
 /// Depthwise convolution: `x` `[n, c, h, w]` (unpadded), `kernel` `[c, 1, k, k]`.
 pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if backend() == Backend::Fast {
+        return Ok(kernels::depthwise_conv2d(x, kernel, stride, kp(p))?);
+    }
     let (c, _, k, _) = kernel.dims4()?;
     let x = pad(x, p, 0.0)?;
     let mut acc: Option<Tensor> = None;
@@ -156,6 +192,9 @@ pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Res
 /// Max pooling of a `size` window at `stride` with padding that never wins (`-inf`), as
 /// TensorFlow's `padding="same"` pooling.
 pub fn max_pool(x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if backend() == Backend::Fast {
+        return Ok(kernels::max_pool2d(x, size, stride, kp(p))?);
+    }
     let x = pad(x, p, f32::NEG_INFINITY)?;
     let views = windows(&x, size, stride, f32::NEG_INFINITY)?;
     let mut acc = views[0].clone();
@@ -165,8 +204,66 @@ pub fn max_pool(x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor
     Ok(acc)
 }
 
+/// Non-overlapping `size` x `size` max pooling, "valid" padding. candle 0.11's own
+/// `max_pool2d` (the stock backend) scales its gradient by 1/size²; the kernel's is exact.
+pub fn max_pool_valid(x: &Tensor, size: usize) -> Result<Tensor, TrainError> {
+    match backend() {
+        Backend::Fast => Ok(kernels::max_pool2d(x, size, size, Padding::Symmetric(0))?),
+        Backend::Stock => Ok(x.max_pool2d(size)?),
+    }
+}
+
+/// `min(max(x, 0), 6)` (Keras `ReLU(6.0)`). candle's `clamp` is a `maximum` then a `minimum`
+/// against broadcast scalars: two full passes forward and more backward, a fifth of a frozen
+/// MobileNetV2 step. [`Relu6`] is one pass each way.
+pub fn relu6(x: &Tensor) -> Result<Tensor, TrainError> {
+    match backend() {
+        Backend::Fast if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => Ok(x.contiguous()?.apply_op1(Relu6)?),
+        _ => Ok(x.clamp(0f32, 6f32)?),
+    }
+}
+
+struct Relu6;
+
+/// `out[i] = f(a[i], b[i])` over a few threads (elementwise passes are memory-bound; one
+/// thread per core still helps on these sizes).
+fn par_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let per = a.len().div_ceil(kernels::threads().max(1)).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        for ((o, a), b) in out.chunks_mut(per).zip(a.chunks(per)).zip(b.chunks(per)) {
+            s.spawn(move || o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = f(a, b)));
+        }
+    });
+    out
+}
+
+impl candle_core::CustomOp1 for Relu6 {
+    fn name(&self) -> &'static str {
+        "tanuki-relu6"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = kernels::f32_slice(s, l, "relu6 input")?;
+        Ok((candle_core::CpuStorage::F32(par_map(x, x, |v, _| v.clamp(0.0, 6.0))), l.shape().clone()))
+    }
+
+    /// The gradient passes where `0 < x < 6` (where the output is neither bound).
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let dx = super::batch_norm::with_f32(x, |x| {
+            super::batch_norm::with_f32(&dy, |dy| par_map(x, dy, |v, g| if v > 0.0 && v < 6.0 { g } else { 0.0 }))
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
 /// A conv2d that pads asymmetrically when needed (explicit pad, then a "valid" conv).
 pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if backend() == Backend::Fast {
+        return Ok(kernels::conv2d(x, kernel, stride, kp(p))?);
+    }
     if p.is_symmetric() {
         Ok(x.conv2d(kernel, p.top, stride, 1, 1)?)
     } else {
@@ -210,6 +307,16 @@ mod tests {
             assert_eq!(ours.dims(), reference.dims());
             assert!(close(&ours, &reference), "stride {stride} {p:?}");
         }
+    }
+
+    #[test]
+    fn relu6_matches_clamp_forward_and_backward() {
+        let x = Var::from_tensor(&(ramp((2, 3, 5, 4)) * 0.7).unwrap()).unwrap();
+        let ours = relu6(x.as_tensor()).unwrap();
+        let stock = x.as_tensor().clamp(0f32, 6f32).unwrap();
+        assert!(close(&ours, &stock));
+        let g = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        assert!(close(&g(ours), &g(stock)));
     }
 
     #[test]

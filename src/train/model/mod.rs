@@ -17,11 +17,13 @@ pub mod small_cnn;
 pub mod xception;
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use candle_core::{Device, Tensor};
 
 use super::job::TrainError;
 use super::layers::{ForwardCtx, Layer, LayerKind, BN_EPSILON, TORCH_BN_EPSILON};
+use super::fold::{self, Folding};
 use super::ops::SamePadding;
 use super::params::ParamStore;
 use super::rng::{self, Stream};
@@ -147,6 +149,8 @@ pub struct Model {
     pub params: ParamStore,
     pub device: Device,
     pub convention: Convention,
+    /// This phase's batch-norm folds (empty unless [`Model::fold_frozen_batch_norms`] ran).
+    pub folding: Folding,
 }
 
 impl Model {
@@ -170,7 +174,7 @@ impl Model {
                 params.insert(&layer.name, w.name, w.role, t)?;
             }
         }
-        Ok(Self { layers, params, device, convention })
+        Ok(Self { layers, params, device, convention, folding: Folding::default() })
     }
 
     /// Makes trainable exactly the weights of layers picked by `selectors`.
@@ -180,27 +184,69 @@ impl Model {
 
     /// `[batch, 3, h, w]` → logits `[batch, units]`.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(x, ctx, |_| true)
+        self.run_layers(0..self.layers.len(), x, ctx)
     }
 
     /// `[batch, 3, h, w]` → the backbone's feature map `[batch, c, h', w']` (head not run).
     pub fn features(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(x, ctx, |l| l.name.starts_with("backbone."))
+        let backbone = self.layers.iter().take_while(|l| l.name.starts_with("backbone.")).count();
+        self.run_layers(0..backbone, x, ctx)
     }
 
-    /// Runs the layers for which `take` holds (a prefix of the list), wiring named inputs.
-    fn run_layers(&self, x: &Tensor, ctx: &mut ForwardCtx, take: impl Fn(&Layer) -> bool) -> Result<Tensor, TrainError> {
+    /// The output of the first `end` layers (see [`Model::cacheable_prefix`]).
+    pub fn forward_prefix(&self, end: usize, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
+        self.run_layers(0..end, x, ctx)
+    }
+
+    /// Logits from the output of the first `start` layers, running the rest.
+    pub fn forward_from(&self, start: usize, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
+        self.run_layers(start..self.layers.len(), x, ctx)
+    }
+
+    /// How many leading layers compute a fixed function of the image in the current phase (no
+    /// trainable weight, no dropout), when that covers the whole backbone: their output can be
+    /// computed once per image (given batch norm in inference mode). `None` when some backbone
+    /// layer trains or a later layer reads an output from inside the prefix.
+    pub fn cacheable_prefix(&self) -> Option<usize> {
+        let trains = |l: &Layer| self.params.iter().any(|p| p.layer == l.name && p.trainable());
+        let end = self.layers.iter().position(|l| trains(l) || matches!(l.kind, LayerKind::Dropout { .. }))?;
+        let backbone = self.layers.iter().take_while(|l| l.name.starts_with("backbone.")).count();
+        let inside: HashSet<&str> = self.layers[..end].iter().map(|l| l.name.as_str()).collect();
+        let reads_inside = self.layers[end..].iter().flat_map(|l| &l.inputs).any(|n| inside.contains(n.as_str()));
+        (end >= backbone && !reads_inside).then_some(end)
+    }
+
+    /// Folds every frozen conv → BN pair (see [`fold`]) from the current weights; returns how
+    /// many. Only forward passes with batch norm in inference mode use the folds. Call at the
+    /// start of a phase and [`Model::unfold`] at its end.
+    pub fn fold_frozen_batch_norms(&mut self) -> Result<usize, TrainError> {
+        self.folding = fold::plan(&self.layers, &self.params)?;
+        Ok(self.folding.convs.len())
+    }
+
+    pub fn unfold(&mut self) {
+        self.folding = Folding::default();
+    }
+
+    /// Runs the layers in `range`, wiring named inputs. Only outputs referenced later are kept: with detached (frozen) weights nothing
+    /// else holds an activation, so a frozen prefix keeps just the tensor the trainable part
+    /// starts from.
+    fn run_layers(&self, range: Range<usize>, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
         let referenced: HashSet<&str> = self.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
+        let folds = if ctx.bn_training { None } else { Some(&self.folding) };
         let mut saved: HashMap<&str, Tensor> = HashMap::new();
         let mut x = x.clone();
-        for layer in self.layers.iter().take_while(|l| take(l)) {
+        for layer in &self.layers[range] {
             let input = |name: &String| {
                 saved.get(name.as_str()).ok_or_else(|| TrainError::Weights(format!("{}: no output named {name}", layer.name)))
             };
+            let fold = folds.and_then(|f| f.convs.get(&layer.name));
             x = match (&layer.kind, layer.inputs.as_slice()) {
+                // Folded into the convolution before it: the identity.
+                (_, []) if folds.is_some_and(|f| f.batch_norms.contains(&layer.name)) => x,
                 (LayerKind::Add, [a, b]) => (input(a)? + input(b)?)?,
-                (_, []) => layer.forward(&x, &self.params, ctx)?,
-                (_, [a]) => layer.forward(input(a)?, &self.params, ctx)?,
+                (_, []) => layer.forward_folded(&x, &self.params, ctx, fold)?,
+                (_, [a]) => layer.forward_folded(input(a)?, &self.params, ctx, fold)?,
                 _ => return Err(TrainError::Weights(format!("{}: unexpected inputs {:?}", layer.name, layer.inputs))),
             };
             if referenced.contains(layer.name.as_str()) {

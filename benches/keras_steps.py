@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Times the model cases of `cargo bench --bench model_steps` in Keras, on the same machine.
+
+    python3 benches/keras_steps.py   # creates its venv on first use (KERAS_BENCH_VENV,
+                                     # default ~/.cache/tanuki/keras-bench-venv, shared with
+                                     # benches/keras_kernels.py)
+
+Not part of CI. It creates its own virtual environment (pip install tensorflow-cpu keras), then
+re-runs itself inside it. Cases, batch 32, f32, median milliseconds per step after warm-up:
+(c) the small CNN (conv3x3-BN-ReLU-maxpool blocks 32/64/128/256, 96x96): forward (inference)
+and a full training step; (d) MobileNetV2 alpha 1.0 at 160x160 (random weights; the cost does
+not depend on them): a training step with the backbone frozen (BN in inference mode) and with
+everything trainable. A step is one compiled `train_on_batch`-equivalent (`tf.function` with
+GradientTape and Adam), as `model.fit` runs it; the head is global average pooling, dropout 0.2
+and a 1-unit dense layer with binary cross-entropy, as in the Rust bench.
+Environment: BENCH_QUICK=1 (fewer runs), BENCH_FILTER=substring, TF_THREADS (default: all cores).
+"""
+import os
+import subprocess
+import sys
+import time
+import venv
+
+VENV = os.environ.get("KERAS_BENCH_VENV", os.path.expanduser("~/.cache/tanuki/keras-bench-venv"))
+
+
+def ensure_venv():
+    if os.environ.get("KERAS_BENCH_IN_VENV"):
+        return
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        print(f"creating {VENV} (tensorflow-cpu, keras)...", file=sys.stderr)
+        os.makedirs(os.path.dirname(VENV), exist_ok=True)
+        venv.create(VENV, with_pip=True)
+        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "tensorflow-cpu", "keras"])
+    env = dict(os.environ, KERAS_BENCH_IN_VENV="1", TF_CPP_MIN_LOG_LEVEL="2")
+    sys.exit(subprocess.call([py, os.path.abspath(__file__)] + sys.argv[1:], env=env))
+
+
+def main():
+    import numpy as np
+    import tensorflow as tf
+    import keras
+    from keras import layers
+
+    threads = int(os.environ.get("TF_THREADS", os.cpu_count()))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    quick = bool(os.environ.get("BENCH_QUICK"))
+    max_runs, budget = (3, 2.0) if quick else (7, 8.0)
+    filt = os.environ.get("BENCH_FILTER", "")
+    rng = np.random.default_rng(0)
+
+    def time_ms(f):
+        f()
+        runs, start = [], time.perf_counter()
+        while len(runs) < 3 or (len(runs) < max_runs and time.perf_counter() - start < budget):
+            t = time.perf_counter()
+            f()
+            runs.append((time.perf_counter() - t) * 1e3)
+        runs.sort()
+        return runs[len(runs) // 2]
+
+    def head(features):
+        x = layers.GlobalAveragePooling2D()(features)
+        x = layers.Dropout(0.2)(x)
+        return layers.Dense(1)(x)
+
+    def small_cnn(side):
+        inputs = keras.Input((side, side, 3))
+        x = inputs
+        for width in (32, 64, 128, 256):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+            x = layers.MaxPooling2D(2)(x)
+        return keras.Model(inputs, head(x)), None
+
+    def mobilenet(side):
+        base = keras.applications.MobileNetV2(input_shape=(side, side, 3), alpha=1.0, include_top=False, weights=None)
+        inputs = keras.Input((side, side, 3))
+        # training=False when frozen: BN in inference mode, as the guide's head-only phase.
+        frozen = base(inputs, training=False)
+        return keras.Model(inputs, head(frozen)), keras.Model(inputs, head(base(inputs))), base
+
+    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    def step_fn(model):
+        opt = keras.optimizers.Adam(1e-4)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        return step
+
+    def row(name, f):
+        if filt and filt not in name:
+            return
+        print(f"| {name:<46} | {time_ms(f):>9.1f} |", flush=True)
+
+    print(f"TensorFlow {tf.__version__}, keras {keras.__version__}, {threads} threads")
+    print("batch 32, f32, NHWC; milliseconds per step, median\n")
+    print(f"| {'case':<46} | {'Keras':>9} |")
+    print(f"|{'-' * 48}|{'-' * 11}|")
+    y = tf.constant((np.arange(32) % 2).astype(np.float32).reshape(32, 1))
+
+    x = tf.constant(rng.uniform(-1, 1, (32, 96, 96, 3)).astype(np.float32))
+    cnn, _ = small_cnn(96)
+    predict = tf.function(lambda x: cnn(x, training=False))
+    row("(c) small CNN 96x96, forward", lambda: predict(x).numpy())
+    step = step_fn(cnn)
+    row("(c) small CNN 96x96, training step", lambda: step(x, y).numpy())
+
+    x = tf.constant(rng.uniform(-1, 1, (32, 160, 160, 3)).astype(np.float32))
+    frozen_model, full_model, base = mobilenet(160)
+    base.trainable = False
+    step = step_fn(frozen_model)
+    row("(d) MobileNetV2 160, step, backbone frozen", lambda: step(x, y).numpy())
+    base.trainable = True
+    step = step_fn(full_model)
+    row("(d) MobileNetV2 160, step, all trainable", lambda: step(x, y).numpy())
+
+
+if __name__ == "__main__":
+    ensure_venv()
+    if "--install-only" not in sys.argv:
+        main()

@@ -1,0 +1,257 @@
+//! Batch normalisation over NCHW as one fused CPU op with its backward pass.
+//!
+//! Composed from candle's ops, batch norm in training mode reduces over the batch and spatial
+//! axes (0, 2, 3) several times forward and backward (every broadcast's gradient is such a sum),
+//! and candle runs reductions over non-trailing axes one element at a time with index
+//! arithmetic: more than half of a small-CNN training step went there. Here the statistics and
+//! the gradients' per-channel sums are plain loops over each (image, channel) plane, channels or
+//! images split across the cores. [`stock`] keeps the composed version for the stock backend.
+//!
+//! Inference mode uses the moving statistics; training mode the batch's (biased) statistics, and
+//! moves the moving ones towards them as Keras does: `moving = moving * 0.99 + batch * 0.01`.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+
+use super::job::TrainError;
+use super::kernels;
+use super::layers::{ForwardCtx, BN_MOMENTUM};
+use super::ops::{backend, Backend};
+use super::params::ParamStore;
+
+/// Batch norm of `x` (`[n, c, h, w]`) with layer `name`'s parameters.
+pub fn forward(x: &Tensor, name: &str, c: usize, epsilon: f64, params: &ParamStore, ctx: &ForwardCtx) -> Result<Tensor, TrainError> {
+    if backend() == Backend::Stock || x.rank() != 4 || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
+        return stock(x, name, c, epsilon, params, ctx);
+    }
+    let gamma = params.tensor(name, "gamma", ctx.grad)?;
+    let beta = params.tensor(name, "beta", ctx.grad)?;
+    let x = x.contiguous()?;
+    let (mean, var) = if ctx.bn_training {
+        let (mean, var) = with_f32(&x, |data| channel_stats(data, x.dims()))??;
+        for (stat, batch) in [("moving_mean", &mean), ("moving_variance", &var)] {
+            let p = params
+                .get(&format!("{name}.{stat}"))
+                .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}.{stat}")))?;
+            let batch = Tensor::from_slice(batch, c, x.device())?;
+            p.var.set(&((p.var.as_detached_tensor() * BN_MOMENTUM)? + (batch * (1.0 - BN_MOMENTUM))?)?)?;
+        }
+        (mean, var)
+    } else {
+        (params.tensor(name, "moving_mean", false)?.to_vec1()?, params.tensor(name, "moving_variance", false)?.to_vec1()?)
+    };
+    let inv_std = var.iter().map(|v| 1.0 / (v + epsilon as f32).sqrt()).collect();
+    Ok(x.apply_op3(&gamma, &beta, BatchNorm { mean, inv_std, training: ctx.bn_training })?)
+}
+
+/// The op: per-channel statistics fixed at forward time (the batch's or the moving ones).
+struct BatchNorm {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    /// The statistics came from this batch, so the input's gradient flows through them too.
+    training: bool,
+}
+
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => bail!("batch norm: expected a contiguous f32 CPU tensor"),
+    }
+}
+
+/// Per channel, `f(channel, plane index i, plane)` summed over images into two f64 sums,
+/// channels split across the cores.
+fn per_channel(n: usize, c: usize, f: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+    let t = kernels::threads().min(c).max(1);
+    let per = c.div_ceil(t);
+    let f = &f;
+    let sums = move |ch: usize| (0..n).map(|i| f(ch, i * c + ch)).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..c).step_by(per).map(|c0| s.spawn(move || (c0..(c0 + per).min(c)).map(sums).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("batch norm thread panicked")).collect()
+    })
+}
+
+/// Writes `out` (`n * c` planes) plane by plane with `f(channel, plane index, out plane)`,
+/// images split across the cores.
+fn per_plane(out: &mut [f32], c: usize, plane: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    let n = out.len() / (c * plane).max(1);
+    let per = n.div_ceil(kernels::threads().min(n).max(1)).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        for (k, chunk) in out.chunks_mut(per * c * plane).enumerate() {
+            s.spawn(move || {
+                for (j, o) in chunk.chunks_mut(plane).enumerate() {
+                    let idx = k * per * c + j;
+                    f(idx % c, idx, o);
+                }
+            });
+        }
+    });
+}
+
+/// Biased mean and variance per channel (two passes, for accuracy).
+fn channel_stats(x: &[f32], dims: &[usize]) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    let &[n, c, h, w] = dims else { bail!("batch norm: expected NCHW, got {dims:?}") };
+    let (plane, m) = (h * w, (n * h * w) as f64);
+    let at = |i: usize| &x[i * plane..(i + 1) * plane];
+    let mean: Vec<f32> = per_channel(n, c, |_, i| (at(i).iter().map(|&v| v as f64).sum(), 0.0)).iter().map(|s| (s.0 / m) as f32).collect();
+    let var = per_channel(n, c, |ch, i| (at(i).iter().map(|&v| ((v - mean[ch]) as f64).powi(2)).sum(), 0.0));
+    Ok((mean, var.iter().map(|s| (s.0 / m) as f32).collect()))
+}
+
+impl CustomOp3 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "tanuki-batch-norm"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, bs: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = kernels::f32_slice(xs, xl, "batch norm input")?;
+        let (gamma, beta) = (kernels::f32_slice(gs, gl, "gamma")?, kernels::f32_slice(bs, bl, "beta")?);
+        let (_, c, h, w) = kernels::dims4(xl, "batch norm input")?;
+        if gamma.len() != c || beta.len() != c || self.mean.len() != c {
+            bail!("batch norm: {c} channels but {} gammas, {} betas", gamma.len(), beta.len())
+        }
+        let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * self.inv_std[ch]).collect();
+        let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - self.mean[ch] * scale[ch]).collect();
+        let plane = h * w;
+        let mut y = vec![0f32; x.len()];
+        per_plane(&mut y, c, plane, |ch, i, out| {
+            for (o, &v) in out.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
+                *o = v * scale[ch] + shift[ch];
+            }
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let (plane, m) = (h * w, (n * h * w) as f32);
+        let dy = dy.contiguous()?;
+        let gamma_v: Vec<f32> = gamma.to_vec1()?;
+        let (mean, inv_std, training) = (&self.mean, &self.inv_std, self.training);
+        // The first trainable layer's input has no gradient to compute.
+        let want_x = x.track_op();
+        let (dx, sums) = with_f32(x, |x| {
+            with_f32(&dy, |dy| {
+                fn at(t: &[f32], i: usize, plane: usize) -> &[f32] {
+                    &t[i * plane..(i + 1) * plane]
+                }
+                // Per channel: sum(dy) and sum(dy * (x - mean)).
+                let sums = per_channel(n, c, |ch, i| {
+                    at(dy, i, plane).iter().zip(at(x, i, plane)).fold((0.0, 0.0), |(a, b), (&g, &v)| (a + g as f64, b + (g * (v - mean[ch])) as f64))
+                });
+                let dx = want_x.then(|| {
+                    let mut dx = vec![0f32; x.len()];
+                    per_plane(&mut dx, c, plane, |ch, i, out| {
+                        let k = gamma_v[ch] * inv_std[ch];
+                        // Training mode: the batch statistics depend on x too.
+                        let (mdy, mdyx) = if training {
+                            (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m * inv_std[ch] * inv_std[ch])
+                        } else {
+                            (0.0, 0.0)
+                        };
+                        for ((o, &g), &v) in out.iter_mut().zip(at(dy, i, plane)).zip(at(x, i, plane)) {
+                            *o = k * (g - mdy - (v - mean[ch]) * mdyx);
+                        }
+                    });
+                    dx
+                });
+                (dx, sums)
+            })
+        })??;
+        let dev = x.device();
+        let dx = dx.map(|v| Tensor::from_vec(v, (n, c, h, w), dev)).transpose()?;
+        let dgamma: Vec<f32> = sums.iter().zip(inv_std).map(|(s, is)| s.1 as f32 * is).collect();
+        let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+        let dgamma = gamma.track_op().then(|| Tensor::from_vec(dgamma, c, dev)).transpose()?;
+        let dbeta = beta.track_op().then(|| Tensor::from_vec(dbeta, c, dev)).transpose()?;
+        Ok((dx, dgamma, dbeta))
+    }
+}
+
+/// Batch norm composed from candle's ops (the stock backend, and the reference of the tests).
+pub(super) fn stock(
+    x: &Tensor,
+    name: &str,
+    c: usize,
+    epsilon: f64,
+    params: &ParamStore,
+    ctx: &ForwardCtx,
+) -> Result<Tensor, TrainError> {
+    let (training, grad) = (ctx.bn_training, ctx.grad);
+    let gamma = params.tensor(name, "gamma", grad)?.reshape((1, c, 1, 1))?;
+    let beta = params.tensor(name, "beta", grad)?.reshape((1, c, 1, 1))?;
+    if training {
+        // [1, c, 1, 1]
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
+        let y = centered.broadcast_div(&(var.clone() + epsilon)?.sqrt()?)?;
+        for (stat, batch) in [("moving_mean", &mean), ("moving_variance", &var)] {
+            let p = params
+                .get(&format!("{name}.{stat}"))
+                .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}.{stat}")))?;
+            let moved = ((p.var.as_detached_tensor() * BN_MOMENTUM)?
+                + (batch.detach().flatten_all()? * (1.0 - BN_MOMENTUM))?)?;
+            p.var.set(&moved)?;
+        }
+        Ok(y.broadcast_mul(&gamma)?.broadcast_add(&beta)?)
+    } else {
+        let mean = params.tensor(name, "moving_mean", false)?.reshape((1, c, 1, 1))?;
+        let var = params.tensor(name, "moving_variance", false)?.reshape((1, c, 1, 1))?;
+        // [1, c, 1, 1]
+        let scale = gamma.broadcast_div(&(var + epsilon)?.sqrt()?)?;
+        let shift = beta.broadcast_sub(&mean.broadcast_mul(&scale)?)?;
+        Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use crate::train::layers::ForwardCtx;
+    use crate::train::params::{ParamStore, Role};
+    use crate::train::rng::{self, Stream};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn fused_matches_composed_forward_gradients_and_moving_statistics() {
+        let dev = Device::Cpu;
+        let c = 5;
+        for training in [true, false] {
+            let make = || {
+                let mut p = ParamStore::new();
+                p.insert("bn", "gamma", Role::Weight, Tensor::rand(0.5f32, 1.5, c, &dev).unwrap()).unwrap();
+                p.insert("bn", "beta", Role::Weight, Tensor::rand(-1f32, 1.0, c, &dev).unwrap()).unwrap();
+                p.insert("bn", "moving_mean", Role::Stat, Tensor::rand(-1f32, 1.0, c, &dev).unwrap()).unwrap();
+                p.insert("bn", "moving_variance", Role::Stat, Tensor::rand(0.5f32, 2.0, c, &dev).unwrap()).unwrap();
+                p.set_trainable(|_| true);
+                p
+            };
+            let (fused_p, stock_p) = (make(), make());
+            stock_p.load(&fused_p.snapshot().unwrap(), |_| true).unwrap();
+            let x = candle_core::Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, c, 4, 7), &dev).unwrap() + 0.7).unwrap()).unwrap();
+            // A non-uniform upstream gradient, so every term of the backward formula shows.
+            let weights = Tensor::randn(0f32, 1.0, (3, c, 4, 7), &dev).unwrap();
+            let ctx = ForwardCtx { dropout: false, bn_training: training, grad: true, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+            let fused = super::forward(x.as_tensor(), "bn", c, 1e-3, &fused_p, &ctx).unwrap();
+            let stock = super::stock(x.as_tensor(), "bn", c, 1e-3, &stock_p, &ctx).unwrap();
+            assert!(max_diff(&fused, &stock) < 1e-5, "forward ({training})");
+            let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (stock * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |g: &candle_core::backprop::GradStore, p: &ParamStore, w: &str| g.get(&p.get(w).unwrap().var).unwrap().clone();
+            assert!(max_diff(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-4, "dx ({training})");
+            for w in ["bn.gamma", "bn.beta"] {
+                assert!(max_diff(&grad(&gf, &fused_p, w), &grad(&gs, &stock_p, w)) < 1e-4, "{w} ({training})");
+            }
+            for s in ["bn.moving_mean", "bn.moving_variance"] {
+                assert!(max_diff(fused_p.get(s).unwrap().var.as_tensor(), stock_p.get(s).unwrap().var.as_tensor()) < 1e-6, "{s}");
+            }
+        }
+    }
+}
