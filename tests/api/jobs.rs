@@ -136,3 +136,26 @@ async fn queued_jobs_list_summarise_and_cancel() {
     assert_eq!(events[2].data["state"], "canceled");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_ends_failed_with_its_reason_and_the_worker_lives_on() {
+    let server = TestServer::start().await;
+    let broken = upload_photos(&server, 4).await;
+    let healthy = upload_photos(&server, 4).await;
+    // The dataset's files vanish under it (a disk fault, an operator's mistake).
+    std::fs::remove_dir_all(server.dir.path().join("data/datasets").join(&broken)).unwrap();
+    let mut spec = small_spec(&broken);
+    spec["phases"] = json!([{"name": "head", "trainable": ["head"], "optimizer": {"type": "sgd", "learning_rate": 0.01}, "epochs": 1}]);
+    let (status, job) = server.post_json("/v1/jobs", &spec).await;
+    assert_eq!(status, 201, "{job}");
+    let failed = server.wait_for_end(job["id"].as_str().unwrap(), std::time::Duration::from_secs(120)).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains(&broken)), "the reason is stored: {failed}");
+    assert!(failed["finished_at"].is_string());
+
+    spec["dataset_id"] = json!(healthy);
+    let (_, job) = server.post_json("/v1/jobs", &spec).await;
+    let done = server.wait_for_end(job["id"].as_str().unwrap(), std::time::Duration::from_secs(300)).await;
+    assert_eq!(done["state"], "succeeded", "the same worker trains the next job: {done}");
+    server.stop().await;
+}
