@@ -16,26 +16,10 @@ and a 1-unit dense layer with binary cross-entropy, as in the Rust bench.
 Environment: BENCH_QUICK=1 (fewer runs), BENCH_FILTER=substring, TF_THREADS (default: all cores).
 """
 import os
-import subprocess
 import sys
 import time
-import venv
 
-VENV = os.environ.get("KERAS_BENCH_VENV", os.path.expanduser("~/.cache/tanuki/keras-bench-venv"))
-
-
-def ensure_venv():
-    if os.environ.get("KERAS_BENCH_IN_VENV"):
-        return
-    py = os.path.join(VENV, "bin", "python")
-    if not os.path.exists(py):
-        print(f"creating {VENV} (tensorflow-cpu, keras)...", file=sys.stderr)
-        os.makedirs(os.path.dirname(VENV), exist_ok=True)
-        venv.create(VENV, with_pip=True)
-        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
-        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "tensorflow-cpu", "keras"])
-    env = dict(os.environ, KERAS_BENCH_IN_VENV="1", TF_CPP_MIN_LOG_LEVEL="2")
-    sys.exit(subprocess.call([py, os.path.abspath(__file__)] + sys.argv[1:], env=env))
+from keras_env import ensure_venv
 
 
 def main():
@@ -128,6 +112,6 @@ def main():
 
 
 if __name__ == "__main__":
-    ensure_venv()
+    ensure_venv(__file__)
     if "--install-only" not in sys.argv:
         main()
