@@ -134,6 +134,11 @@ async fn a_running_job_cancels_at_a_batch_boundary() {
     let dataset = upload_photos(&server, 12).await;
     let mut spec = small_spec(&dataset);
     spec["phases"][0]["epochs"] = json!(50);
+    // Batches long enough (tens of ms) that "stopped at the next batch boundary" is
+    // distinguishable from "ran on for epochs" across the HTTP round trip of the cancel.
+    spec["input"] = json!({"height": 96, "width": 96});
+    spec["model"]["backbone"]["widths"] = json!([32, 64, 128]);
+    spec["phases"][0]["trainable"] = json!(["all"]);
     let (_, job) = server.post_json("/v1/jobs", &spec).await;
     let id = job["id"].as_str().unwrap().to_owned();
 
@@ -150,6 +155,8 @@ async fn a_running_job_cancels_at_a_batch_boundary() {
     assert_eq!(end.event, "end");
     assert_eq!(end.data["state"], "canceled");
     let epochs = rest.iter().filter(|e| e.event == "epoch").count();
+    let steps = rest.iter().filter(|e| e.event == "step").count();
+    eprintln!("after the first step: {steps} more steps, {epochs} more epochs before the cancel took effect");
     assert!(epochs <= 1, "stopped within the epoch it was in, not after {epochs} more");
     let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
     assert_eq!(job["state"], "canceled");
