@@ -13,7 +13,7 @@ use super::error::{ApiError, Problem};
 use super::json::Json;
 use super::upload::{check_declared_length, write_limited, TempUpload};
 use super::AppState;
-use crate::datasets::{self, DatasetManifest};
+use crate::datasets::{self, ClassCount, DatasetManifest};
 use crate::db::{self, datasets::DatasetRow};
 
 pub fn routes(max_upload: usize) -> Router<AppState> {
@@ -65,19 +65,12 @@ pub struct CreateDatasetParams {
 impl TryFrom<DatasetRow> for DatasetView {
     type Error = ApiError;
     fn try_from(row: DatasetRow) -> Result<Self, ApiError> {
-        let classes: Vec<(String, usize)> = serde_json::from_str::<Vec<serde_json::Value>>(&row.classes)
-            .map_err(|e| ApiError::Internal(format!("stored classes: {e}")))?
-            .into_iter()
-            .map(|c| {
-                let name = c.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-                let images = c.get("images").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-                (name, images)
-            })
-            .collect();
+        let classes: Vec<ClassCount> =
+            serde_json::from_str(&row.classes).map_err(|e| ApiError::Internal(format!("stored classes: {e}")))?;
         Ok(Self {
             id: row.id,
             name: row.name,
-            classes: classes.into_iter().map(|(name, images)| ClassView { name, images }).collect(),
+            classes: classes.into_iter().map(|c| ClassView { name: c.name, images: c.images }).collect(),
             image_count: row.image_count as usize,
             skipped: row.skipped as usize,
             skipped_examples: serde_json::from_str(&row.skipped_examples).unwrap_or_default(),
@@ -166,15 +159,13 @@ pub async fn create_dataset(
 }
 
 fn row_from_manifest(id: &str, name: &str, manifest: &DatasetManifest) -> DatasetRow {
-    let classes: Vec<_> = manifest.classes.iter().map(|c| serde_json::json!({"name": c.name, "images": c.images})).collect();
-    let skipped: Vec<_> = manifest.skipped_examples.iter().map(|s| serde_json::json!({"path": s.path, "reason": s.reason})).collect();
     DatasetRow {
         id: id.to_owned(),
         name: name.to_owned(),
-        classes: serde_json::Value::from(classes).to_string(),
+        classes: serde_json::to_string(&manifest.classes).unwrap_or_default(),
         image_count: manifest.classes.iter().map(|c| c.images as i64).sum(),
         skipped: manifest.skipped as i64,
-        skipped_examples: serde_json::Value::from(skipped).to_string(),
+        skipped_examples: serde_json::to_string(&manifest.skipped_examples).unwrap_or_default(),
         size_bytes: manifest.total_bytes as i64,
         created_at: db::now(),
     }

@@ -102,9 +102,9 @@ impl Jobs {
         let Some(row) = db::datasets::get(&self.pool, id).await? else {
             return Err(SpecError::new(field, format!("no dataset with id {id}")).into());
         };
-        let classes: Vec<serde_json::Value> =
-            serde_json::from_str(&row.classes).map_err(|e| JobsError::Internal(e.to_string()))?;
-        Ok(classes.iter().filter_map(|c| c.get("name").and_then(|n| n.as_str()).map(str::to_owned)).collect())
+        let classes: Vec<crate::datasets::ClassCount> =
+            serde_json::from_str(&row.classes).map_err(|e| JobsError::Internal(format!("stored classes: {e}")))?;
+        Ok(classes.into_iter().map(|c| c.name).collect())
     }
 
     /// Cancels a queued job at once, or asks a running one to stop at its next batch boundary.
