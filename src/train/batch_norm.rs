@@ -10,18 +10,25 @@
 //! Inference mode uses the moving statistics; training mode the batch's (biased) statistics, and
 //! moves the moving ones towards them as Keras does: `moving = moving * 0.99 + batch * 0.01`.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::job::TrainError;
-use super::kernels;
+use super::kernels::{self, with_f32, Act};
 use super::layers::{ForwardCtx, BN_MOMENTUM};
 use super::ops::{backend, Backend};
 use super::params::ParamStore;
 
-/// Batch norm of `x` (`[n, c, h, w]`) with layer `name`'s parameters.
-pub fn forward(x: &Tensor, name: &str, c: usize, epsilon: f64, params: &ParamStore, ctx: &ForwardCtx) -> Result<Tensor, TrainError> {
+/// Batch norm of `x` (`[n, c, h, w]`) with layer `name`'s parameters, then `act` (fused: the
+/// activation layer after a batch norm costs no pass of its own, forward or backward).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(x: &Tensor, name: &str, c: usize, epsilon: f64, act: Act, params: &ParamStore, ctx: &ForwardCtx) -> Result<Tensor, TrainError> {
     if backend() == Backend::Stock || x.rank() != 4 || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
-        return stock(x, name, c, epsilon, params, ctx);
+        let y = stock(x, name, c, epsilon, params, ctx)?;
+        return Ok(match act {
+            Act::Identity => y,
+            Act::Relu => y.relu()?,
+            Act::Relu6 => y.clamp(0f32, 6f32)?,
+        });
     }
     let gamma = params.tensor(name, "gamma", ctx.grad)?;
     let beta = params.tensor(name, "beta", ctx.grad)?;
@@ -40,7 +47,7 @@ pub fn forward(x: &Tensor, name: &str, c: usize, epsilon: f64, params: &ParamSto
         (params.tensor(name, "moving_mean", false)?.to_vec1()?, params.tensor(name, "moving_variance", false)?.to_vec1()?)
     };
     let inv_std = var.iter().map(|v| 1.0 / (v + epsilon as f32).sqrt()).collect();
-    Ok(x.apply_op3(&gamma, &beta, BatchNorm { mean, inv_std, training: ctx.bn_training })?)
+    Ok(x.apply_op3(&gamma, &beta, BatchNorm { mean, inv_std, training: ctx.bn_training, act })?)
 }
 
 /// The op: per-channel statistics fixed at forward time (the batch's or the moving ones).
@@ -49,14 +56,36 @@ struct BatchNorm {
     inv_std: Vec<f32>,
     /// The statistics came from this batch, so the input's gradient flows through them too.
     training: bool,
+    /// Applied to the output; its gradient is read off the output.
+    act: Act,
 }
 
-pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
-        _ => bail!("batch norm: expected a contiguous f32 CPU tensor"),
+const LANES: usize = 16;
+
+/// `(sum f(a, b, c).0, sum f(a, b, c).1)` over three equally long planes, in f64, accumulated in
+/// 16 f32 lanes so that it vectorises (a plane holds at most some tens of thousands of values:
+/// each lane sums a few thousand at most before the f64 total).
+#[inline(always)]
+fn lanes_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, f32)) -> (f64, f64) {
+    let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
+    let (ac, bc, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    let tail = ac.remainder().iter().zip(bc.remainder()).zip(cc.remainder());
+    for ((a, b), c) in ac.zip(bc).zip(cc) {
+        let (a, b, c): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) =
+            (a.try_into().expect("lanes"), b.try_into().expect("lanes"), c.try_into().expect("lanes"));
+        for j in 0..LANES {
+            let (x, y) = f(a[j], b[j], c[j]);
+            s0[j] += x;
+            s1[j] += y;
+        }
     }
+    let (mut t0, mut t1) = (s0.iter().map(|&v| v as f64).sum::<f64>(), s1.iter().map(|&v| v as f64).sum::<f64>());
+    for ((&a, &b), &c) in tail {
+        let (x, y) = f(a, b, c);
+        t0 += x as f64;
+        t1 += y as f64;
+    }
+    (t0, t1)
 }
 
 /// Per channel, `f(channel, plane index i, plane)` summed over images into two f64 sums,
@@ -95,8 +124,8 @@ fn channel_stats(x: &[f32], dims: &[usize]) -> candle_core::Result<(Vec<f32>, Ve
     let &[n, c, h, w] = dims else { bail!("batch norm: expected NCHW, got {dims:?}") };
     let (plane, m) = (h * w, (n * h * w) as f64);
     let at = |i: usize| &x[i * plane..(i + 1) * plane];
-    let mean: Vec<f32> = per_channel(n, c, |_, i| (at(i).iter().map(|&v| v as f64).sum(), 0.0)).iter().map(|s| (s.0 / m) as f32).collect();
-    let var = per_channel(n, c, |ch, i| (at(i).iter().map(|&v| ((v - mean[ch]) as f64).powi(2)).sum(), 0.0));
+    let mean: Vec<f32> = per_channel(n, c, |_, i| lanes_sum(at(i), at(i), at(i), |v, _, _| (v, 0.0))).iter().map(|s| (s.0 / m) as f32).collect();
+    let var = per_channel(n, c, |ch, i| lanes_sum(at(i), at(i), at(i), |v, _, _| ((v - mean[ch]) * (v - mean[ch]), 0.0)));
     Ok((mean, var.iter().map(|s| (s.0 / m) as f32).collect()))
 }
 
@@ -120,46 +149,57 @@ impl CustomOp3 for BatchNorm {
             for (o, &v) in out.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
                 *o = v * scale[ch] + shift[ch];
             }
+            kernels::Epilogue { bias: None, act: self.act }.apply(ch, out);
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let (plane, m) = (h * w, (n * h * w) as f32);
         let dy = dy.contiguous()?;
+        let y = y.contiguous()?;
         let gamma_v: Vec<f32> = gamma.to_vec1()?;
-        let (mean, inv_std, training) = (&self.mean, &self.inv_std, self.training);
+        let (mean, inv_std, training, act) = (&self.mean, &self.inv_std, self.training, self.act);
         // The first trainable layer's input has no gradient to compute.
         let want_x = x.track_op();
         let (dx, sums) = with_f32(x, |x| {
             with_f32(&dy, |dy| {
-                fn at(t: &[f32], i: usize, plane: usize) -> &[f32] {
-                    &t[i * plane..(i + 1) * plane]
-                }
-                // Per channel: sum(dy) and sum(dy * (x - mean)).
-                let sums = per_channel(n, c, |ch, i| {
-                    at(dy, i, plane).iter().zip(at(x, i, plane)).fold((0.0, 0.0), |(a, b), (&g, &v)| (a + g as f64, b + (g * (v - mean[ch])) as f64))
-                });
-                let dx = want_x.then(|| {
-                    let mut dx = vec![0f32; x.len()];
-                    per_plane(&mut dx, c, plane, |ch, i, out| {
-                        let k = gamma_v[ch] * inv_std[ch];
-                        // Training mode: the batch statistics depend on x too.
-                        let (mdy, mdyx) = if training {
-                            (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m * inv_std[ch] * inv_std[ch])
-                        } else {
-                            (0.0, 0.0)
-                        };
-                        for ((o, &g), &v) in out.iter_mut().zip(at(dy, i, plane)).zip(at(x, i, plane)) {
-                            *o = k * (g - mdy - (v - mean[ch]) * mdyx);
-                        }
+                with_f32(&y, |y| {
+                    fn at(t: &[f32], i: usize, plane: usize) -> &[f32] {
+                        &t[i * plane..(i + 1) * plane]
+                    }
+                    // The gradient of the batch norm's own output: dy where the activation passes.
+                    let gate = act.gate();
+                    let g = |dy: f32, y: f32| kernels::gated(dy, y, gate);
+                    // Per channel: sum(g) and sum(g * (x - mean)).
+                    let sums = per_channel(n, c, |ch, i| {
+                        lanes_sum(at(dy, i, plane), at(x, i, plane), at(y, i, plane), |dy, x, y| {
+                            let g = g(dy, y);
+                            (g, g * (x - mean[ch]))
+                        })
                     });
-                    dx
-                });
-                (dx, sums)
+                    let dx = want_x.then(|| {
+                        let mut dx = vec![0f32; x.len()];
+                        per_plane(&mut dx, c, plane, |ch, i, out| {
+                            let k = gamma_v[ch] * inv_std[ch];
+                            // Training mode: the batch statistics depend on x too.
+                            let (mdy, mdyx) = if training {
+                                (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m * inv_std[ch] * inv_std[ch])
+                            } else {
+                                (0.0, 0.0)
+                            };
+                            let mu = mean[ch];
+                            for (((o, &dy), &x), &y) in out.iter_mut().zip(at(dy, i, plane)).zip(at(x, i, plane)).zip(at(y, i, plane)) {
+                                *o = k * (g(dy, y) - mdy - (x - mu) * mdyx);
+                            }
+                        });
+                        dx
+                    });
+                    (dx, sums)
+                })
             })
-        })??;
+        })???;
         let dev = x.device();
         let dx = dx.map(|v| Tensor::from_vec(v, (n, c, h, w), dev)).transpose()?;
         let dgamma: Vec<f32> = sums.iter().zip(inv_std).map(|(s, is)| s.1 as f32 * is).collect();
@@ -211,6 +251,7 @@ pub(super) fn stock(
 mod tests {
     use candle_core::{Device, Tensor};
 
+    use crate::train::kernels::Act;
     use crate::train::layers::ForwardCtx;
     use crate::train::params::{ParamStore, Role};
     use crate::train::rng::{self, Stream};
@@ -223,10 +264,11 @@ mod tests {
     fn fused_matches_composed_forward_gradients_and_moving_statistics() {
         let dev = Device::Cpu;
         let c = 5;
-        for training in [true, false] {
+        for (training, act) in [(true, Act::Identity), (false, Act::Identity), (true, Act::Relu6), (false, Act::Relu)] {
             let make = || {
                 let mut p = ParamStore::new();
-                p.insert("bn", "gamma", Role::Weight, Tensor::rand(0.5f32, 1.5, c, &dev).unwrap()).unwrap();
+                // Scales up to 4, so that some outputs pass 6 and ReLU6 clips on both sides.
+                p.insert("bn", "gamma", Role::Weight, Tensor::rand(0.5f32, 4.0, c, &dev).unwrap()).unwrap();
                 p.insert("bn", "beta", Role::Weight, Tensor::rand(-1f32, 1.0, c, &dev).unwrap()).unwrap();
                 p.insert("bn", "moving_mean", Role::Stat, Tensor::rand(-1f32, 1.0, c, &dev).unwrap()).unwrap();
                 p.insert("bn", "moving_variance", Role::Stat, Tensor::rand(0.5f32, 2.0, c, &dev).unwrap()).unwrap();
@@ -239,13 +281,18 @@ mod tests {
             // A non-uniform upstream gradient, so every term of the backward formula shows.
             let weights = Tensor::randn(0f32, 1.0, (3, c, 4, 7), &dev).unwrap();
             let ctx = ForwardCtx { dropout: false, bn_training: training, grad: true, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
-            let fused = super::forward(x.as_tensor(), "bn", c, 1e-3, &fused_p, &ctx).unwrap();
+            let fused = super::forward(x.as_tensor(), "bn", c, 1e-3, act, &fused_p, &ctx).unwrap();
             let stock = super::stock(x.as_tensor(), "bn", c, 1e-3, &stock_p, &ctx).unwrap();
-            assert!(max_diff(&fused, &stock) < 1e-5, "forward ({training})");
+            let stock = match act {
+                Act::Identity => stock,
+                Act::Relu => stock.relu().unwrap(),
+                Act::Relu6 => stock.clamp(0f32, 6f32).unwrap(),
+            };
+            assert!(max_diff(&fused, &stock) < 1e-5, "forward ({training}, {act:?})");
             let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             let gs = (stock * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             let grad = |g: &candle_core::backprop::GradStore, p: &ParamStore, w: &str| g.get(&p.get(w).unwrap().var).unwrap().clone();
-            assert!(max_diff(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-4, "dx ({training})");
+            assert!(max_diff(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-4, "dx ({training}, {act:?})");
             for w in ["bn.gamma", "bn.beta"] {
                 assert!(max_diff(&grad(&gf, &fused_p, w), &grad(&gs, &stock_p, w)) < 1e-4, "{w} ({training})");
             }

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::batch_norm;
 use super::fold::Folded;
+use super::kernels::Act;
 use super::job::TrainError;
 use super::ops::{self, Pad};
 use super::params::{ParamStore, Role};
@@ -75,6 +76,17 @@ pub struct Layer {
     pub output_shape: Vec<usize>,
     /// Names of the earlier layers whose outputs this one takes; empty: the previous layer's.
     pub inputs: Vec<String>,
+}
+
+/// What [`super::fusion`] merged into a layer's call (nothing, by default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fusion<'a> {
+    /// A frozen convolution's kernel and bias with the batch norm after it folded in.
+    pub fold: Option<&'a Folded>,
+    /// A `ZeroPadding2D` before the convolution, added to its own padding.
+    pub pad: Pad,
+    /// The activation layer after it.
+    pub act: Act,
 }
 
 /// How a forward pass runs.
@@ -204,43 +216,46 @@ impl Layer {
     /// Runs the layer on `x` (NCHW for spatial layers, `[batch, features]` after pooling).
     /// [`LayerKind::Add`] takes two inputs: see [`Layer::forward_add`].
     pub fn forward(&self, x: &Tensor, params: &ParamStore, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.forward_folded(x, params, ctx, None)
+        self.forward_fused(x, params, ctx, Fusion::default())
     }
 
-    /// As [`Layer::forward`]; a convolution with `fold` runs with its folded kernel and bias.
-    pub fn forward_folded(
-        &self,
-        x: &Tensor,
-        params: &ParamStore,
-        ctx: &mut ForwardCtx,
-        fold: Option<&Folded>,
-    ) -> Result<Tensor, TrainError> {
+    /// As [`Layer::forward`], with what [`super::fusion`] merged into this layer: a convolution
+    /// runs with its folded kernel and bias, the padding of a `ZeroPadding2D` before it, and
+    /// the activation after it; a batch norm with the activation after it.
+    pub fn forward_fused(&self, x: &Tensor, params: &ParamStore, ctx: &mut ForwardCtx, fusion: Fusion<'_>) -> Result<Tensor, TrainError> {
         let name = self.name.as_str();
+        let Fusion { fold, pad, act } = fusion;
+        if act != Act::Identity && !matches!(self.kind, LayerKind::Conv2d { .. } | LayerKind::DepthwiseConv2d { .. } | LayerKind::SeparableConv2d { .. } | LayerKind::BatchNorm { .. })
+            || pad != Pad::default() && !matches!(self.kind, LayerKind::Conv2d { .. } | LayerKind::DepthwiseConv2d { .. } | LayerKind::SeparableConv2d { .. })
+        {
+            return Err(TrainError::Weights(format!("{name}: {} cannot take a fused activation or padding", self.kind.keras_class())));
+        }
         let weight = |w: &str| match fold {
             Some(f) if f.weight == w => Ok(f.kernel.clone()),
             _ => params.tensor(name, w, ctx.grad),
         };
-        let with_bias = |y: Tensor, bias: bool| -> Result<Tensor, TrainError> {
-            let b = match fold {
-                Some(f) => f.bias.clone(),
-                None if bias => params.tensor(name, "bias", ctx.grad)?,
-                None => return Ok(y),
-            };
-            Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?)
+        let bias = |bias: bool| -> Result<Option<Tensor>, TrainError> {
+            Ok(match fold {
+                Some(f) => Some(f.bias.clone()),
+                None if bias => Some(params.tensor(name, "bias", ctx.grad)?),
+                None => None,
+            })
         };
         Ok(match self.kind {
-            LayerKind::Conv2d { stride, padding, bias, .. } => with_bias(ops::conv2d(x, &weight("kernel")?, stride, padding)?, bias)?,
-            LayerKind::DepthwiseConv2d { stride, padding, bias, .. } => {
-                with_bias(ops::depthwise_conv(x, &weight("depthwise_kernel")?, stride, padding)?, bias)?
+            LayerKind::Conv2d { stride, padding, bias: b, .. } => {
+                ops::conv2d(x, &weight("kernel")?, bias(b)?.as_ref(), act, stride, padding.plus(pad))?
             }
-            LayerKind::SeparableConv2d { padding, bias, .. } => {
+            LayerKind::DepthwiseConv2d { stride, padding, bias: b, .. } => {
+                ops::depthwise_conv(x, &weight("depthwise_kernel")?, bias(b)?.as_ref(), act, stride, padding.plus(pad))?
+            }
+            LayerKind::SeparableConv2d { padding, bias: b, .. } => {
                 let dk = weight("depthwise_kernel")?;
                 let pk = weight("pointwise_kernel")?;
-                let y = ops::depthwise_conv(x, &dk, 1, padding)?;
-                with_bias(ops::conv2d(&y, &pk, 1, Pad::default())?, bias)?
+                let y = ops::depthwise_conv(x, &dk, None, Act::Identity, 1, padding.plus(pad))?;
+                ops::conv2d(&y, &pk, bias(b)?.as_ref(), act, 1, Pad::default())?
             }
             LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
-            LayerKind::BatchNorm { channels, epsilon } => batch_norm::forward(x, name, channels, epsilon, params, ctx)?,
+            LayerKind::BatchNorm { channels, epsilon } => batch_norm::forward(x, name, channels, epsilon, act, params, ctx)?,
             LayerKind::Relu => x.relu()?,
             LayerKind::Relu6 => ops::relu6(x)?,
             LayerKind::MaxPool { size } => ops::max_pool_valid(x, size)?,

@@ -17,6 +17,7 @@ pub mod early_stopping;
 pub mod feature_cache;
 pub mod fit;
 pub mod fold;
+pub mod fusion;
 pub mod job;
 pub mod kernels;
 pub mod layers;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Tensor;
 
 use super::job::TrainError;
-use super::kernels::{self, Padding};
+use super::kernels::{self, Act, Padding};
 
 /// Which implementation the convolution and pooling layers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,15 @@ impl Pad {
                 Self { top: th / 2, bottom: th - th / 2, left: tw / 2, right: tw - tw / 2 }
             }
         }
+    }
+
+    /// This padding and `other` on top of it, per side.
+    pub fn plus(self, other: Pad) -> Pad {
+        Pad { top: self.top + other.top, bottom: self.bottom + other.bottom, left: self.left + other.left, right: self.right + other.right }
+    }
+
+    pub fn max_side(&self) -> usize {
+        self.top.max(self.bottom).max(self.left).max(self.right)
     }
 
     pub fn is_symmetric(&self) -> bool {
@@ -169,10 +178,11 @@ pub fn windows(x: &Tensor, kernel: usize, stride: usize, fill: f32) -> Result<Ve
     Ok(views)
 }
 
-/// Depthwise convolution: `x` `[n, c, h, w]` (unpadded), `kernel` `[c, 1, k, k]`.
-pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+/// Depthwise convolution: `x` `[n, c, h, w]` (unpadded), `kernel` `[c, 1, k, k]`, then
+/// `act(y + bias)` per channel (fused into the kernel on the fast backend).
+pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
     if backend() == Backend::Fast {
-        return Ok(kernels::depthwise_conv2d(x, kernel, stride, kp(p))?);
+        return Ok(kernels::depthwise_conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
     }
     let (c, _, k, _) = kernel.dims4()?;
     let x = pad(x, p, 0.0)?;
@@ -186,7 +196,21 @@ pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Res
             Some(a) => (a + term)?,
         });
     }
-    acc.ok_or_else(|| TrainError::Candle(candle_core::Error::Msg("empty depthwise kernel".into())))
+    let y = acc.ok_or_else(|| TrainError::Candle(candle_core::Error::Msg("empty depthwise kernel".into())))?;
+    stock_epilogue(y, bias, act)
+}
+
+/// The stock backend's bias add and activation, as separate candle ops.
+fn stock_epilogue(y: Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor, TrainError> {
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+        None => y,
+    };
+    Ok(match act {
+        Act::Identity => y,
+        Act::Relu => y.relu()?,
+        Act::Relu6 => y.clamp(0f32, 6f32)?,
+    })
 }
 
 /// Max pooling of a `size` window at `stride` with padding that never wins (`-inf`), as
@@ -252,23 +276,21 @@ impl candle_core::CustomOp1 for Relu6 {
     /// The gradient passes where `0 < x < 6` (where the output is neither bound).
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
-        let dx = super::batch_norm::with_f32(x, |x| {
-            super::batch_norm::with_f32(&dy, |dy| par_map(x, dy, |v, g| if v > 0.0 && v < 6.0 { g } else { 0.0 }))
+        let dx = kernels::with_f32(x, |x| {
+            kernels::with_f32(&dy, |dy| par_map(x, dy, |v, g| if v > 0.0 && v < 6.0 { g } else { 0.0 }))
         })??;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
-/// A conv2d that pads asymmetrically when needed (explicit pad, then a "valid" conv).
-pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+/// A conv2d with explicit (possibly asymmetric) padding, then `act(y + bias)` per output
+/// channel (fused into the kernel on the fast backend).
+pub fn conv2d(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
     if backend() == Backend::Fast {
-        return Ok(kernels::conv2d(x, kernel, stride, kp(p))?);
+        return Ok(kernels::conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
     }
-    if p.is_symmetric() {
-        Ok(x.conv2d(kernel, p.top, stride, 1, 1)?)
-    } else {
-        Ok(pad(x, p, 0.0)?.conv2d(kernel, 0, stride, 1, 1)?)
-    }
+    let y = if p.is_symmetric() { x.conv2d(kernel, p.top, stride, 1, 1)? } else { pad(x, p, 0.0)?.conv2d(kernel, 0, stride, 1, 1)? };
+    stock_epilogue(y, bias, act)
 }
 
 #[cfg(test)]
@@ -302,7 +324,7 @@ mod tests {
         let x = ramp((2, 3, 8, 7));
         let k = (ramp((3, 1, 3, 3)) * 0.1).unwrap();
         for (stride, p) in [(1, Pad::uniform(1)), (2, Pad { top: 0, bottom: 1, left: 0, right: 1 }), (2, Pad::uniform(1))] {
-            let ours = depthwise_conv(&x, &k, stride, p).unwrap();
+            let ours = depthwise_conv(&x, &k, None, Act::Identity, stride, p).unwrap();
             let reference = pad(&x, p, 0.0).unwrap().conv2d(&k, 0, stride, 1, 3).unwrap();
             assert_eq!(ours.dims(), reference.dims());
             assert!(close(&ours, &reference), "stride {stride} {p:?}");

@@ -10,6 +10,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
 use super::par::{par_items, threads};
 use super::{dims4, f32_slice, gather_row, split_grads, Axis, Padding};
@@ -146,39 +147,48 @@ fn col2im_add(g: &Geom, dcol: &[f32], p0: usize, len: usize, dximg: &mut [f32]) 
     }
 }
 
-/// Output rows `rows` (output channels) of one image: `yrows` is `rows.len() x P`.
-fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yrows: &mut [f32], col: &mut Vec<f32>) {
+/// Output rows `rows` (output channels) of one image: `yrows` is `rows.len() x P`, the epilogue
+/// applied tile by tile while the tile is in cache.
+#[allow(clippy::too_many_arguments)]
+fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yrows: &mut [f32], col: &mut Vec<f32>, ep: &Epilogue<'_>) {
     let (k, p) = (g.k(), g.p());
     let m = rows.len();
     let wmat = Mat { data: &w[rows.start * k..rows.end * k], rs: k, cs: 1 };
-    if g.direct() {
-        sgemm(m, p, k, yrows, p, false, wmat, Mat { data: ximg, rs: p, cs: 1 });
-        return;
-    }
     let tile = g.tile();
-    col.resize(k * tile, 0.0);
+    if !g.direct() {
+        col.resize(k * tile, 0.0);
+    }
     for p0 in (0..p).step_by(tile) {
         let len = tile.min(p - p0);
-        let col = &mut col[..k * len];
-        im2col(g, ximg, p0, len, col);
-        sgemm(m, len, k, &mut yrows[p0..], p, false, wmat, Mat { data: col, rs: len, cs: 1 });
+        if g.direct() {
+            sgemm(m, len, k, &mut yrows[p0..], p, false, wmat, Mat { data: &ximg[p0..], rs: p, cs: 1 });
+        } else {
+            let col = &mut col[..k * len];
+            im2col(g, ximg, p0, len, col);
+            sgemm(m, len, k, &mut yrows[p0..], p, false, wmat, Mat { data: col, rs: len, cs: 1 });
+        }
+        if !ep.is_identity() {
+            for (r, row) in yrows.chunks_exact_mut(p).enumerate() {
+                ep.apply(rows.start + r, &mut row[p0..p0 + len]);
+            }
+        }
     }
 }
 
-fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     if g.n >= threads() {
         par_items(g.n, y, |imgs, yout| {
             let mut col = Vec::new();
             for (i, n) in imgs.enumerate() {
-                fwd_rows(g, &x[n * img_in..][..img_in], w, 0..g.co, &mut yout[i * img_out..][..img_out], &mut col);
+                fwd_rows(g, &x[n * img_in..][..img_in], w, 0..g.co, &mut yout[i * img_out..][..img_out], &mut col, ep);
             }
         });
     } else {
         // Fewer images than cores: split each image's output channels instead.
         for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
             let ximg = &x[n * img_in..][..img_in];
-            par_items(g.co, yimg, |rows, yrows| fwd_rows(g, ximg, w, rows, yrows, &mut Vec::new()));
+            par_items(g.co, yimg, |rows, yrows| fwd_rows(g, ximg, w, rows, yrows, &mut Vec::new(), ep));
         }
     }
 }
@@ -249,10 +259,42 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, 
     }
 }
 
-/// The forward op; see [`super::conv2d`].
+/// The forward op; see [`super::conv2d_fused`]. A `CustomOp2` over `(x, w)`, or a `CustomOp3`
+/// over `(x, w, bias)`.
 pub(crate) struct Conv2d {
     pub stride: usize,
     pub padding: Padding,
+    pub act: Act,
+}
+
+impl Conv2d {
+    fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1, l2, self.stride, self.padding)?;
+        let x = f32_slice(s1, l1, "conv2d input")?;
+        let w = f32_slice(s2, l2, "conv2d kernel")?;
+        let ep = Epilogue { bias, act: self.act };
+        ep.check(g.co, "conv2d")?;
+        let mut y = vec![0.0f32; g.n * g.img_out()];
+        forward(&g, x, w, &mut y, &ep);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.ho, g.wo))))
+    }
+
+    /// The gradients of `x`, `w` and `bias` (each only if it tracks one).
+    fn grads(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, dy: &Tensor) -> Result<[Option<Tensor>; 3]> {
+        let (want_x, want_w) = (x.track_op(), w.track_op());
+        let want_b = bias.is_some_and(|b| b.track_op());
+        if !want_x && !want_w && !want_b {
+            return Ok([None, None, None]);
+        }
+        let (dz, db) = epilogue::backward(self.act, y, dy, want_b)?;
+        if !want_x && !want_w {
+            return Ok([None, None, db]);
+        }
+        let op = Conv2dBackward { stride: self.stride, padding: self.padding, want_x, want_w };
+        let flat = x.apply_op3_no_bwd(w, &dz, &op)?;
+        let (dx, dw) = split_grads(flat, want_x.then_some(x), want_w.then_some(w))?;
+        Ok([dx, dw, db])
+    }
 }
 
 impl CustomOp2 for Conv2d {
@@ -261,22 +303,27 @@ impl CustomOp2 for Conv2d {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1, l2, self.stride, self.padding)?;
-        let x = f32_slice(s1, l1, "conv2d input")?;
-        let w = f32_slice(s2, l2, "conv2d kernel")?;
-        let mut y = vec![0.0f32; g.n * g.img_out()];
-        forward(&g, x, w, &mut y);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.ho, g.wo))))
+        self.run(s1, l1, s2, l2, None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (want_x, want_w) = (x.track_op(), w.track_op());
-        if !want_x && !want_w {
-            return Ok((None, None));
-        }
-        let op = Conv2dBackward { stride: self.stride, padding: self.padding, want_x, want_w };
-        let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
-        split_grads(flat, want_x.then_some(x), want_w.then_some(w))
+    fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, _] = self.grads(x, w, None, res, dy)?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "tanuki-conv2d-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3, "conv2d bias")?))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, db] = self.grads(x, w, Some(b), res, dy)?;
+        Ok((dx, dw, db))
     }
 }
 

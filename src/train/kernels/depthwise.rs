@@ -12,6 +12,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::epilogue::{self, Act, Epilogue};
 use super::par::par_items;
 use super::simd::{dispatch, Kernel};
 use super::{dims4, f32_slice, gather_row, split_grads, Axis, Padding};
@@ -172,6 +173,7 @@ struct Fwd<'a> {
     w: &'a [f32],
     planes: std::ops::Range<usize>,
     out: &'a mut [f32],
+    ep: &'a Epilogue<'a>,
 }
 
 impl Kernel for Fwd<'_> {
@@ -185,7 +187,9 @@ impl Kernel for Fwd<'_> {
             let c = pi % g.c;
             phase_pad(g, &self.x[pi * pin..][..pin], 0.0, &mut q);
             let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
-            plane_fwd::<FMA>(v, g.kh, g.kw, g.s, &self.w[c * kk..][..kk], &mut self.out[i * pout..][..pout], g.wo);
+            let out = &mut self.out[i * pout..][..pout];
+            plane_fwd::<FMA>(v, g.kh, g.kw, g.s, &self.w[c * kk..][..kk], out, g.wo);
+            self.ep.apply(c, out);
         }
     }
 }
@@ -269,10 +273,42 @@ fn geom(xl: &Layout, wl: &Layout, stride: usize, padding: Padding) -> Result<Geo
     Geom::new(n, c, h, w, kh, kw, stride, padding)
 }
 
-/// The forward op; see [`super::depthwise_conv2d`].
+/// The forward op; see [`super::depthwise_conv2d_fused`]. A `CustomOp2` over `(x, w)`, or a
+/// `CustomOp3` over `(x, w, bias)`.
 pub(crate) struct Depthwise {
     pub stride: usize,
     pub padding: Padding,
+    pub act: Act,
+}
+
+impl Depthwise {
+    fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l1, l2, self.stride, self.padding)?;
+        let x = f32_slice(s1, l1, "depthwise input")?;
+        let w = f32_slice(s2, l2, "depthwise kernel")?;
+        let ep = Epilogue { bias, act: self.act };
+        ep.check(g.c, "depthwise_conv2d")?;
+        let mut y = vec![0.0f32; g.n * g.c * g.plane_out()];
+        par_items(g.n * g.c, &mut y, |planes, out| dispatch(Fwd { g: &g, x, w, planes, out, ep: &ep }));
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
+    }
+
+    /// The gradients of `x`, `w` and `bias` (each only if it tracks one).
+    fn grads(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, dy: &Tensor) -> Result<[Option<Tensor>; 3]> {
+        let (want_x, want_w) = (x.track_op(), w.track_op());
+        let want_b = bias.is_some_and(|b| b.track_op());
+        if !want_x && !want_w && !want_b {
+            return Ok([None, None, None]);
+        }
+        let (dz, db) = epilogue::backward(self.act, y, dy, want_b)?;
+        if !want_x && !want_w {
+            return Ok([None, None, db]);
+        }
+        let op = DepthwiseBackward { stride: self.stride, padding: self.padding, want_x, want_w };
+        let flat = x.apply_op3_no_bwd(w, &dz, &op)?;
+        let (dx, dw) = split_grads(flat, want_x.then_some(x), want_w.then_some(w))?;
+        Ok([dx, dw, db])
+    }
 }
 
 impl CustomOp2 for Depthwise {
@@ -281,22 +317,27 @@ impl CustomOp2 for Depthwise {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = geom(l1, l2, self.stride, self.padding)?;
-        let x = f32_slice(s1, l1, "depthwise input")?;
-        let w = f32_slice(s2, l2, "depthwise kernel")?;
-        let mut y = vec![0.0f32; g.n * g.c * g.plane_out()];
-        par_items(g.n * g.c, &mut y, |planes, out| dispatch(Fwd { g: &g, x, w, planes, out }));
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
+        self.run(s1, l1, s2, l2, None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (want_x, want_w) = (x.track_op(), w.track_op());
-        if !want_x && !want_w {
-            return Ok((None, None));
-        }
-        let op = DepthwiseBackward { stride: self.stride, padding: self.padding, want_x, want_w };
-        let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
-        split_grads(flat, want_x.then_some(x), want_w.then_some(w))
+    fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, _] = self.grads(x, w, None, res, dy)?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for Depthwise {
+    fn name(&self) -> &'static str {
+        "tanuki-depthwise-conv2d-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3, "depthwise bias")?))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, db] = self.grads(x, w, Some(b), res, dy)?;
+        Ok((dx, dw, db))
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`depthwise_conv2d`]: one filter per channel (weights `[C, 1, kh, kw]`), any stride; planes
 //!   split across the cores, each plane padded once into an L1/L2-resident scratch and swept with
 //!   all taps fused (AVX-512 when the CPU has it, picked at run time).
+//! - [`conv2d_fused`], [`depthwise_conv2d_fused`]: the same with a per-channel bias and an
+//!   activation ([`Act`]) applied to each tile or plane as it is written (see `epilogue.rs`).
 //! - [`max_pool2d`]: max pooling with any kernel, stride and padding (kernel != stride included,
 //!   which candle's own max-pool cannot differentiate).
 //!
@@ -19,6 +21,7 @@
 
 mod conv;
 mod depthwise;
+mod epilogue;
 mod gemm;
 mod par;
 mod pool;
@@ -30,6 +33,8 @@ mod tests;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 
+pub use epilogue::Act;
+pub(crate) use epilogue::{gated, Epilogue};
 pub use par::threads;
 pub use simd::has_avx512;
 
@@ -143,6 +148,15 @@ pub(crate) fn gather_row(out: &mut [f32], row: &[f32], start: isize, step: usize
     }
 }
 
+/// Runs `f` on the f32 data of a contiguous CPU tensor.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => bail!("kernels: expected a contiguous f32 CPU tensor"),
+    }
+}
+
 /// The contiguous f32 data of a storage/layout pair.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
@@ -180,14 +194,33 @@ pub(crate) fn split_grads(flat: Tensor, first: Option<&Tensor>, second: Option<&
 ///
 /// Drop-in for `x.conv2d(w, p, stride, 1, 1)` with `Padding::Symmetric(p)`.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, conv::Conv2d { stride, padding })
+    conv2d_fused(x, w, None, Act::Identity, stride, padding)
+}
+
+/// [`conv2d`] followed by `act(y + bias[channel])` in the same pass (`bias` `[Co]`), with the
+/// gradients of all three inputs.
+pub fn conv2d_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, padding: Padding) -> Result<Tensor> {
+    let op = conv::Conv2d { stride, padding, act };
+    match bias {
+        Some(b) => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
+        None => x.contiguous()?.apply_op2(&w.contiguous()?, op),
+    }
 }
 
 /// Depthwise 2D convolution: `x` `[N, C, H, W]`, `w` `[C, 1, kh, kw]` -> `[N, C, Ho, Wo]`.
 ///
 /// Drop-in for `x.conv2d(w, p, stride, 1, C)` with `Padding::Symmetric(p)`.
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, depthwise::Depthwise { stride, padding })
+    depthwise_conv2d_fused(x, w, None, Act::Identity, stride, padding)
+}
+
+/// [`depthwise_conv2d`] followed by `act(y + bias[channel])` in the same pass (`bias` `[C]`).
+pub fn depthwise_conv2d_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, padding: Padding) -> Result<Tensor> {
+    let op = depthwise::Depthwise { stride, padding, act };
+    match bias {
+        Some(b) => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
+        None => x.contiguous()?.apply_op2(&w.contiguous()?, op),
+    }
 }
 
 /// Max pooling over `kernel x kernel` windows: `x` `[N, C, H, W]` -> `[N, C, Ho, Wo]`. Padded

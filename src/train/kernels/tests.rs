@@ -354,3 +354,61 @@ fn bad_shapes_are_errors() {
     assert!(conv2d(&x, &rand_t(&[4, 3, 7, 7], 2), 1, Padding::Symmetric(0)).is_err());
     assert!(max_pool2d(&x.to_dtype(candle_core::DType::F64).unwrap(), 3, 2, Padding::TfSame).is_err());
 }
+
+/// The fused bias + activation ops against the kernel followed by candle's own bias add and
+/// activation: forward, and the gradients of the input, the kernel and the bias.
+#[test]
+fn fused_bias_and_activation_match_separate_ops() {
+    use super::{conv2d_fused, depthwise_conv2d_fused, Act};
+    let stock_act = |y: Tensor, act: Act| match act {
+        Act::Identity => Ok(y),
+        Act::Relu => y.relu(),
+        Act::Relu6 => y.clamp(0f32, 6f32),
+    };
+    // Inputs scaled so that outputs land on both sides of 0 and of 6.
+    let x = (rand_t(&[2, 6, 9, 8], 1) * 4.0).unwrap();
+    let cases: [(&str, Vec<usize>, usize, Padding); 4] = [
+        ("conv3x3 s1", vec![5, 6, 3, 3], 1, Padding::Symmetric(1)),
+        ("conv1x1", vec![5, 6, 1, 1], 1, Padding::Symmetric(0)),
+        ("depthwise s2", vec![6, 1, 3, 3], 2, Padding::TfSame),
+        ("depthwise s1", vec![6, 1, 3, 3], 1, Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 }),
+    ];
+    for (name, wdims, stride, padding) in cases {
+        let depthwise = name.starts_with("depthwise");
+        let w = rand_t(&wdims, 2);
+        let b = rand_t(&[wdims[0]], 3);
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            for with_bias in [true, false] {
+                let what = format!("{name} {act:?} bias {with_bias}");
+                let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+                let bias = with_bias.then(|| bv.as_tensor());
+                let fused = if depthwise {
+                    depthwise_conv2d_fused(xv.as_tensor(), wv.as_tensor(), bias, act, stride, padding)
+                } else {
+                    conv2d_fused(xv.as_tensor(), wv.as_tensor(), bias, act, stride, padding)
+                }
+                .unwrap();
+                let plain = if depthwise {
+                    depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), stride, padding)
+                } else {
+                    conv2d(xv.as_tensor(), wv.as_tensor(), stride, padding)
+                }
+                .unwrap();
+                let plain = match bias {
+                    Some(b) => plain.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap(),
+                    None => plain,
+                };
+                let separate = stock_act(plain, act).unwrap();
+                assert_close(&fused, &separate, 1e-5, &format!("{what} forward"));
+                let gf = loss(&fused, 7).backward().unwrap();
+                let gs = loss(&separate, 7).backward().unwrap();
+                for (v, label) in [(&xv, "dx"), (&wv, "dw")] {
+                    assert_close(gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap(), 1e-4, &format!("{what} {label}"));
+                }
+                if with_bias {
+                    assert_close(gf.get(bv.as_tensor()).unwrap(), gs.get(bv.as_tensor()).unwrap(), 1e-4, &format!("{what} dbias"));
+                }
+            }
+        }
+    }
+}

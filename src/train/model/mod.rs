@@ -24,6 +24,7 @@ use candle_core::{Device, Tensor};
 use super::job::TrainError;
 use super::layers::{ForwardCtx, Layer, LayerKind, BN_EPSILON, TORCH_BN_EPSILON};
 use super::fold::{self, Folding};
+use super::fusion;
 use super::ops::SamePadding;
 use super::params::ParamStore;
 use super::rng::{self, Stream};
@@ -228,29 +229,32 @@ impl Model {
         self.folding = Folding::default();
     }
 
-    /// Runs the layers in `range`, wiring named inputs. Only outputs referenced later are kept: with detached (frozen) weights nothing
-    /// else holds an activation, so a frozen prefix keeps just the tensor the trainable part
-    /// starts from.
+    /// Runs the layers in `range`, wiring named inputs, as the steps [`fusion::plan`] makes
+    /// of them (padding, folded batch norms and activations merged into the kernel calls).
+    /// Only outputs referenced later are kept: with detached (frozen) weights nothing else holds
+    /// an activation, so a frozen prefix keeps just the tensor the trainable part starts from.
     fn run_layers(&self, range: Range<usize>, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
         let referenced: HashSet<&str> = self.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
         let folds = if ctx.bn_training { None } else { Some(&self.folding) };
         let mut saved: HashMap<&str, Tensor> = HashMap::new();
         let mut x = x.clone();
-        for layer in &self.layers[range] {
+        for step in fusion::plan(&self.layers, range, folds, &referenced) {
+            let layer = &self.layers[step.layer];
             let input = |name: &String| {
                 saved.get(name.as_str()).ok_or_else(|| TrainError::Weights(format!("{}: no output named {name}", layer.name)))
             };
-            let fold = folds.and_then(|f| f.convs.get(&layer.name));
             x = match (&layer.kind, layer.inputs.as_slice()) {
                 // Folded into the convolution before it: the identity.
                 (_, []) if folds.is_some_and(|f| f.batch_norms.contains(&layer.name)) => x,
                 (LayerKind::Add, [a, b]) => (input(a)? + input(b)?)?,
-                (_, []) => layer.forward_folded(&x, &self.params, ctx, fold)?,
-                (_, [a]) => layer.forward_folded(input(a)?, &self.params, ctx, fold)?,
+                (_, []) => layer.forward_fused(&x, &self.params, ctx, step.fusion)?,
+                (_, [a]) => layer.forward_fused(input(a)?, &self.params, ctx, step.fusion)?,
                 _ => return Err(TrainError::Weights(format!("{}: unexpected inputs {:?}", layer.name, layer.inputs))),
             };
-            if referenced.contains(layer.name.as_str()) {
-                saved.insert(layer.name.as_str(), x.clone());
+            // Only a step's last layer can be read by name (fusion keeps the others private).
+            let last = self.layers[step.span.end - 1].name.as_str();
+            if referenced.contains(last) {
+                saved.insert(last, x.clone());
             }
         }
         Ok(x)

@@ -1,0 +1,196 @@
+//! Which consecutive layers run as one kernel call.
+//!
+//! Run one by one, `ZeroPadding2D → DepthwiseConv2D → BatchNormalization → ReLU(6)` makes four
+//! full passes over the activation (and four allocations of it). The kernels take explicit
+//! padding and apply a per-channel bias and an activation to each tile as they write it
+//! ([`super::kernels::Act`]); with the batch norm folded into the convolution (a frozen phase,
+//! [`super::fold`]) or computed by the fused batch-norm op, the chain is one or two passes.
+//!
+//! Only outputs nobody else reads are fused away: a layer inside a fused step must not be a
+//! named input of a later layer (residual connections read block outputs). The last layer of a
+//! step gives the step's output, which is kept under its name as usual.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use super::fold::Folding;
+use super::kernels::Act;
+use super::layers::{Fusion, Layer, LayerKind};
+use super::ops::Pad;
+
+/// One call: `layers[layer]` with `fusion`, standing for `layers[span]`.
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    pub layer: usize,
+    pub fusion: Fusion<'a>,
+    /// The layers this step computes (the last one names its output).
+    pub span: Range<usize>,
+}
+
+/// The activation a layer applies, if it is a plain activation layer.
+fn activation(kind: &LayerKind) -> Option<Act> {
+    match kind {
+        LayerKind::Relu => Some(Act::Relu),
+        LayerKind::Relu6 => Some(Act::Relu6),
+        _ => None,
+    }
+}
+
+/// Kernel size and own padding of a convolution that can take extra padding and an epilogue.
+fn conv_like(kind: &LayerKind) -> Option<(usize, Pad)> {
+    match *kind {
+        LayerKind::Conv2d { kernel, padding, .. } | LayerKind::DepthwiseConv2d { kernel, padding, .. } => Some((kernel, padding)),
+        LayerKind::SeparableConv2d { kernel, padding, .. } => Some((kernel, padding)),
+        _ => None,
+    }
+}
+
+/// The steps that run `layers[range]`. `folding` is the phase's batch-norm folds when batch
+/// norm runs in inference mode (`None` in training mode: no fold applies); `referenced` the
+/// names some layer takes as a named input.
+pub fn plan<'a>(layers: &[Layer], range: Range<usize>, folding: Option<&'a Folding>, referenced: &HashSet<&str>) -> Vec<Step<'a>> {
+    let end = range.end;
+    // Whether `layers[i]` exists in the range, takes the previous output, and may be computed
+    // without keeping its own output (nobody reads it by name).
+    let chained = |i: usize| i < end && layers[i].inputs.is_empty();
+    let private = |i: usize| !referenced.contains(layers[i].name.as_str());
+    let folded_bn = |i: usize| folding.is_some_and(|f| f.batch_norms.contains(&layers[i].name));
+    let mut steps = Vec::new();
+    let mut i = range.start;
+    while i < end {
+        let start = i;
+        let mut fusion = Fusion::default();
+        // ZeroPadding2D into the convolution after it, while each side stays under the kernel.
+        if let LayerKind::ZeroPad(p) = layers[i].kind {
+            if chained(i) && private(i) && chained(i + 1) {
+                if let Some((k, own)) = conv_like(&layers[i + 1].kind) {
+                    if own.plus(p).max_side() < k {
+                        fusion.pad = p;
+                        i += 1;
+                    }
+                }
+            }
+        }
+        let layer = i;
+        let mut last = i;
+        let fold = folding.and_then(|f| f.convs.get(&layers[i].name));
+        let takes_act = match layers[i].kind {
+            _ if conv_like(&layers[i].kind).is_some() => {
+                fusion.fold = fold;
+                // The folded batch norm after it is the identity: it names this step's output.
+                if fold.is_some() && chained(i + 1) && folded_bn(i + 1) && private(i) {
+                    last = i + 1;
+                }
+                true
+            }
+            LayerKind::BatchNorm { .. } => !folded_bn(i),
+            _ => false,
+        };
+        if takes_act && chained(last + 1) && private(last) {
+            if let Some(act) = activation(&layers[last + 1].kind) {
+                fusion.act = act;
+                last += 1;
+            }
+        }
+        steps.push(Step { layer, fusion, span: start..last + 1 });
+        i = last + 1;
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{Device, Tensor};
+
+    use crate::train::kernels::Act;
+    use crate::train::layers::{ForwardCtx, LayerKind};
+    use crate::train::model::Model;
+    use crate::train::rng::{self, Stream};
+    use crate::train::spec::*;
+
+    fn mobilenet() -> Model {
+        let spec = ModelSpec {
+            backbone: BackboneSpec { architecture: Architecture::MobilenetV2, weights: None, alpha: Some(0.35), widths: None },
+            head: HeadSpec::default(),
+        };
+        let mut model = Model::new(&spec, &InputSpec { height: 32, width: 32, ..InputSpec::default() }, 3).unwrap();
+        // Statistics and scales that make the folds and the ReLU6 clipping show.
+        for p in model.params.iter() {
+            let n = p.elem_count();
+            let t = if p.name.ends_with("moving_variance") {
+                Tensor::rand(0.5f32, 1.5, n, &Device::Cpu)
+            } else if p.name.ends_with("moving_mean") || p.name.ends_with("beta") {
+                Tensor::rand(-0.5f32, 0.5, n, &Device::Cpu)
+            } else if p.name.ends_with("gamma") {
+                Tensor::rand(1f32, 4.0, n, &Device::Cpu)
+            } else {
+                continue;
+            };
+            p.var.set(&t.unwrap()).unwrap();
+        }
+        model
+    }
+
+    /// Layer by layer, no fusion and no folding: the reference.
+    fn unfused(model: &Model, x: &Tensor, ctx: &mut ForwardCtx) -> Tensor {
+        let mut saved: HashMap<&str, Tensor> = HashMap::new();
+        let mut x = x.clone();
+        for layer in &model.layers {
+            x = match layer.inputs.as_slice() {
+                [a, b] => (&saved[a.as_str()] + &saved[b.as_str()]).unwrap(),
+                [] => layer.forward(&x, &model.params, ctx).unwrap(),
+                _ => unreachable!(),
+            };
+            saved.insert(layer.name.as_str(), x.clone());
+        }
+        x
+    }
+
+    fn ctx(bn_training: bool) -> ForwardCtx {
+        ForwardCtx { dropout: false, bn_training, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) }
+    }
+
+    #[test]
+    fn frozen_mobilenet_blocks_run_as_one_call_per_convolution() {
+        let mut model = mobilenet();
+        model.set_trainable(&["head".to_string()]);
+        model.fold_frozen_batch_norms().unwrap();
+        let referenced = model.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
+        let steps = super::plan(&model.layers, 0..model.layers.len(), Some(&model.folding), &referenced);
+        let names = |s: &super::Step| model.layers[s.span.clone()].iter().map(|l| l.name.trim_start_matches("backbone.")).collect::<Vec<_>>();
+        let find = |first: &str| steps.iter().find(|s| names(s)[0] == first).unwrap_or_else(|| panic!("no step starts at {first}"));
+        assert_eq!(names(find("block_1_pad")), ["block_1_pad", "block_1_depthwise", "block_1_depthwise_BN", "block_1_depthwise_relu"]);
+        assert_eq!(find("block_1_pad").fusion.act, Act::Relu6);
+        assert_eq!(names(find("block_1_expand")), ["block_1_expand", "block_1_expand_BN", "block_1_expand_relu"]);
+        // The projection's batch norm is read by the residual Add: it ends its step.
+        assert_eq!(names(find("block_2_project")), ["block_2_project", "block_2_project_BN"]);
+        assert!(steps.iter().all(|s| !matches!(model.layers[s.layer].kind, LayerKind::Relu6 | LayerKind::ZeroPad(_) | LayerKind::BatchNorm { .. })));
+
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let fused = model.forward(&x, &mut ctx(false)).unwrap();
+        let reference = unfused(&model, &x, &mut ctx(false));
+        let diff: f32 = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn training_mode_fuses_batch_norm_with_its_activation_and_matches() {
+        let model = mobilenet();
+        let referenced = model.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
+        let steps = super::plan(&model.layers, 0..model.layers.len(), None, &referenced);
+        let bn_relu = steps.iter().filter(|s| matches!(model.layers[s.layer].kind, LayerKind::BatchNorm { .. }) && s.fusion.act == Act::Relu6).count();
+        // Every ReLU6 of MobileNetV2 follows a batch norm: 1 + 16 * 2 + 1 (block 0 has no expand).
+        assert_eq!(bn_relu, 35);
+        assert!(steps.iter().all(|s| s.fusion.fold.is_none()));
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        // Training mode moves the moving statistics: run both on copies of the same start.
+        let start = model.params.snapshot().unwrap();
+        let fused = model.forward(&x, &mut ctx(true)).unwrap();
+        model.params.load(&start, |_| true).unwrap();
+        let reference = unfused(&model, &x, &mut ctx(true));
+        let diff: f32 = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        assert!(diff < 1e-4, "{diff}");
+    }
+}

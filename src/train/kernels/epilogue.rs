@@ -1,0 +1,126 @@
+//! A per-channel bias and an activation applied to a kernel's output while it is still in cache.
+//!
+//! Run as separate ops, `conv → + bias → ReLU6` reads and writes the whole activation twice more
+//! (and allocates it twice more): in a frozen MobileNetV2 step, where every batch norm is folded
+//! into a bias, those two passes cost as much as the depthwise convolutions. Fused, the kernel
+//! applies them to each tile or plane it has just written.
+//!
+//! Backward, the activation's gradient is taken from the op's output (`0 < y < 6` for ReLU6 is
+//! `0 < z < 6` for its input `z`), so nothing extra is kept for it.
+
+use candle_core::{bail, Result, Tensor};
+
+/// An activation fused into a kernel's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Act {
+    #[default]
+    Identity,
+    /// `max(z, 0)`.
+    Relu,
+    /// `min(max(z, 0), 6)` (Keras `ReLU(6.0)`).
+    Relu6,
+}
+
+impl Act {
+    /// The open interval of output values where the gradient passes: `lo < y < hi`. Compared
+    /// without branches in the hot loops (a `match` or a short-circuit `&&` per element keeps
+    /// them from vectorising, and the branches mispredict on activations of random sign).
+    #[inline(always)]
+    pub(crate) fn gate(self) -> (f32, f32) {
+        match self {
+            Act::Identity => (f32::NEG_INFINITY, f32::INFINITY),
+            Act::Relu => (0.0, f32::INFINITY),
+            Act::Relu6 => (0.0, 6.0),
+        }
+    }
+}
+
+/// `dy` where `lo < y < hi`, else 0 (see [`Act::gate`]).
+#[inline(always)]
+pub(crate) fn gated(dy: f32, y: f32, (lo, hi): (f32, f32)) -> f32 {
+    if (y > lo) & (y < hi) {
+        dy
+    } else {
+        0.0
+    }
+}
+
+/// What a fused kernel applies to each output channel: `act(z + bias[channel])`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub act: Act,
+}
+
+impl Epilogue<'_> {
+    pub(crate) fn is_identity(&self) -> bool {
+        self.bias.is_none() && self.act == Act::Identity
+    }
+
+    /// Applies the epilogue to `row`, values of output channel `channel`.
+    #[inline(always)]
+    pub(crate) fn apply(&self, channel: usize, row: &mut [f32]) {
+        let b = self.bias.map_or(0.0, |b| b[channel]);
+        match self.act {
+            Act::Identity if self.bias.is_some() => row.iter_mut().for_each(|v| *v += b),
+            Act::Identity => {}
+            Act::Relu => row.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
+            Act::Relu6 => row.iter_mut().for_each(|v| *v = (*v + b).clamp(0.0, 6.0)),
+        }
+    }
+
+    /// Checks that the bias has one value per channel.
+    pub(crate) fn check(&self, channels: usize, what: &str) -> Result<()> {
+        match self.bias {
+            Some(b) if b.len() != channels => bail!("{what}: {} bias values for {channels} output channels", b.len()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The gradients of a fused op's pre-epilogue output `z` and of its bias, from its output `y`
+/// and the output's gradient `dy` (both `[n, c, h, w]`): `dz = dy` where the activation passes,
+/// else 0, and `dbias[c] = sum of dz over n, h, w`, computed only when `want_bias`.
+pub(crate) fn backward(act: Act, y: &Tensor, dy: &Tensor, want_bias: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let dy = dy.contiguous()?;
+    let dz = if act == Act::Identity {
+        dy
+    } else {
+        let y = y.contiguous()?;
+        let dz = super::with_f32(&y, |y| super::with_f32(&dy, |dy| masked(act, y, dy)))??;
+        Tensor::from_vec(dz, y.shape(), y.device())?
+    };
+    let dbias = if want_bias {
+        let (n, c, h, w) = dz.dims4()?;
+        // candle sums over non-trailing axes an element at a time; these are plain plane sums.
+        let sums = super::with_f32(&dz, |dz| {
+            let mut sums = vec![0f64; c];
+            for (i, plane) in dz.chunks_exact(h * w).enumerate() {
+                sums[i % c] += plane.iter().map(|&v| v as f64).sum::<f64>();
+            }
+            sums
+        })?;
+        debug_assert_eq!(n * c * h * w, dz.elem_count());
+        Some(Tensor::from_vec(sums.into_iter().map(|s| s as f32).collect::<Vec<_>>(), c, dz.device())?)
+    } else {
+        None
+    };
+    Ok((dz, dbias))
+}
+
+/// `dy` where `act` passes at `y`, else 0, split across the cores.
+fn masked(act: Act, y: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; y.len()];
+    let per = y.len().div_ceil(super::threads()).max(1);
+    std::thread::scope(|s| {
+        for ((o, y), dy) in out.chunks_mut(per).zip(y.chunks(per)).zip(dy.chunks(per)) {
+            s.spawn(move || {
+                let gate = act.gate();
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(dy) {
+                    *o = gated(g, y, gate);
+                }
+            });
+        }
+    });
+    out
+}
