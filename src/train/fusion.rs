@@ -115,7 +115,7 @@ mod tests {
             backbone: BackboneSpec { architecture: Architecture::MobilenetV2, weights: None, alpha: Some(0.35), widths: None },
             head: HeadSpec::default(),
         };
-        let mut model = Model::new(&spec, &InputSpec { height: 32, width: 32, ..InputSpec::default() }, 3).unwrap();
+        let model = Model::new(&spec, &InputSpec { height: 32, width: 32, ..InputSpec::default() }, 3).unwrap();
         // Statistics and scales that make the folds and the ReLU6 clipping show.
         for p in model.params.iter() {
             let n = p.elem_count();
@@ -159,7 +159,7 @@ mod tests {
         model.fold_frozen_batch_norms().unwrap();
         let referenced = model.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
         let steps = super::plan(&model.layers, 0..model.layers.len(), Some(&model.folding), &referenced);
-        let names = |s: &super::Step| model.layers[s.span.clone()].iter().map(|l| l.name.trim_start_matches("backbone.")).collect::<Vec<_>>();
+        let names = |s: &super::Step<'_>| model.layers[s.span.clone()].iter().map(|l| l.name.trim_start_matches("backbone.")).collect::<Vec<_>>();
         let find = |first: &str| steps.iter().find(|s| names(s)[0] == first).unwrap_or_else(|| panic!("no step starts at {first}"));
         assert_eq!(names(find("block_1_pad")), ["block_1_pad", "block_1_depthwise", "block_1_depthwise_BN", "block_1_depthwise_relu"]);
         assert_eq!(find("block_1_pad").fusion.act, Act::Relu6);
