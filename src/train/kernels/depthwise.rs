@@ -49,6 +49,10 @@ impl Geom {
     pub(crate) fn hp(&self) -> usize {
         (self.ho - 1) * self.s + self.kh
     }
+    /// Rows of each phase of [`phase_pad_2d`]'s layout.
+    fn hq(&self) -> usize {
+        self.ho + (self.kh - 1) / self.s
+    }
     /// Columns of each phase of the padded plane.
     pub(crate) fn wq(&self) -> usize {
         self.wo + (self.kw - 1) / self.s
@@ -91,6 +95,102 @@ pub(crate) fn phase_pad(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>) {
             }
         }
     }
+}
+
+/// Planes narrower than this run "flat" (3x3 kernels): rows are swept as one long vector
+/// instead of one short row at a time, which on a 10x10 or 5x5 plane would use 10 or 5 of
+/// the 16 lanes and pay the loop overhead per row.
+const FLAT_MAX_WIDTH: usize = 32;
+
+/// Copies `plane` into `q` padded with `fill`, split into `s x s` phases along both axes (phase
+/// `(ry, rx)` row `i` column `j` is padded pixel `(i*s + ry, j*s + rx)`, each phase
+/// `hq x wq`), so that tap `(ky, kx)` of output `(oy, ox)` lies at the fixed offset
+/// [`flat_offsets`]`[tap] + oy * wq + ox`: a whole plane is one stride-1 sweep per tap, with
+/// `wq - wo` columns of garbage per row.
+#[inline(always)]
+fn phase_pad_2d(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>, row: &mut Vec<f32>) {
+    let (hq, wq, s) = (g.hq(), g.wq(), g.s);
+    let phase = hq * wq;
+    // Slack: the sweep reads whole blocks of LANES past the last row.
+    q.resize(s * s * phase + 2 * LANES, 0.0);
+    // One padded row (s * wq columns), then split into its s column phases: a copy and a
+    // de-interleave that vectorise, where a strided gather per phase would not.
+    row.resize(s * wq, fill);
+    for ry in 0..s {
+        for i in 0..hq {
+            let iy = (i * s + ry) as isize - g.pt as isize;
+            let at = (ry * s * hq + i) * wq;
+            if iy < 0 || iy >= g.h as isize {
+                for rx in 0..s {
+                    q[at + rx * phase..][..wq].fill(fill);
+                }
+                continue;
+            }
+            let src = &plane[iy as usize * g.w..][..g.w];
+            if s == 1 {
+                gather_row(&mut q[at..][..wq], src, -(g.pl as isize), 1, fill);
+                continue;
+            }
+            let width = row.len();
+            let n = src.len().min(width.saturating_sub(g.pl));
+            row[..g.pl.min(width)].fill(fill);
+            row[g.pl..g.pl + n].copy_from_slice(&src[..n]);
+            row[g.pl + n..].fill(fill);
+            match s {
+                2 => {
+                    let (even, odd) = q[at..].split_at_mut(phase);
+                    for ((e, o), pair) in even[..wq].iter_mut().zip(&mut odd[..wq]).zip(row.chunks_exact(2)) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                }
+                _ => {
+                    for rx in 0..s {
+                        for (d, chunk) in q[at + rx * phase..][..wq].iter_mut().zip(row[rx..].chunks(s)) {
+                            *d = chunk[0];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where each tap of a 3x3 kernel reads output `(0, 0)` in [`phase_pad_2d`]'s layout.
+fn flat_offsets(g: &Geom) -> [usize; 9] {
+    let (hq, wq, s) = (g.hq(), g.wq(), g.s);
+    std::array::from_fn(|t| {
+        let (ky, kx) = (t / 3, t % 3);
+        (((ky % s) * s + kx % s) * hq + ky / s) * wq + kx / s
+    })
+}
+
+/// One `ho x wo` output plane of a 3x3 kernel swept flat over `q` (see [`phase_pad_2d`]):
+/// `wide` (scratch) gets `ho` rows of `wq`, whose first `wo` columns are the output.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn plane_fwd_flat<const FMA: bool>(q: &[f32], offsets: &[usize; 9], w: &[f32], ho: usize, wo: usize, wq: usize, wide: &mut Vec<f32>, out: &mut [f32]) {
+    let n = ho * wq;
+    let len = n.next_multiple_of(LANES);
+    wide.resize(n, 0.0);
+    let src: [&[f32]; 9] = std::array::from_fn(|t| &q[offsets[t]..][..len]);
+    let w9: &[f32; 9] = w.try_into().expect("9 taps");
+    taps::<9, FMA>(wide, &src, w9);
+    for (orow, wrow) in out.chunks_exact_mut(wo).zip(wide.chunks_exact(wq)) {
+        orow.copy_from_slice(&wrow[..wo]);
+    }
+}
+
+/// `sum a[i] * b[i]` in 16 lanes (`a.len()` a multiple of 16, `b` at least as long).
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] = madd::<FMA>(a[i], b[i], acc[i]);
+        }
+    }
+    acc.iter().sum()
 }
 
 #[inline(always)]
@@ -182,13 +282,21 @@ impl Kernel for Fwd<'_> {
     fn run<const FMA: bool>(self) {
         let g = self.g;
         let (kk, pin, pout) = (g.kh * g.kw, g.plane_in(), g.plane_out());
-        let mut q = Vec::new();
+        let (mut q, mut wide, mut row) = (Vec::new(), Vec::new(), Vec::new());
+        let flat = g.kh == 3 && g.kw == 3 && g.wo < FLAT_MAX_WIDTH;
+        let offsets = flat_offsets(g);
         for (i, pi) in self.planes.enumerate() {
             let c = pi % g.c;
-            phase_pad(g, &self.x[pi * pin..][..pin], 0.0, &mut q);
-            let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
+            let (plane, w) = (&self.x[pi * pin..][..pin], &self.w[c * kk..][..kk]);
             let out = &mut self.out[i * pout..][..pout];
-            plane_fwd::<FMA>(v, g.kh, g.kw, g.s, &self.w[c * kk..][..kk], out, g.wo);
+            if flat {
+                phase_pad_2d(g, plane, 0.0, &mut q, &mut row);
+                plane_fwd_flat::<FMA>(&q, &offsets, w, g.ho, g.wo, g.wq(), &mut wide, out);
+            } else {
+                phase_pad(g, plane, 0.0, &mut q);
+                let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
+                plane_fwd::<FMA>(v, g.kh, g.kw, g.s, w, out, g.wo);
+            }
             self.ep.apply(c, out);
         }
     }
@@ -214,14 +322,31 @@ impl Kernel for Bwd<'_> {
         let (kh, kw) = (g.kh, g.kw);
         let (kk, pin, pout) = (kh * kw, g.plane_in(), g.plane_out());
         let mut dw = if self.want_w { vec![0.0f32; g.c * kk] } else { Vec::new() };
-        let (mut q, mut u, mut acc) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut q, mut u, mut acc, mut wide, mut row) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let flat_w = kh == 3 && kw == 3 && g.wo < FLAT_MAX_WIDTH;
+        let flat_x = kh == 3 && kw == 3 && g.w < FLAT_MAX_WIDTH;
+        let offsets = flat_offsets(g);
         // The dX gather's geometry: stride 1 over U, (h + kh - 1) x (w + kw - 1).
         let (oh, ow) = (kh - 1 - g.pt, kw - 1 - g.pl);
         let (uh, uw) = (g.h + kh - 1, g.w + kw - 1);
         for (i, pi) in self.planes.enumerate() {
             let c = pi % g.c;
             let dyp = &self.dy[pi * pout..][..pout];
-            if self.want_w {
+            if self.want_w && flat_w {
+                // dW[t] = sum over the plane of dY * the tap's view, as one dot product per tap
+                // over the flat layout: dY spread to rows of wq with zeros in the garbage columns.
+                phase_pad_2d(g, &self.x[pi * pin..][..pin], 0.0, &mut q, &mut row);
+                let wq = g.wq();
+                let len = (g.ho * wq).next_multiple_of(LANES);
+                wide.clear();
+                wide.resize(len, 0.0);
+                for (wrow, dyrow) in wide.chunks_exact_mut(wq).zip(dyp.chunks_exact(g.wo)) {
+                    wrow[..g.wo].copy_from_slice(dyrow);
+                }
+                for (t, off) in offsets.iter().enumerate() {
+                    dw[c * kk + t] += dot::<FMA>(&wide, &q[*off..][..len]);
+                }
+            } else if self.want_w {
                 phase_pad(g, &self.x[pi * pin..][..pin], 0.0, &mut q);
                 let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
                 acc.clear();
@@ -243,7 +368,7 @@ impl Kernel for Bwd<'_> {
             }
             if !self.dx.is_empty() {
                 u.clear();
-                u.resize(uh * uw + LANES, 0.0);
+                u.resize(uh * uw + 2 * LANES, 0.0);
                 for (oy, dyrow) in dyp.chunks_exact(g.wo).enumerate() {
                     let urow = &mut u[(oy * g.s + oh) * uw..][..uw];
                     if g.s == 1 {
@@ -255,9 +380,17 @@ impl Kernel for Bwd<'_> {
                     }
                 }
                 let wc = &self.w[c * kk..][..kk];
-                let flipped: Vec<f32> = (0..kk).map(|t| wc[kk - 1 - t]).collect();
-                let v = Phased { q: &u, hp: uh, wq: uw, s: 1 };
-                plane_fwd::<FMA>(v, kh, kw, 1, &flipped, &mut self.dx[i * pin..][..pin], g.w);
+                let dx = &mut self.dx[i * pin..][..pin];
+                if flat_x {
+                    // U at stride 1 is its own (single) phase: tap (ky, kx) at ky * uw + kx.
+                    let flipped: [f32; 9] = std::array::from_fn(|t| wc[8 - t]);
+                    let offsets: [usize; 9] = std::array::from_fn(|t| t / 3 * uw + t % 3);
+                    plane_fwd_flat::<FMA>(&u, &offsets, &flipped, g.h, g.w, uw, &mut wide, dx);
+                } else {
+                    let flipped: Vec<f32> = (0..kk).map(|t| wc[kk - 1 - t]).collect();
+                    let v = Phased { q: &u, hp: uh, wq: uw, s: 1 };
+                    plane_fwd::<FMA>(v, kh, kw, 1, &flipped, dx, g.w);
+                }
             }
         }
         dw

@@ -141,9 +141,18 @@ pub(crate) fn gather_row(out: &mut [f32], row: &[f32], start: isize, step: usize
         let s = (start + lo as isize) as usize;
         out[lo..hi].copy_from_slice(&row[s..s + (hi - lo)]);
     } else {
-        for (j, o) in out.iter_mut().enumerate() {
-            let i = start + (j * step) as isize;
-            *o = if i >= 0 && i < w { row[i as usize] } else { fill };
+        // The outputs whose index lands inside the row: lo..hi.
+        let len = out.len() as isize;
+        let step_i = step as isize;
+        let lo = if start >= 0 { 0 } else { (-start + step_i - 1) / step_i }.min(len);
+        let hi = if start >= w { lo } else { ((w - start + step_i - 1) / step_i).clamp(lo, len) };
+        let (lo, hi) = (lo as usize, hi as usize);
+        out[..lo].fill(fill);
+        out[hi..].fill(fill);
+        let first = (start + (lo * step) as isize) as usize;
+        // A strided read without per-element index checks (so that it vectorises).
+        for (o, chunk) in out[lo..hi].iter_mut().zip(row[first..].chunks(step)) {
+            *o = chunk[0];
         }
     }
 }
