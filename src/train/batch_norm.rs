@@ -62,30 +62,77 @@ struct BatchNorm {
 
 const LANES: usize = 16;
 
-/// `(sum f(a, b, c).0, sum f(a, b, c).1)` over three equally long planes, in f64, accumulated in
-/// 16 f32 lanes so that it vectorises (a plane holds at most some tens of thousands of values:
-/// each lane sums a few thousand at most before the f64 total).
+/// `(sum f(a, b).0, sum f(a, b).1)` over two equally long planes, in f64, accumulated in 16 f32
+/// lanes so that it vectorises (a plane holds at most some tens of thousands of values: each
+/// lane sums a few thousand at most before the f64 total).
 #[inline(always)]
-fn lanes_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, f32)) -> (f64, f64) {
+fn lanes_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
     let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
-    let (ac, bc, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
-    let tail = ac.remainder().iter().zip(bc.remainder()).zip(cc.remainder());
-    for ((a, b), c) in ac.zip(bc).zip(cc) {
-        let (a, b, c): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) =
-            (a.try_into().expect("lanes"), b.try_into().expect("lanes"), c.try_into().expect("lanes"));
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail = ac.remainder().iter().zip(bc.remainder());
+    for (a, b) in ac.zip(bc) {
+        let (a, b): (&[f32; LANES], &[f32; LANES]) = (a.try_into().expect("lanes"), b.try_into().expect("lanes"));
         for j in 0..LANES {
-            let (x, y) = f(a[j], b[j], c[j]);
+            let (x, y) = f(a[j], b[j]);
             s0[j] += x;
             s1[j] += y;
         }
     }
     let (mut t0, mut t1) = (s0.iter().map(|&v| v as f64).sum::<f64>(), s1.iter().map(|&v| v as f64).sum::<f64>());
-    for ((&a, &b), &c) in tail {
-        let (x, y) = f(a, b, c);
+    for (&a, &b) in tail {
+        let (x, y) = f(a, b);
         t0 += x as f64;
         t1 += y as f64;
     }
     (t0, t1)
+}
+
+/// One channel's affine map in inference form, `z = x * scale + shift`, and its statistics.
+#[derive(Clone, Copy)]
+struct Channel {
+    mean: f32,
+    scale: f32,
+    shift: f32,
+}
+
+/// Per plane, compiled for AVX-512 where the CPU has it ([`kernels::dispatch`]): the three
+/// sweeps of the op.
+enum PlaneKernel<'a> {
+    /// `out = act(x * scale + shift)`.
+    Apply { x: &'a [f32], out: &'a mut [f32], ch: Channel, act: Act },
+    /// `(sum g, sum g * (x - mean))` with `g = dy` where the activation passes at `z`.
+    Sums { dy: &'a [f32], x: &'a [f32], ch: Channel, gate: (f32, f32) },
+    /// `out = k * (g - mdy - (x - mean) * mdyx)`.
+    Dx { dy: &'a [f32], x: &'a [f32], out: &'a mut [f32], ch: Channel, gate: (f32, f32), k: f32, mdy: f32, mdyx: f32 },
+}
+
+impl kernels::Kernel for PlaneKernel<'_> {
+    type Out = (f64, f64);
+    #[inline(always)]
+    fn run<const FMA: bool>(self) -> (f64, f64) {
+        match self {
+            PlaneKernel::Apply { x, out, ch, act } => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = v * ch.scale + ch.shift;
+                }
+                kernels::Epilogue { bias: None, act }.apply(0, out);
+                (0.0, 0.0)
+            }
+            // The activation's gate is evaluated on z, recomputed from x, rather than read from
+            // the output: one memory stream fewer.
+            PlaneKernel::Sums { dy, x, ch, gate } => lanes_sum(dy, x, |dy, x| {
+                let g = kernels::gated(dy, x * ch.scale + ch.shift, gate);
+                (g, g * (x - ch.mean))
+            }),
+            PlaneKernel::Dx { dy, x, out, ch, gate, k, mdy, mdyx } => {
+                for ((o, &dy), &x) in out.iter_mut().zip(dy).zip(x) {
+                    let g = kernels::gated(dy, x * ch.scale + ch.shift, gate);
+                    *o = k * (g - mdy - (x - ch.mean) * mdyx);
+                }
+                (0.0, 0.0)
+            }
+        }
+    }
 }
 
 /// Per channel, `f(channel, plane index i, plane)` summed over images into two f64 sums,
@@ -124,9 +171,22 @@ fn channel_stats(x: &[f32], dims: &[usize]) -> candle_core::Result<(Vec<f32>, Ve
     let &[n, c, h, w] = dims else { bail!("batch norm: expected NCHW, got {dims:?}") };
     let (plane, m) = (h * w, (n * h * w) as f64);
     let at = |i: usize| &x[i * plane..(i + 1) * plane];
-    let mean: Vec<f32> = per_channel(n, c, |_, i| lanes_sum(at(i), at(i), at(i), |v, _, _| (v, 0.0))).iter().map(|s| (s.0 / m) as f32).collect();
-    let var = per_channel(n, c, |ch, i| lanes_sum(at(i), at(i), at(i), |v, _, _| ((v - mean[ch]) * (v - mean[ch]), 0.0)));
+    let mean: Vec<f32> = per_channel(n, c, |_, i| lanes_sum(at(i), at(i), |v, _| (v, 0.0))).iter().map(|s| (s.0 / m) as f32).collect();
+    let var = per_channel(n, c, |ch, i| lanes_sum(at(i), at(i), |v, _| ((v - mean[ch]) * (v - mean[ch]), 0.0)));
     Ok((mean, var.iter().map(|s| (s.0 / m) as f32).collect()))
+}
+
+impl BatchNorm {
+    /// Per channel: the statistics and the inference-form affine map they give with `gamma`
+    /// and `beta`.
+    fn channels(&self, gamma: &[f32], beta: &[f32]) -> Vec<Channel> {
+        (0..self.mean.len())
+            .map(|ch| {
+                let scale = gamma[ch] * self.inv_std[ch];
+                Channel { mean: self.mean[ch], scale, shift: beta[ch] - self.mean[ch] * scale }
+            })
+            .collect()
+    }
 }
 
 impl CustomOp3 for BatchNorm {
@@ -141,65 +201,49 @@ impl CustomOp3 for BatchNorm {
         if gamma.len() != c || beta.len() != c || self.mean.len() != c {
             bail!("batch norm: {c} channels but {} gammas, {} betas", gamma.len(), beta.len())
         }
-        let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * self.inv_std[ch]).collect();
-        let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - self.mean[ch] * scale[ch]).collect();
+        let chans = self.channels(gamma, beta);
         let plane = h * w;
         let mut y = vec![0f32; x.len()];
         per_plane(&mut y, c, plane, |ch, i, out| {
-            for (o, &v) in out.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
-                *o = v * scale[ch] + shift[ch];
-            }
-            kernels::Epilogue { bias: None, act: self.act }.apply(ch, out);
+            kernels::dispatch(PlaneKernel::Apply { x: &x[i * plane..(i + 1) * plane], out, ch: chans[ch], act: self.act });
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let (plane, m) = (h * w, (n * h * w) as f32);
         let dy = dy.contiguous()?;
-        let y = y.contiguous()?;
-        let gamma_v: Vec<f32> = gamma.to_vec1()?;
-        let (mean, inv_std, training, act) = (&self.mean, &self.inv_std, self.training, self.act);
+        let (gamma_v, beta_v): (Vec<f32>, Vec<f32>) = (gamma.to_vec1()?, beta.to_vec1()?);
+        let chans = self.channels(&gamma_v, &beta_v);
+        let (inv_std, training, gate) = (&self.inv_std, self.training, self.act.gate());
         // The first trainable layer's input has no gradient to compute.
         let want_x = x.track_op();
         let (dx, sums) = with_f32(x, |x| {
             with_f32(&dy, |dy| {
-                with_f32(&y, |y| {
-                    fn at(t: &[f32], i: usize, plane: usize) -> &[f32] {
-                        &t[i * plane..(i + 1) * plane]
-                    }
-                    // The gradient of the batch norm's own output: dy where the activation passes.
-                    let gate = act.gate();
-                    let g = |dy: f32, y: f32| kernels::gated(dy, y, gate);
-                    // Per channel: sum(g) and sum(g * (x - mean)).
-                    let sums = per_channel(n, c, |ch, i| {
-                        lanes_sum(at(dy, i, plane), at(x, i, plane), at(y, i, plane), |dy, x, y| {
-                            let g = g(dy, y);
-                            (g, g * (x - mean[ch]))
-                        })
+                fn at(t: &[f32], i: usize, plane: usize) -> &[f32] {
+                    &t[i * plane..(i + 1) * plane]
+                }
+                // Per channel: sum(g) and sum(g * (x - mean)), g the gradient of the batch
+                // norm's own output (dy where the activation passes).
+                let sums = per_channel(n, c, |ch, i| kernels::dispatch(PlaneKernel::Sums { dy: at(dy, i, plane), x: at(x, i, plane), ch: chans[ch], gate }));
+                let dx = want_x.then(|| {
+                    let mut dx = vec![0f32; x.len()];
+                    per_plane(&mut dx, c, plane, |ch, i, out| {
+                        // Training mode: the batch statistics depend on x too.
+                        let (mdy, mdyx) = if training {
+                            (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m * inv_std[ch] * inv_std[ch])
+                        } else {
+                            (0.0, 0.0)
+                        };
+                        let k = gamma_v[ch] * inv_std[ch];
+                        kernels::dispatch(PlaneKernel::Dx { dy: at(dy, i, plane), x: at(x, i, plane), out, ch: chans[ch], gate, k, mdy, mdyx });
                     });
-                    let dx = want_x.then(|| {
-                        let mut dx = vec![0f32; x.len()];
-                        per_plane(&mut dx, c, plane, |ch, i, out| {
-                            let k = gamma_v[ch] * inv_std[ch];
-                            // Training mode: the batch statistics depend on x too.
-                            let (mdy, mdyx) = if training {
-                                (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m * inv_std[ch] * inv_std[ch])
-                            } else {
-                                (0.0, 0.0)
-                            };
-                            let mu = mean[ch];
-                            for (((o, &dy), &x), &y) in out.iter_mut().zip(at(dy, i, plane)).zip(at(x, i, plane)).zip(at(y, i, plane)) {
-                                *o = k * (g(dy, y) - mdy - (x - mu) * mdyx);
-                            }
-                        });
-                        dx
-                    });
-                    (dx, sums)
-                })
+                    dx
+                });
+                (dx, sums)
             })
-        })???;
+        })??;
         let dev = x.device();
         let dx = dx.map(|v| Tensor::from_vec(v, (n, c, h, w), dev)).transpose()?;
         let dgamma: Vec<f32> = sums.iter().zip(inv_std).map(|(s, is)| s.1 as f32 * is).collect();

@@ -35,6 +35,7 @@ use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 
 pub use epilogue::Act;
 pub(crate) use epilogue::{gated, Epilogue};
+pub(crate) use simd::{dispatch, Kernel};
 pub use par::threads;
 pub use simd::has_avx512;
 
