@@ -100,7 +100,7 @@ pub(crate) fn phase_pad(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>) {
 /// Planes narrower than this run "flat" (3x3 kernels): rows are swept as one long vector
 /// instead of one short row at a time, which on a 10x10 or 5x5 plane would use 10 or 5 of
 /// the 16 lanes and pay the loop overhead per row.
-const FLAT_MAX_WIDTH: usize = 32;
+const FLAT_MAX_WIDTH: usize = 64;
 
 /// Copies `plane` into `q` padded with `fill`, split into `s x s` phases along both axes (phase
 /// `(ry, rx)` row `i` column `j` is padded pixel `(i*s + ry, j*s + rx)`, each phase

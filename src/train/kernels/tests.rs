@@ -240,9 +240,10 @@ const DW_CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (2, 3, 7, 9, 3, 1, 1),
     (1, 4, 8, 8, 3, 2, 1),
     (2, 5, 11, 10, 3, 2, 0),
-    (3, 2, 20, 37, 3, 1, 1), // rows longer than 16 lanes, with a tail; swept row by row
-    (1, 2, 9, 70, 3, 2, 1),  // stride 2, row by row (output 35 wide)
-    (1, 2, 7, 33, 3, 2, 1),  // output flat (17 wide), input gradient row by row (33 wide)
+    (3, 2, 20, 37, 3, 1, 1), // rows longer than 16 lanes, with a tail
+    (1, 1, 5, 70, 3, 1, 1),  // swept row by row (70 wide)
+    (1, 2, 7, 131, 3, 2, 1), // stride 2 row by row (output 66 wide), odd width
+    (1, 2, 7, 65, 3, 2, 1),  // output flat (33 wide), input gradient row by row (65 wide)
     (1, 3, 9, 9, 5, 1, 2),
     (2, 3, 10, 9, 5, 2, 2),
     (2, 2, 6, 6, 1, 1, 0),
