@@ -17,6 +17,26 @@ fn geom(l: &Layout, kernel: usize, stride: usize, padding: Padding) -> Result<Ge
     Geom::new(n, c, h, w, kernel, kernel, stride, padding)
 }
 
+/// 2x2 windows at stride 2 without padding (small_cnn's pools): they tile the plane, so both
+/// passes read the plane directly, two rows at a time.
+fn tiles_2x2(g: &Geom) -> bool {
+    g.kh == 2 && g.kw == 2 && g.s == 2 && g.pt == 0 && g.pl == 0
+}
+
+/// The maximum of a window in row-major order and its index (the first maximum wins; a NaN
+/// propagates to the value, as in the general path), branch-free.
+#[inline(always)]
+fn window_max(v: [f32; 4]) -> (f32, u32) {
+    let (mut best, mut arg, mut nan) = (v[0], 0u32, v[0].is_nan());
+    for (t, &x) in v.iter().enumerate().skip(1) {
+        let gt = x > best;
+        best = if gt { x } else { best };
+        arg = if gt { t as u32 } else { arg };
+        nan |= x.is_nan();
+    }
+    (if nan { f32::NAN } else { best }, arg)
+}
+
 fn forward(g: &Geom, x: &[f32], y: &mut [f32]) {
     par_items(g.n * g.c, y, |planes, out| dispatch(Fwd { g, x, planes, out }));
 }
@@ -34,6 +54,18 @@ impl Kernel for Fwd<'_> {
     fn run<const FMA: bool>(self) {
         let Fwd { g, x, planes, out } = self;
         let (pin, pout, wo) = (g.h * g.w, g.ho * g.wo, g.wo);
+        if tiles_2x2(g) {
+            for (i, pi) in planes.enumerate() {
+                let plane = &x[pi * pin..][..pin];
+                for (oy, orow) in out[i * pout..][..pout].chunks_exact_mut(wo).enumerate() {
+                    let (r0, r1) = (&plane[2 * oy * g.w..][..g.w], &plane[(2 * oy + 1) * g.w..][..g.w]);
+                    for ((o, a), b) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                        *o = window_max([a[0], a[1], b[0], b[1]]).0;
+                    }
+                }
+            }
+            return;
+        }
         let mut q = Vec::new();
         for (i, pi) in planes.enumerate() {
             phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q);
@@ -71,6 +103,26 @@ impl Kernel for Bwd<'_> {
     fn run<const FMA: bool>(self) {
         let Bwd { g, x, dy, planes, dxs } = self;
         let (pin, pout, wo, s) = (g.h * g.w, g.ho * g.wo, g.wo, g.s);
+        if tiles_2x2(g) {
+            // Windows do not overlap: each input pixel gets its window's gradient or nothing,
+            // written directly (dx starts zeroed, so an odd last row or column stays 0).
+            for (i, pi) in planes.enumerate() {
+                let (plane, dxp) = (&x[pi * pin..][..pin], &mut dxs[i * pin..][..pin]);
+                for (oy, dyrow) in dy[pi * pout..][..pout].chunks_exact(wo).enumerate() {
+                    let (r0, r1) = (&plane[2 * oy * g.w..][..g.w], &plane[(2 * oy + 1) * g.w..][..g.w]);
+                    let (d0, d1) = dxp[2 * oy * g.w..][..2 * g.w].split_at_mut(g.w);
+                    let (xs, ds) = (r0.chunks_exact(2).zip(r1.chunks_exact(2)), d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)));
+                    for (((a, b), (da, db)), &gy) in xs.zip(ds).zip(dyrow) {
+                        let t = window_max([a[0], a[1], b[0], b[1]]).1;
+                        da[0] = if t == 0 { gy } else { 0.0 };
+                        da[1] = if t == 1 { gy } else { 0.0 };
+                        db[0] = if t == 2 { gy } else { 0.0 };
+                        db[1] = if t == 3 { gy } else { 0.0 };
+                    }
+                }
+            }
+            return;
+        }
         let (hp, wq, kk) = (g.hp(), g.wq(), g.kh * g.kw);
         let (mut q, mut dq) = (Vec::new(), Vec::new());
         let (mut best, mut arg) = (vec![0.0f32; wo], vec![0u32; wo]);

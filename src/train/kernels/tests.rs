@@ -304,6 +304,7 @@ fn max_pool_matches_naive_and_finite_differences() {
         (2, 2, 8, 8, 3, 2, Padding::TfSame),
         (2, 3, 7, 7, 3, 1, Padding::Symmetric(1)),
         (1, 2, 8, 6, 2, 2, Padding::Symmetric(0)),
+        (2, 3, 9, 7, 2, 2, Padding::Symmetric(0)), // 2x2 tiling with an odd last row and column
         (3, 2, 19, 40, 3, 2, Padding::Symmetric(1)),
     ];
     for (i, &(n, c, h, w, k, s, p)) in cases.iter().enumerate() {
@@ -320,6 +321,22 @@ fn max_pool_matches_naive_and_finite_differences() {
             let yr = x.max_pool2d_with_stride(k, s).unwrap();
             assert_close(&y, &yr, 0.0, "pool vs candle");
         }
+    }
+}
+
+/// Ties go to the first maximum in row-major window order, in both the 2x2 tiling path and the
+/// general one (3x3 windows).
+#[test]
+fn max_pool_ties_go_to_the_first_maximum() {
+    for (k, expected) in [(2, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), (3, {
+        let mut v = vec![0.0; 16];
+        v[0] = 1.0;
+        v
+    })] {
+        let xv = Var::from_tensor(&Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let y = max_pool2d(xv.as_tensor(), k, k, Padding::Symmetric(0)).unwrap();
+        let dx = y.sum_all().unwrap().backward().unwrap().get(xv.as_tensor()).unwrap().clone();
+        assert_eq!(to_vec(&dx), expected, "{k}x{k}");
     }
 }
 
