@@ -49,8 +49,12 @@ impl Geom {
     pub(crate) fn hp(&self) -> usize {
         (self.ho - 1) * self.s + self.kh
     }
+    /// Values of [`phase_pad_2d`]'s layout of one plane.
+    pub(crate) fn phased_len(&self) -> usize {
+        self.s * self.s * self.hq() * self.wq()
+    }
     /// Rows of each phase of [`phase_pad_2d`]'s layout.
-    fn hq(&self) -> usize {
+    pub(crate) fn hq(&self) -> usize {
         self.ho + (self.kh - 1) / self.s
     }
     /// Columns of each phase of the padded plane.
@@ -109,10 +113,16 @@ const FLAT_MAX_WIDTH: usize = 64;
 /// `wq - wo` columns of garbage per row.
 #[inline(always)]
 fn phase_pad_2d(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>, row: &mut Vec<f32>) {
+    // Slack: the sweep reads whole blocks of LANES past the last row.
+    q.resize(g.phased_len() + 2 * LANES, 0.0);
+    phase_pad_2d_into(g, plane, fill, q, row);
+}
+
+/// [`phase_pad_2d`] into `q` (at least [`Geom::phased_len`] long).
+#[inline(always)]
+pub(crate) fn phase_pad_2d_into(g: &Geom, plane: &[f32], fill: f32, q: &mut [f32], row: &mut Vec<f32>) {
     let (hq, wq, s) = (g.hq(), g.wq(), g.s);
     let phase = hq * wq;
-    // Slack: the sweep reads whole blocks of LANES past the last row.
-    q.resize(s * s * phase + 2 * LANES, 0.0);
     // One padded row (s * wq columns), then split into its s column phases: a copy and a
     // de-interleave that vectorise, where a strided gather per phase would not.
     row.resize(s * wq, fill);
