@@ -83,19 +83,55 @@ impl<'a> Phased<'a> {
 
 /// Copies `plane` (`h x w`) into `q` in phase form, padded with `fill`.
 #[inline(always)]
-pub(crate) fn phase_pad(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>) {
+pub(crate) fn phase_pad(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>, row: &mut Vec<f32>) {
     let (hp, wq, s) = (g.hp(), g.wq(), g.s);
     // LANES values of slack at the end, so that a row's last block may read past its end.
     q.resize(s * hp * wq + LANES, 0.0);
-    for r in 0..s {
-        for row in 0..hp {
-            let dst = &mut q[(r * hp + row) * wq..][..wq];
-            let iy = row as isize - g.pt as isize;
-            if iy < 0 || iy >= g.h as isize {
-                dst.fill(fill);
-            } else {
-                let src = &plane[iy as usize * g.w..][..g.w];
-                gather_row(dst, src, r as isize - g.pl as isize, s, fill);
+    row.resize(s * wq, fill);
+    for prow in 0..hp {
+        let iy = prow as isize - g.pt as isize;
+        if iy < 0 || iy >= g.h as isize {
+            for r in 0..s {
+                q[(r * hp + prow) * wq..][..wq].fill(fill);
+            }
+            continue;
+        }
+        let src = &plane[iy as usize * g.w..][..g.w];
+        if s == 1 {
+            gather_row(&mut q[prow * wq..][..wq], src, -(g.pl as isize), 1, fill);
+        } else {
+            pad_row(row, src, g.pl, fill);
+            deinterleave(row, s, |r| (r * hp + prow) * wq, wq, q);
+        }
+    }
+}
+
+/// `row` = `pl` values of `fill`, `src`, then `fill` to the end (`src` cut to fit).
+#[inline(always)]
+fn pad_row(row: &mut [f32], src: &[f32], pl: usize, fill: f32) {
+    let width = row.len();
+    let n = src.len().min(width.saturating_sub(pl));
+    row[..pl.min(width)].fill(fill);
+    row[pl..pl + n].copy_from_slice(&src[..n]);
+    row[pl + n..].fill(fill);
+}
+
+/// Splits `row` into its `s` column phases: `q[at(r) + j] = row[j * s + r]` for `j < wq` (a
+/// de-interleave that vectorises at `s == 2`, where a strided gather per phase would not).
+#[inline(always)]
+fn deinterleave(row: &[f32], s: usize, at: impl Fn(usize) -> usize, wq: usize, q: &mut [f32]) {
+    if s == 2 {
+        let (a0, a1) = (at(0), at(1));
+        debug_assert!(a0 + wq <= a1);
+        let (lo, hi) = q.split_at_mut(a1);
+        for ((e, o), pair) in lo[a0..a0 + wq].iter_mut().zip(&mut hi[..wq]).zip(row.chunks_exact(2)) {
+            *e = pair[0];
+            *o = pair[1];
+        }
+    } else {
+        for r in 0..s {
+            for (d, chunk) in q[at(r)..][..wq].iter_mut().zip(row[r..].chunks(s)) {
+                *d = chunk[0];
             }
         }
     }
@@ -139,28 +175,9 @@ pub(crate) fn phase_pad_2d_into(g: &Geom, plane: &[f32], fill: f32, q: &mut [f32
             let src = &plane[iy as usize * g.w..][..g.w];
             if s == 1 {
                 gather_row(&mut q[at..][..wq], src, -(g.pl as isize), 1, fill);
-                continue;
-            }
-            let width = row.len();
-            let n = src.len().min(width.saturating_sub(g.pl));
-            row[..g.pl.min(width)].fill(fill);
-            row[g.pl..g.pl + n].copy_from_slice(&src[..n]);
-            row[g.pl + n..].fill(fill);
-            match s {
-                2 => {
-                    let (even, odd) = q[at..].split_at_mut(phase);
-                    for ((e, o), pair) in even[..wq].iter_mut().zip(&mut odd[..wq]).zip(row.chunks_exact(2)) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                }
-                _ => {
-                    for rx in 0..s {
-                        for (d, chunk) in q[at + rx * phase..][..wq].iter_mut().zip(row[rx..].chunks(s)) {
-                            *d = chunk[0];
-                        }
-                    }
-                }
+            } else {
+                pad_row(row, src, g.pl, fill);
+                deinterleave(row, s, |rx| at + rx * phase, wq, q);
             }
         }
     }
@@ -303,7 +320,7 @@ impl Kernel for Fwd<'_> {
                 phase_pad_2d(g, plane, 0.0, &mut q, &mut row);
                 plane_fwd_flat::<FMA>(&q, &offsets, w, g.ho, g.wo, g.wq(), &mut wide, out);
             } else {
-                phase_pad(g, plane, 0.0, &mut q);
+                phase_pad(g, plane, 0.0, &mut q, &mut row);
                 let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
                 plane_fwd::<FMA>(v, g.kh, g.kw, g.s, w, out, g.wo);
             }
@@ -357,7 +374,7 @@ impl Kernel for Bwd<'_> {
                     dw[c * kk + t] += dot::<FMA>(&wide, &q[*off..][..len]);
                 }
             } else if self.want_w {
-                phase_pad(g, &self.x[pi * pin..][..pin], 0.0, &mut q);
+                phase_pad(g, &self.x[pi * pin..][..pin], 0.0, &mut q, &mut row);
                 let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
                 acc.clear();
                 acc.resize(kk * g.wo, 0.0);

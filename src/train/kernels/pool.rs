@@ -66,9 +66,9 @@ impl Kernel for Fwd<'_> {
             }
             return;
         }
-        let mut q = Vec::new();
+        let (mut q, mut row) = (Vec::new(), Vec::new());
         for (i, pi) in planes.enumerate() {
-            phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q);
+            phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q, &mut row);
             let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
             for (oy, orow) in out[i * pout..][..pout].chunks_exact_mut(wo).enumerate() {
                 orow.copy_from_slice(v.tap_row(oy * g.s, 0, wo));
@@ -124,12 +124,13 @@ impl Kernel for Bwd<'_> {
             return;
         }
         let (hp, wq, kk) = (g.hp(), g.wq(), g.kh * g.kw);
-        let (mut q, mut dq) = (Vec::new(), Vec::new());
+        let (mut q, mut dq, mut row) = (Vec::new(), Vec::new(), Vec::new());
         let (mut best, mut arg) = (vec![0.0f32; wo], vec![0u32; wo]);
+        let mut padded = vec![0.0f32; s * wq];
         // Where tap (ky, kx) of output (0, 0) lies in the phase layout (no divisions per element).
         let tap_offset: Vec<usize> = (0..kk).map(|t| (t % g.kw % s * hp + t / g.kw) * wq + t % g.kw / s).collect();
         for (i, pi) in planes.enumerate() {
-            phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q);
+            phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q, &mut row);
             let v = Phased { q: &q, hp, wq, s };
             // The gradient of the padded plane, in the same phase layout.
             dq.clear();
@@ -158,16 +159,25 @@ impl Kernel for Bwd<'_> {
                     row.fill(0.0);
                     continue;
                 }
-                // Padded column ix + pl is phase (ix + pl) % s, index (ix + pl) / s.
-                let (mut r, mut j) = (g.pl % s, g.pl / s);
-                for o in row.iter_mut() {
-                    *o = if j < wq { dq[(r * hp + prow) * wq + j] } else { 0.0 };
-                    r += 1;
-                    if r == s {
-                        r = 0;
-                        j += 1;
+                // Interleave the phases' rows back into the padded row (padded column j*s + r
+                // is phase r, index j), then drop the padding: contiguous, vectorisable moves.
+                let phase_row = |r: usize| &dq[(r * hp + prow) * wq..][..wq];
+                if s == 2 {
+                    for ((pair, &a), &b) in padded.chunks_exact_mut(2).zip(phase_row(0)).zip(phase_row(1)) {
+                        pair[0] = a;
+                        pair[1] = b;
+                    }
+                } else {
+                    for r in 0..s {
+                        for (chunk, &v) in padded[r..].chunks_mut(s).zip(phase_row(r)) {
+                            chunk[0] = v;
+                        }
                     }
                 }
+                // Input columns no window reaches (past the last one) get no gradient.
+                let n = g.w.min(padded.len().saturating_sub(g.pl));
+                row[..n].copy_from_slice(&padded[g.pl..g.pl + n]);
+                row[n..].fill(0.0);
             }
         }
     }
