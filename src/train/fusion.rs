@@ -111,11 +111,12 @@ mod tests {
     use crate::train::spec::*;
 
     fn mobilenet() -> Model {
-        let spec = ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::MobilenetV2, weights: None, alpha: Some(0.35), widths: None },
-            head: HeadSpec::default(),
-        };
-        let model = Model::new(&spec, &InputSpec { height: 32, width: 32, ..InputSpec::default() }, 3).unwrap();
+        with_statistics(Architecture::MobilenetV2, Some(0.35), 32)
+    }
+
+    fn with_statistics(architecture: Architecture, alpha: Option<f32>, side: u32) -> Model {
+        let spec = ModelSpec { backbone: BackboneSpec { architecture, weights: None, alpha, widths: None }, head: HeadSpec::default() };
+        let model = Model::new(&spec, &InputSpec { height: side, width: side, ..InputSpec::default() }, 3).unwrap();
         // Statistics and scales that make the folds and the ReLU6 clipping show.
         for p in model.params.iter() {
             let n = p.elem_count();
@@ -140,6 +141,7 @@ mod tests {
         for layer in &model.layers {
             x = match layer.inputs.as_slice() {
                 [a, b] => (&saved[a.as_str()] + &saved[b.as_str()]).unwrap(),
+                [a] => layer.forward(&saved[a.as_str()], &model.params, ctx).unwrap(),
                 [] => layer.forward(&x, &model.params, ctx).unwrap(),
                 _ => unreachable!(),
             };
@@ -173,6 +175,24 @@ mod tests {
         let reference = unfused(&model, &x, &mut ctx(false));
         let diff: f32 = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    /// Xception puts its activations before the separable convolutions: a folded separable
+    /// convolution takes the next block's ReLU.
+    #[test]
+    fn frozen_xception_matches_layer_by_layer() {
+        let mut model = with_statistics(Architecture::Xception, None, 71);
+        model.set_trainable(&["head".to_string()]);
+        model.fold_frozen_batch_norms().unwrap();
+        let referenced = model.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
+        let steps = super::plan(&model.layers, 0..model.layers.len(), Some(&model.folding), &referenced);
+        let sep_relu = steps.iter().filter(|s| matches!(model.layers[s.layer].kind, LayerKind::SeparableConv2d { .. }) && s.fusion.act == Act::Relu).count();
+        assert!(sep_relu >= 20, "{sep_relu} separable convolutions took their ReLU");
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 71, 71), &Device::Cpu).unwrap();
+        let fused = model.forward(&x, &mut ctx(false)).unwrap();
+        let reference = unfused(&model, &x, &mut ctx(false));
+        let diff: f32 = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        assert!(diff < 1e-3, "{diff}");
     }
 
     #[test]
