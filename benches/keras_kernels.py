@@ -8,7 +8,8 @@ Not part of CI. It creates its own virtual environment (pip install tensorflow-c
 re-runs itself inside it. Prints the same table: median milliseconds per call after a warm-up,
 batch 32, f32. TensorFlow runs NHWC (its fast CPU layout); the shapes are the same as the Rust
 bench's NCHW ones. Forward+backward is one tf.GradientTape step with gradients for both the
-input and the kernel, seeded with ones (like candle's `y.backward()`).
+input and the kernel, seeded with ones (like candle's `y.backward()`), returning the output too
+(otherwise TF prunes the forward pass, which a convolution's gradients do not need).
 Environment: BENCH_QUICK=1 (fewer runs), BENCH_FILTER=substring, TF_THREADS (default: all cores).
 """
 import os
