@@ -63,26 +63,31 @@ struct BatchNorm {
 const LANES: usize = 16;
 
 /// `(sum f(a, b).0, sum f(a, b).1)` over two equally long planes, in f64, accumulated in 16 f32
-/// lanes so that it vectorises (a plane holds at most some tens of thousands of values: each
-/// lane sums a few thousand at most before the f64 total).
+/// lanes so that it vectorises, the lanes added into the f64 totals every 4096 values (so each
+/// f32 lane sums 256 values at most, whatever the plane size).
 #[inline(always)]
 fn lanes_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
-    let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail = ac.remainder().iter().zip(bc.remainder());
-    for (a, b) in ac.zip(bc) {
-        let (a, b): (&[f32; LANES], &[f32; LANES]) = (a.try_into().expect("lanes"), b.try_into().expect("lanes"));
-        for j in 0..LANES {
-            let (x, y) = f(a[j], b[j]);
-            s0[j] += x;
-            s1[j] += y;
+    const BLOCK: usize = 256 * LANES;
+    let (mut t0, mut t1) = (0f64, 0f64);
+    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
+        let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let tail = ac.remainder().iter().zip(bc.remainder());
+        for (a, b) in ac.zip(bc) {
+            let (a, b): (&[f32; LANES], &[f32; LANES]) = (a.try_into().expect("lanes"), b.try_into().expect("lanes"));
+            for j in 0..LANES {
+                let (x, y) = f(a[j], b[j]);
+                s0[j] += x;
+                s1[j] += y;
+            }
         }
-    }
-    let (mut t0, mut t1) = (s0.iter().map(|&v| v as f64).sum::<f64>(), s1.iter().map(|&v| v as f64).sum::<f64>());
-    for (&a, &b) in tail {
-        let (x, y) = f(a, b);
-        t0 += x as f64;
-        t1 += y as f64;
+        t0 += s0.iter().map(|&v| v as f64).sum::<f64>();
+        t1 += s1.iter().map(|&v| v as f64).sum::<f64>();
+        for (&a, &b) in tail {
+            let (x, y) = f(a, b);
+            t0 += x as f64;
+            t1 += y as f64;
+        }
     }
     (t0, t1)
 }

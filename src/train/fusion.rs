@@ -154,6 +154,73 @@ mod tests {
         ForwardCtx { dropout: false, bn_training, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) }
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// The gradients of every trainable weight, through the fused forward and through the
+    /// layer-by-layer one, from the same starting statistics.
+    fn assert_same_gradients(model: &Model, bn_training: bool) {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (2, 1), &Device::Cpu).unwrap();
+        let start = model.params.snapshot().unwrap();
+        let grads = |fused: bool| {
+            model.params.load(&start, |_| true).unwrap();
+            let mut ctx = ForwardCtx { grad: true, ..ctx(bn_training) };
+            let y = if fused { model.forward(&x, &mut ctx).unwrap() } else { unfused(model, &x, &mut ctx) };
+            (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
+        };
+        let (gf, gu) = (grads(true), grads(false));
+        let mut checked = 0;
+        for p in model.params.iter().filter(|p| p.trainable()) {
+            let (a, b) = (gf.get(p.var.as_tensor()).unwrap(), gu.get(p.var.as_tensor()).unwrap());
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-3);
+            assert!(max_diff(a, b) <= 1e-3 * scale, "{}: {} (scale {scale})", p.name, max_diff(a, b));
+            checked += 1;
+        }
+        assert!(checked >= 8, "{checked} gradients");
+    }
+
+    #[test]
+    fn fused_steps_give_the_layer_by_layer_gradients() {
+        // MobileNetV2 in both batch-norm modes (conv, BN + ReLU6, padding, residual adds) and the
+        // small CNN (BN + ReLU, 2x2 pools).
+        let mut model = mobilenet();
+        model.set_trainable(&["all".to_string()]);
+        assert_same_gradients(&model, true);
+        assert_same_gradients(&model, false);
+        let spec = ModelSpec {
+            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![4, 8]) },
+            head: HeadSpec::default(),
+        };
+        let mut small = Model::new(&spec, &InputSpec { height: 32, width: 32, ..InputSpec::default() }, 5).unwrap();
+        small.set_trainable(&["all".to_string()]);
+        assert_same_gradients(&small, true);
+    }
+
+    /// The feature cache runs `forward_prefix` once and `forward_from` every step: at every point
+    /// where the model can be split, the two halves give the whole forward pass.
+    #[test]
+    fn prefix_then_rest_is_the_whole_forward_at_every_split() {
+        let mut model = mobilenet();
+        model.set_trainable(&["head".to_string(), "backbone.block_16".to_string()]);
+        model.fold_frozen_batch_norms().unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let whole = model.forward(&x, &mut ctx(false)).unwrap();
+        let mut splits = 0;
+        for k in 0..=model.layers.len() {
+            let before: std::collections::HashSet<&str> = model.layers[..k].iter().map(|l| l.name.as_str()).collect();
+            if model.layers[k..].iter().flat_map(|l| &l.inputs).any(|n| before.contains(n.as_str())) {
+                continue;
+            }
+            let mid = model.forward_prefix(k, &x, &mut ctx(false)).unwrap();
+            let out = model.forward_from(k, &mid, &mut ctx(false)).unwrap();
+            assert!(max_diff(&out, &whole) < 1e-4, "split at {k} ({})", model.layers.get(k).map_or("end", |l| l.name.as_str()));
+            splits += 1;
+        }
+        assert!(splits > 40, "{splits} splits");
+    }
+
     #[test]
     fn frozen_mobilenet_blocks_run_as_one_call_per_convolution() {
         let mut model = mobilenet();

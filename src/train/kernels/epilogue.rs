@@ -22,23 +22,27 @@ pub enum Act {
 }
 
 impl Act {
-    /// The open interval of output values where the gradient passes: `lo < y < hi`. Compared
-    /// without branches in the hot loops (a `match` or a short-circuit `&&` per element keeps
-    /// them from vectorising, and the branches mispredict on activations of random sign).
+    /// The bounds outside which the gradient is stopped: it passes unless `y <= lo` or
+    /// `y >= hi`, compared without branches in the hot loops (a `match` or a short-circuit `&&`
+    /// per element keeps them from vectorising, and the branches mispredict on activations of
+    /// random sign). NaN stands for "no bound", and a NaN `y` passes, so a blow-up propagates
+    /// as it does through the unfused layers. At exactly 0, ReLU's gradient is 0 here, as in
+    /// TensorFlow (candle's own `relu` passes it there).
     #[inline(always)]
     pub(crate) fn gate(self) -> (f32, f32) {
         match self {
-            Act::Identity => (f32::NEG_INFINITY, f32::INFINITY),
-            Act::Relu => (0.0, f32::INFINITY),
+            Act::Identity => (f32::NAN, f32::NAN),
+            Act::Relu => (0.0, f32::NAN),
             Act::Relu6 => (0.0, 6.0),
         }
     }
 }
 
-/// `dy` where `lo < y < hi`, else 0 (see [`Act::gate`]).
+/// `dy` unless `y <= lo` or `y >= hi` (see [`Act::gate`]), else 0.
 #[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord, reason = "the negated comparisons are what let NaN pass")]
 pub(crate) fn gated(dy: f32, y: f32, (lo, hi): (f32, f32)) -> f32 {
-    if (y > lo) & (y < hi) {
+    if !(y <= lo) & !(y >= hi) {
         dy
     } else {
         0.0

@@ -150,10 +150,13 @@ pub(crate) fn gather_row(out: &mut [f32], row: &[f32], start: isize, step: usize
         let (lo, hi) = (lo as usize, hi as usize);
         out[..lo].fill(fill);
         out[hi..].fill(fill);
-        let first = (start + (lo * step) as isize) as usize;
-        // A strided read without per-element index checks (so that it vectorises).
-        for (o, chunk) in out[lo..hi].iter_mut().zip(row[first..].chunks(step)) {
-            *o = chunk[0];
+        if lo < hi {
+            // Unclamped here: start + lo * step is the first index inside the row.
+            let first = (start + (lo * step) as isize) as usize;
+            // A strided read without per-element index checks (so that it vectorises).
+            for (o, chunk) in out[lo..hi].iter_mut().zip(row[first..].chunks(step)) {
+                *o = chunk[0];
+            }
         }
     }
 }

@@ -17,10 +17,10 @@ fn geom(l: &Layout, kernel: usize, stride: usize, padding: Padding) -> Result<Ge
     Geom::new(n, c, h, w, kernel, kernel, stride, padding)
 }
 
-/// 2x2 windows at stride 2 without padding (small_cnn's pools): they tile the plane, so both
-/// passes read the plane directly, two rows at a time.
+/// 2x2 windows at stride 2 that lie inside the plane (small_cnn's pools: no padding, or padding
+/// no window reaches): they tile it, so both passes read the plane directly, two rows at a time.
 fn tiles_2x2(g: &Geom) -> bool {
-    g.kh == 2 && g.kw == 2 && g.s == 2 && g.pt == 0 && g.pl == 0
+    g.kh == 2 && g.kw == 2 && g.s == 2 && g.pt == 0 && g.pl == 0 && 2 * g.ho <= g.h && 2 * g.wo <= g.w
 }
 
 /// The maximum of a window in row-major order and its index (the first maximum wins; a NaN

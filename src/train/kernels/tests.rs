@@ -305,6 +305,8 @@ fn max_pool_matches_naive_and_finite_differences() {
         (2, 3, 7, 7, 3, 1, Padding::Symmetric(1)),
         (1, 2, 8, 6, 2, 2, Padding::Symmetric(0)),
         (2, 3, 9, 7, 2, 2, Padding::Symmetric(0)), // 2x2 tiling with an odd last row and column
+        (2, 2, 7, 9, 2, 2, Padding::TfSame),       // 2x2 with bottom/right padding: not a tiling
+        (1, 2, 8, 6, 2, 2, Padding::TfSame),       // ... unless no window reaches the padding
         (3, 2, 19, 40, 3, 2, Padding::Symmetric(1)),
     ];
     for (i, &(n, c, h, w, k, s, p)) in cases.iter().enumerate() {
