@@ -15,7 +15,7 @@ use super::depthwise;
 use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
 use super::par::{par_items, threads};
-use super::{dims4, f32_slice, split_grads, Axis, Padding};
+use super::{dims4, f32_slice, Axis, Padding};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geom {
@@ -317,19 +317,8 @@ impl Conv2d {
 
     /// The gradients of `x`, `w` and `bias` (each only if it tracks one).
     fn grads(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, dy: &Tensor) -> Result<[Option<Tensor>; 3]> {
-        let (want_x, want_w) = (x.track_op(), w.track_op());
-        let want_b = bias.is_some_and(|b| b.track_op());
-        if !want_x && !want_w && !want_b {
-            return Ok([None, None, None]);
-        }
-        let (dz, db) = epilogue::backward(self.act, y, dy, want_b)?;
-        if !want_x && !want_w {
-            return Ok([None, None, db]);
-        }
-        let op = Conv2dBackward { stride: self.stride, padding: self.padding, want_x, want_w };
-        let flat = x.apply_op3_no_bwd(w, &dz, &op)?;
-        let (dx, dw) = split_grads(flat, want_x.then_some(x), want_w.then_some(w))?;
-        Ok([dx, dw, db])
+        let (stride, padding) = (self.stride, self.padding);
+        epilogue::fused_grads(self.act, x, w, bias, y, dy, |want_x, want_w| Conv2dBackward { stride, padding, want_x, want_w })
     }
 }
 

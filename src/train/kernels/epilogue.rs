@@ -8,7 +8,7 @@
 //! Backward, the activation's gradient is taken from the op's output (`0 < y < 6` for ReLU6 is
 //! `0 < z < 6` for its input `z`), so nothing extra is kept for it.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, CustomOp3, Result, Tensor};
 
 /// An activation fused into a kernel's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,6 +80,33 @@ impl Epilogue<'_> {
             _ => Ok(()),
         }
     }
+}
+
+/// The gradients of a fused op's `x`, `w` and `bias` (each only if it tracks one): the
+/// epilogue's backward on the output `y` and its gradient `dy`, then the kernel's own backward
+/// op, `backward(want_x, want_w)`, over `(x, w, dz)`, which returns dX then dW flat.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_grads<B: CustomOp3>(
+    act: Act,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    dy: &Tensor,
+    backward: impl FnOnce(bool, bool) -> B,
+) -> Result<[Option<Tensor>; 3]> {
+    let (want_x, want_w) = (x.track_op(), w.track_op());
+    let want_b = bias.is_some_and(|b| b.track_op());
+    if !want_x && !want_w && !want_b {
+        return Ok([None, None, None]);
+    }
+    let (dz, db) = self::backward(act, y, dy, want_b)?;
+    if !want_x && !want_w {
+        return Ok([None, None, db]);
+    }
+    let flat = x.apply_op3_no_bwd(w, &dz, &backward(want_x, want_w))?;
+    let (dx, dw) = super::split_grads(flat, want_x.then_some(x), want_w.then_some(w))?;
+    Ok([dx, dw, db])
 }
 
 /// The gradients of a fused op's pre-epilogue output `z` and of its bias, from its output `y`
