@@ -11,7 +11,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::depthwise;
+use super::phase;
 use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
 use super::par::{par_items, threads};
@@ -56,9 +56,9 @@ impl Geom {
     fn img_out(&self) -> usize {
         self.co * self.p()
     }
-    /// One input plane's geometry, for [`depthwise::phase_pad_2d_into`].
-    fn plane_geom(&self) -> depthwise::Geom {
-        depthwise::Geom { n: self.n, c: self.ci, h: self.h, w: self.w, kh: self.kh, kw: self.kw, s: self.s, pt: self.pt, pl: self.pl, ho: self.ho, wo: self.wo }
+    /// One input plane's geometry, for [`phase::phase_pad_2d_into`].
+    fn plane_geom(&self) -> phase::Geom {
+        phase::Geom { n: self.n, c: self.ci, h: self.h, w: self.w, kh: self.kh, kw: self.kw, s: self.s, pt: self.pt, pl: self.pl, ho: self.ho, wo: self.wo }
     }
     /// 1x1, stride 1, no padding: the image is its own im2col matrix.
     fn direct(&self) -> bool {
@@ -85,7 +85,7 @@ fn phase_image(g: &Geom, ximg: &[f32], xq: &mut Vec<f32>, row: &mut Vec<f32>) {
     let per = dg.phased_len();
     xq.resize(g.ci * per, 0.0);
     for (plane, q) in ximg.chunks_exact(g.h * g.w).zip(xq.chunks_exact_mut(per)) {
-        depthwise::phase_pad_2d_into(&dg, plane, 0.0, q, row);
+        phase::phase_pad_2d_into(&dg, plane, 0.0, q, row);
     }
 }
 

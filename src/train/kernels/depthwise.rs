@@ -15,173 +15,13 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use super::epilogue::{self, Act, Epilogue};
 use super::par::par_items;
 use super::simd::{dispatch, Kernel};
-use super::{dims4, f32_slice, gather_row, Axis, Padding};
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Geom {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub s: usize,
-    pub pt: usize,
-    pub pl: usize,
-    pub ho: usize,
-    pub wo: usize,
-}
-
-impl Geom {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(n: usize, c: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, padding: Padding) -> Result<Self> {
-        let ay = Axis::along(true, h, kh, stride, padding)?;
-        let ax = Axis::along(false, w, kw, stride, padding)?;
-        Ok(Self { n, c, h, w, kh, kw, s: stride, pt: ay.pad, pl: ax.pad, ho: ay.out, wo: ax.out })
-    }
-    fn plane_in(&self) -> usize {
-        self.h * self.w
-    }
-    fn plane_out(&self) -> usize {
-        self.ho * self.wo
-    }
-    /// Rows of the padded plane that the output reads.
-    pub(crate) fn hp(&self) -> usize {
-        (self.ho - 1) * self.s + self.kh
-    }
-    /// Values of [`phase_pad_2d`]'s layout of one plane.
-    pub(crate) fn phased_len(&self) -> usize {
-        self.s * self.s * self.hq() * self.wq()
-    }
-    /// Rows of each phase of [`phase_pad_2d`]'s layout.
-    pub(crate) fn hq(&self) -> usize {
-        self.ho + (self.kh - 1) / self.s
-    }
-    /// Columns of each phase of the padded plane.
-    pub(crate) fn wq(&self) -> usize {
-        self.wo + (self.kw - 1) / self.s
-    }
-}
-
-/// A padded plane in phase form: phase `r` row `i` column `j` is padded column `j*s + r`.
-#[derive(Clone, Copy)]
-pub(crate) struct Phased<'a> {
-    pub q: &'a [f32],
-    pub hp: usize,
-    pub wq: usize,
-    pub s: usize,
-}
-
-impl<'a> Phased<'a> {
-    /// The `len` values read by tap column `kx` for padded row `row`.
-    #[inline(always)]
-    pub(crate) fn tap_row(&self, row: usize, kx: usize, len: usize) -> &'a [f32] {
-        let (r, off) = (kx % self.s, kx / self.s);
-        &self.q[(r * self.hp + row) * self.wq + off..][..len]
-    }
-}
-
-/// Copies `plane` (`h x w`) into `q` in phase form, padded with `fill`.
-#[inline(always)]
-pub(crate) fn phase_pad(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>, row: &mut Vec<f32>) {
-    let (hp, wq, s) = (g.hp(), g.wq(), g.s);
-    // LANES values of slack at the end, so that a row's last block may read past its end.
-    q.resize(s * hp * wq + LANES, 0.0);
-    row.resize(s * wq, fill);
-    for prow in 0..hp {
-        let iy = prow as isize - g.pt as isize;
-        if iy < 0 || iy >= g.h as isize {
-            for r in 0..s {
-                q[(r * hp + prow) * wq..][..wq].fill(fill);
-            }
-            continue;
-        }
-        let src = &plane[iy as usize * g.w..][..g.w];
-        if s == 1 {
-            gather_row(&mut q[prow * wq..][..wq], src, -(g.pl as isize), 1, fill);
-        } else {
-            pad_row(row, src, g.pl, fill);
-            deinterleave(row, s, |r| (r * hp + prow) * wq, wq, q);
-        }
-    }
-}
-
-/// `row` = `pl` values of `fill`, `src`, then `fill` to the end (`src` cut to fit).
-#[inline(always)]
-fn pad_row(row: &mut [f32], src: &[f32], pl: usize, fill: f32) {
-    let width = row.len();
-    let n = src.len().min(width.saturating_sub(pl));
-    row[..pl.min(width)].fill(fill);
-    row[pl..pl + n].copy_from_slice(&src[..n]);
-    row[pl + n..].fill(fill);
-}
-
-/// Splits `row` into its `s` column phases: `q[at(r) + j] = row[j * s + r]` for `j < wq` (a
-/// de-interleave that vectorises at `s == 2`, where a strided gather per phase would not).
-#[inline(always)]
-fn deinterleave(row: &[f32], s: usize, at: impl Fn(usize) -> usize, wq: usize, q: &mut [f32]) {
-    if s == 2 {
-        let (a0, a1) = (at(0), at(1));
-        debug_assert!(a0 + wq <= a1);
-        let (lo, hi) = q.split_at_mut(a1);
-        for ((e, o), pair) in lo[a0..a0 + wq].iter_mut().zip(&mut hi[..wq]).zip(row.chunks_exact(2)) {
-            *e = pair[0];
-            *o = pair[1];
-        }
-    } else {
-        for r in 0..s {
-            for (d, chunk) in q[at(r)..][..wq].iter_mut().zip(row[r..].chunks(s)) {
-                *d = chunk[0];
-            }
-        }
-    }
-}
+use super::phase::{phase_pad, phase_pad_2d, Geom, Phased, LANES};
+use super::{dims4, f32_slice, Padding};
 
 /// Planes narrower than this run "flat" (3x3 kernels): rows are swept as one long vector
 /// instead of one short row at a time, which on a 10x10 or 5x5 plane would use 10 or 5 of
 /// the 16 lanes and pay the loop overhead per row.
 const FLAT_MAX_WIDTH: usize = 64;
-
-/// Copies `plane` into `q` padded with `fill`, split into `s x s` phases along both axes (phase
-/// `(ry, rx)` row `i` column `j` is padded pixel `(i*s + ry, j*s + rx)`, each phase
-/// `hq x wq`), so that tap `(ky, kx)` of output `(oy, ox)` lies at the fixed offset
-/// [`flat_offsets`]`[tap] + oy * wq + ox`: a whole plane is one stride-1 sweep per tap, with
-/// `wq - wo` columns of garbage per row.
-#[inline(always)]
-fn phase_pad_2d(g: &Geom, plane: &[f32], fill: f32, q: &mut Vec<f32>, row: &mut Vec<f32>) {
-    // Slack: the sweep reads whole blocks of LANES past the last row.
-    q.resize(g.phased_len() + 2 * LANES, 0.0);
-    phase_pad_2d_into(g, plane, fill, q, row);
-}
-
-/// [`phase_pad_2d`] into `q` (at least [`Geom::phased_len`] long).
-#[inline(always)]
-pub(crate) fn phase_pad_2d_into(g: &Geom, plane: &[f32], fill: f32, q: &mut [f32], row: &mut Vec<f32>) {
-    let (hq, wq, s) = (g.hq(), g.wq(), g.s);
-    let phase = hq * wq;
-    // One padded row (s * wq columns), then split into its s column phases: a copy and a
-    // de-interleave that vectorise, where a strided gather per phase would not.
-    row.resize(s * wq, fill);
-    for ry in 0..s {
-        for i in 0..hq {
-            let iy = (i * s + ry) as isize - g.pt as isize;
-            let at = (ry * s * hq + i) * wq;
-            if iy < 0 || iy >= g.h as isize {
-                for rx in 0..s {
-                    q[at + rx * phase..][..wq].fill(fill);
-                }
-                continue;
-            }
-            let src = &plane[iy as usize * g.w..][..g.w];
-            if s == 1 {
-                gather_row(&mut q[at..][..wq], src, -(g.pl as isize), 1, fill);
-            } else {
-                pad_row(row, src, g.pl, fill);
-                deinterleave(row, s, |rx| at + rx * phase, wq, q);
-            }
-        }
-    }
-}
 
 /// Where each tap of a 3x3 kernel reads output `(0, 0)` in [`phase_pad_2d`]'s layout.
 fn flat_offsets(g: &Geom) -> [usize; 9] {
@@ -228,8 +68,6 @@ fn madd<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
         acc + a * b
     }
 }
-
-const LANES: usize = 16;
 
 /// `out[x] = sum_t w[t] * src[t][x]`; each `src[t]` holds `out.len()` rounded up to `LANES`.
 #[inline(always)]

@@ -24,6 +24,7 @@ mod depthwise;
 mod epilogue;
 mod gemm;
 mod par;
+mod phase;
 mod pool;
 mod simd;
 

@@ -7,7 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::depthwise::{phase_pad, Geom, Phased};
+use super::phase::{phase_pad, Geom, Phased};
 use super::par::par_items;
 use super::simd::{dispatch, Kernel};
 use super::{dims4, f32_slice, Padding};
