@@ -1,6 +1,6 @@
 //! Max pooling (NCHW) with any kernel, stride and padding, and its backward pass.
 //!
-//! Both passes reuse the depthwise kernel's phase-padded planes (padding is `-inf`, so it never
+//! Both passes read phase-padded planes (`phase.rs`; padding is `-inf`, so it never
 //! wins). Backward recomputes each window's arg-max (the first maximum in row-major window order)
 //! a row at a time and adds the output gradient there, into a padded plane of the same layout;
 //! a plane belongs to one thread, so the adds never race.
