@@ -16,7 +16,6 @@ use std::ops::Range;
 use super::fold::Folding;
 use super::kernels::Act;
 use super::layers::{Fusion, Layer, LayerKind};
-use super::ops::Pad;
 
 /// One call: `layers[layer]` with `fusion`, standing for `layers[span]`.
 #[derive(Debug, Clone)]
@@ -32,15 +31,6 @@ fn activation(kind: &LayerKind) -> Option<Act> {
     match kind {
         LayerKind::Relu => Some(Act::Relu),
         LayerKind::Relu6 => Some(Act::Relu6),
-        _ => None,
-    }
-}
-
-/// Kernel size and own padding of a convolution that can take extra padding and an epilogue.
-fn conv_like(kind: &LayerKind) -> Option<(usize, Pad)> {
-    match *kind {
-        LayerKind::Conv2d { kernel, padding, .. } | LayerKind::DepthwiseConv2d { kernel, padding, .. } => Some((kernel, padding)),
-        LayerKind::SeparableConv2d { kernel, padding, .. } => Some((kernel, padding)),
         _ => None,
     }
 }
@@ -63,7 +53,7 @@ pub fn plan<'a>(layers: &[Layer], range: Range<usize>, folding: Option<&'a Foldi
         // ZeroPadding2D into the convolution after it, while each side stays under the kernel.
         if let LayerKind::ZeroPad(p) = layers[i].kind {
             if chained(i) && private(i) && chained(i + 1) {
-                if let Some((k, own)) = conv_like(&layers[i + 1].kind) {
+                if let Some((k, own)) = layers[i + 1].kind.conv_geometry() {
                     if own.plus(p).max_side() < k {
                         fusion.pad = p;
                         i += 1;
@@ -75,7 +65,7 @@ pub fn plan<'a>(layers: &[Layer], range: Range<usize>, folding: Option<&'a Foldi
         let mut last = i;
         let fold = folding.and_then(|f| f.convs.get(&layers[i].name));
         let takes_act = match layers[i].kind {
-            _ if conv_like(&layers[i].kind).is_some() => {
+            _ if layers[i].kind.conv_geometry().is_some() => {
                 fusion.fold = fold;
                 // The folded batch norm after it is the identity: it names this step's output.
                 if fold.is_some() && chained(i + 1) && folded_bn(i + 1) && private(i) {

@@ -181,6 +181,17 @@ impl LayerKind {
         }
     }
 
+    /// Kernel size and own padding of a convolution (the layers that take extra padding and a
+    /// fused bias and activation), `None` for other layers.
+    pub fn conv_geometry(&self) -> Option<(usize, Pad)> {
+        match *self {
+            LayerKind::Conv2d { kernel, padding, .. }
+            | LayerKind::DepthwiseConv2d { kernel, padding, .. }
+            | LayerKind::SeparableConv2d { kernel, padding, .. } => Some((kernel, padding)),
+            _ => None,
+        }
+    }
+
     pub fn param_count(&self) -> usize {
         self.weights().iter().map(|w| w.shape.iter().product::<usize>()).sum()
     }
@@ -225,9 +236,8 @@ impl Layer {
     pub fn forward_fused(&self, x: &Tensor, params: &ParamStore, ctx: &mut ForwardCtx, fusion: Fusion<'_>) -> Result<Tensor, TrainError> {
         let name = self.name.as_str();
         let Fusion { fold, pad, act } = fusion;
-        if act != Act::Identity && !matches!(self.kind, LayerKind::Conv2d { .. } | LayerKind::DepthwiseConv2d { .. } | LayerKind::SeparableConv2d { .. } | LayerKind::BatchNorm { .. })
-            || pad != Pad::default() && !matches!(self.kind, LayerKind::Conv2d { .. } | LayerKind::DepthwiseConv2d { .. } | LayerKind::SeparableConv2d { .. })
-        {
+        let conv = self.kind.conv_geometry().is_some();
+        if act != Act::Identity && !(conv || matches!(self.kind, LayerKind::BatchNorm { .. })) || pad != Pad::default() && !conv {
             return Err(TrainError::Weights(format!("{name}: {} cannot take a fused activation or padding", self.kind.keras_class())));
         }
         let weight = |w: &str| match fold {
