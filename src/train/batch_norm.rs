@@ -23,12 +23,7 @@ use super::params::ParamStore;
 #[allow(clippy::too_many_arguments)]
 pub fn forward(x: &Tensor, name: &str, c: usize, epsilon: f64, act: Act, params: &ParamStore, ctx: &ForwardCtx) -> Result<Tensor, TrainError> {
     if backend() == Backend::Stock || x.rank() != 4 || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
-        let y = stock(x, name, c, epsilon, params, ctx)?;
-        return Ok(match act {
-            Act::Identity => y,
-            Act::Relu => y.relu()?,
-            Act::Relu6 => y.clamp(0f32, 6f32)?,
-        });
+        return super::ops::stock_epilogue(stock(x, name, c, epsilon, params, ctx)?, None, act);
     }
     let gamma = params.tensor(name, "gamma", ctx.grad)?;
     let beta = params.tensor(name, "beta", ctx.grad)?;

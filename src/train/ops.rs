@@ -201,7 +201,7 @@ pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, act: A
 }
 
 /// The stock backend's bias add and activation, as separate candle ops.
-fn stock_epilogue(y: Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor, TrainError> {
+pub(super) fn stock_epilogue(y: Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor, TrainError> {
     let y = match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
         None => y,
@@ -249,20 +249,6 @@ pub fn relu6(x: &Tensor) -> Result<Tensor, TrainError> {
 
 struct Relu6;
 
-/// `out[i] = f(a[i], b[i])` over a few threads (elementwise passes are memory-bound; one
-/// thread per core still helps on these sizes).
-fn par_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    let per = a.len().div_ceil(kernels::threads().max(1)).max(1);
-    let f = &f;
-    std::thread::scope(|s| {
-        for ((o, a), b) in out.chunks_mut(per).zip(a.chunks(per)).zip(b.chunks(per)) {
-            s.spawn(move || o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = f(a, b)));
-        }
-    });
-    out
-}
-
 impl candle_core::CustomOp1 for Relu6 {
     fn name(&self) -> &'static str {
         "tanuki-relu6"
@@ -270,14 +256,14 @@ impl candle_core::CustomOp1 for Relu6 {
 
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let x = kernels::f32_slice(s, l, "relu6 input")?;
-        Ok((candle_core::CpuStorage::F32(par_map(x, x, |v, _| v.clamp(0.0, 6.0))), l.shape().clone()))
+        Ok((candle_core::CpuStorage::F32(kernels::par_map(x, x, |v, _| v.clamp(0.0, 6.0))), l.shape().clone()))
     }
 
     /// The gradient passes where `0 < x < 6` (where the output is neither bound).
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
         let dx = kernels::with_f32(x, |x| {
-            kernels::with_f32(&dy, |dy| par_map(x, dy, |v, g| if v > 0.0 && v < 6.0 { g } else { 0.0 }))
+            kernels::with_f32(&dy, |dy| kernels::par_map(x, dy, |v, g| if v > 0.0 && v < 6.0 { g } else { 0.0 }))
         })??;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }

@@ -118,7 +118,8 @@ pub(crate) fn backward(act: Act, y: &Tensor, dy: &Tensor, want_bias: bool) -> Re
         dy
     } else {
         let y = y.contiguous()?;
-        let dz = super::with_f32(&y, |y| super::with_f32(&dy, |dy| masked(act, y, dy)))??;
+        let gate = act.gate();
+        let dz = super::with_f32(&y, |y| super::with_f32(&dy, |dy| super::par_map(y, dy, |y, g| gated(g, y, gate))))??;
         Tensor::from_vec(dz, y.shape(), y.device())?
     };
     let dbias = if want_bias {
@@ -137,21 +138,4 @@ pub(crate) fn backward(act: Act, y: &Tensor, dy: &Tensor, want_bias: bool) -> Re
         None
     };
     Ok((dz, dbias))
-}
-
-/// `dy` where `act` passes at `y`, else 0, split across the cores.
-fn masked(act: Act, y: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; y.len()];
-    let per = y.len().div_ceil(super::threads()).max(1);
-    std::thread::scope(|s| {
-        for ((o, y), dy) in out.chunks_mut(per).zip(y.chunks(per)).zip(dy.chunks(per)) {
-            s.spawn(move || {
-                let gate = act.gate();
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(dy) {
-                    *o = gated(g, y, gate);
-                }
-            });
-        }
-    });
-    out
 }

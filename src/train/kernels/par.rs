@@ -50,3 +50,17 @@ pub(super) fn par_items<R: Send>(n_items: usize, out: &mut [f32], f: impl Fn(Ran
         results
     })
 }
+
+/// `out[i] = f(a[i], b[i])` (`b` at least as long as `a`), split across the cores: elementwise
+/// passes are memory-bound, but one thread per core still helps on activation-sized slices.
+pub(crate) fn par_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let per = a.len().div_ceil(threads()).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        for ((o, a), b) in out.chunks_mut(per).zip(a.chunks(per)).zip(b.chunks(per)) {
+            s.spawn(move || o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = f(a, b)));
+        }
+    });
+    out
+}
