@@ -11,6 +11,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::direct;
 use super::phase;
 use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
@@ -60,6 +61,12 @@ impl Geom {
     fn plane_geom(&self) -> phase::Geom {
         phase::Geom { n: self.n, c: self.ci, h: self.h, w: self.w, kh: self.kh, kw: self.kw, s: self.s, pt: self.pt, pl: self.pl, ho: self.ho, wo: self.wo }
     }
+    /// Whether the direct kernel (`direct.rs`) runs this convolution: on AVX-512 CPUs, unless
+    /// the image is its own im2col matrix (1x1, stride 1) or `K` is too short to amortise a
+    /// tile's stores (the 3-channel first layer: K = 27, where im2col + GEMM measured faster).
+    fn direct_kernel(&self) -> Option<pulp::x86::V4> {
+        direct::simd().filter(|_| !self.direct() && self.k() >= 64)
+    }
     /// 1x1, stride 1, no padding: the image is its own im2col matrix.
     fn direct(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.s == 1 && self.pt == 0 && self.pl == 0
@@ -80,10 +87,10 @@ impl Geom {
 /// tap `(ky, kx)` of output row `oy` reads phase `(ky % s, kx % s)`, row `oy + ky / s`, columns
 /// from `kx / s` on. One pass over the image, against a bounds-checked (and at stride 2,
 /// strided) gather per row segment of every tile: 1.3-1.6x faster im2col at stride 2.
-fn phase_image(g: &Geom, ximg: &[f32], xq: &mut Vec<f32>, row: &mut Vec<f32>) {
+fn phase_image(g: &Geom, ximg: &[f32], xq: &mut Vec<f32>, row: &mut Vec<f32>, len: usize) {
     let dg = g.plane_geom();
     let per = dg.phased_len();
-    xq.resize(g.ci * per, 0.0);
+    xq.resize(len.max(g.ci * per), 0.0);
     for (plane, q) in ximg.chunks_exact(g.h * g.w).zip(xq.chunks_exact_mut(per)) {
         phase::phase_pad_2d_into(&dg, plane, 0.0, q, row);
     }
@@ -191,6 +198,44 @@ fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yro
 }
 
 fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
+    match g.direct_kernel() {
+        Some(simd) => forward_direct(simd, g, x, w, y, ep),
+        None => forward_gemm(g, x, w, y, ep),
+    }
+}
+
+/// [`forward`] by the direct kernel, images split across the cores (channel blocks when the
+/// batch is smaller than the core count).
+fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
+    let (img_in, img_out) = (g.img_in(), g.img_out());
+    let packed = direct::Packed::new(w, g.co, &g.plane_geom());
+    let run = |ximg: &[f32], blocks: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs, tiles: &mut Vec<_>| {
+        phase_image(g, ximg, &mut b.xq, &mut b.row, packed.xq_len());
+        packed.image(simd, &b.xq, blocks, yrows, ep, tiles);
+    };
+    if g.n >= threads() {
+        par_items(g.n, y, |imgs, yout| {
+            let (mut b, mut tiles) = (Bufs::default(), Vec::new());
+            for (i, n) in imgs.enumerate() {
+                run(&x[n * img_in..][..img_in], 0..packed.blocks(), &mut yout[i * img_out..][..img_out], &mut b, &mut tiles);
+            }
+        });
+        return;
+    }
+    let per = packed.blocks().div_ceil(threads());
+    for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
+        let ximg = &x[n * img_in..][..img_in];
+        std::thread::scope(|scope| {
+            for (t, yrows) in yimg.chunks_mut(per * direct::MR * g.p()).enumerate() {
+                let (run, packed) = (&run, &packed);
+                scope.spawn(move || run(ximg, t * per..((t + 1) * per).min(packed.blocks()), yrows, &mut Bufs::default(), &mut Vec::new()));
+            }
+        });
+    }
+}
+
+/// [`forward`] by im2col + GEMM.
+fn forward_gemm(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     if g.n >= threads() {
         par_items(g.n, y, |imgs, yout| {
@@ -220,7 +265,7 @@ struct Bufs {
 impl Bufs {
     /// Call once per image before [`Bufs::im2col`] on its tiles.
     fn image(&mut self, g: &Geom, ximg: &[f32]) {
-        phase_image(g, ximg, &mut self.xq, &mut self.row);
+        phase_image(g, ximg, &mut self.xq, &mut self.row, 0);
     }
 
     /// The im2col tile of output pixels `p0..p0 + len` (in `col`, `K x len`) of the image
@@ -266,8 +311,79 @@ fn bwd_image(g: &Geom, ximg: &[f32], w: &[f32], dyimg: &[f32], dximg: Option<&mu
     }
 }
 
+/// The convolution whose output is this one's dX, at stride 1: dY, padded by `k - 1 - pad`,
+/// correlated with the kernel flipped and its channels swapped (`[Ci][Co][kh][kw]`).
+fn transposed(g: &Geom, w: &[f32]) -> (Geom, Vec<f32>) {
+    debug_assert_eq!(g.s, 1);
+    let (kh, kw, taps) = (g.kh, g.kw, g.kh * g.kw);
+    let gt = Geom { n: g.n, ci: g.co, h: g.ho, w: g.wo, co: g.ci, kh, kw, s: 1, pt: kh - 1 - g.pt, pl: kw - 1 - g.pl, ho: g.h, wo: g.w };
+    let mut wt = vec![0.0f32; w.len()];
+    for co in 0..g.co {
+        for ci in 0..g.ci {
+            let src = &w[(co * g.ci + ci) * taps..][..taps];
+            let dst = &mut wt[(ci * g.co + co) * taps..][..taps];
+            for (t, v) in src.iter().enumerate() {
+                dst[taps - 1 - t] = *v;
+            }
+        }
+    }
+    (gt, wt)
+}
+
 /// Fills `dx` (zeroed, `N x Ci x H x W`) and `dw` (zeroed, `Co x K`) where asked for.
 fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+    let Some(simd) = g.direct_kernel() else {
+        return backward_gemm(g, x, w, dy, dx, dw);
+    };
+    match dx {
+        Some(dx) if g.s == 1 => {
+            // At stride 1, dX is a forward convolution of dY: the direct kernel, no col2im.
+            let (gt, wt) = transposed(g, w);
+            forward(&gt, dy, &wt, dx, &Epilogue::default());
+        }
+        Some(dx) => backward_gemm(g, x, w, dy, Some(dx), None),
+        None => {}
+    }
+    if let Some(dw) = dw {
+        dw_direct(simd, g, x, w, dy, dw);
+    }
+}
+
+/// dW by the direct kernel: per image, dY transposed and taken wide times the phased image.
+fn dw_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (img_in, img_out, k) = (g.img_in(), g.img_out(), g.k());
+    let packed = direct::Packed::new(w, g.co, &g.plane_geom());
+    let (wq, cp) = (g.plane_geom().wq(), packed.co_pad());
+    let partials = par_items(g.n, &mut [], |imgs, _| {
+        let (mut b, mut dyt) = (Bufs::default(), vec![0.0f32; packed.wide() * cp]);
+        let mut dwt = vec![0.0f32; k * cp];
+        for n in imgs {
+            phase_image(g, &x[n * img_in..][..img_in], &mut b.xq, &mut b.row, packed.xq_len());
+            // Transposed one output row at a time: its `wo x cp` block stays in L1.
+            let dyimg = &dy[n * img_out..][..img_out];
+            for oy in 0..g.ho {
+                let block = &mut dyt[oy * wq * cp..][..g.wo * cp];
+                for c in 0..g.co {
+                    for (ox, v) in dyimg[c * g.p() + oy * g.wo..][..g.wo].iter().enumerate() {
+                        block[ox * cp + c] = *v;
+                    }
+                }
+            }
+            packed.dw_image(simd, &b.xq, &dyt, &mut dwt);
+        }
+        dwt
+    });
+    for part in partials {
+        for (kk, row) in part.chunks_exact(cp).enumerate() {
+            for (c, v) in row[..g.co].iter().enumerate() {
+                dw[c * k + kk] += v;
+            }
+        }
+    }
+}
+
+/// [`backward`] by im2col + GEMM and col2im.
+fn backward_gemm(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     let want_dw = dw.is_some();
     let want_dx = dx.is_some();
@@ -379,5 +495,65 @@ impl CustomOp3 for Conv2dBackward {
         let (dx, dw) = out.split_at_mut(dx_len);
         backward(&g, x, w, dy, self.want_x.then_some(dx), self.want_w.then_some(dw));
         Ok((CpuStorage::F32(out), Shape::from(dx_len + dw_len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The direct kernel against im2col + GEMM on the shapes that take each of its branches
+    //! (on CPUs without AVX-512 there is nothing to compare: the GEMM path is all that runs).
+    use super::*;
+
+    fn rand(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        assert!(worst <= 1e-5 * scale * 10.0, "{what}: worst difference {worst} (scale {scale})");
+    }
+
+    #[test]
+    fn direct_kernel_matches_gemm_on_every_branch() {
+        let Some(simd) = direct::simd() else { return };
+        // (batch, in, h, w, out, kernel, stride, padding, what it takes)
+        let cases = [
+            (2, 40, 22, 21, 10, 3, 1, 1, "flat sweep, two k chunks, a partial channel block"),
+            (1, 8, 5, 48, 12, 3, 1, 1, "rows cut by whole tiles, batch 1 split by channel blocks"),
+            (2, 16, 9, 7, 37, 3, 1, 1, "pixel-major (narrow), a partial 32-channel block"),
+            (3, 8, 50, 45, 9, 3, 2, 1, "stride 2, flat"),
+            (2, 24, 15, 15, 20, 3, 2, 0, "stride 2, pixel-major, no padding"),
+            (2, 70, 6, 26, 16, 1, 2, 0, "1x1 stride 2"),
+            (1, 12, 11, 30, 7, 5, 1, 2, "5x5"),
+        ];
+        for (i, &(n, ci, h, w, co, k, s, p, what)) in cases.iter().enumerate() {
+            let xl = Layout::contiguous((n, ci, h, w));
+            let wl = Layout::contiguous((co, ci, k, k));
+            let g = Geom::new(&xl, &wl, s, Padding::Symmetric(p)).unwrap();
+            assert!(g.direct_kernel().is_some(), "{what}: takes the direct kernel");
+            let x = rand(n * g.img_in(), i as u64);
+            let wt = rand(co * g.k(), 100 + i as u64);
+            let bias = rand(co, 200 + i as u64);
+            let ep = Epilogue { bias: Some(&bias), act: Act::Relu6 };
+            let (mut yd, mut yg) = (vec![0.0; n * g.img_out()], vec![0.0; n * g.img_out()]);
+            forward_direct(simd, &g, &x, &wt, &mut yd, &ep);
+            forward_gemm(&g, &x, &wt, &mut yg, &ep);
+            close(&yd, &yg, &format!("{what}: forward"));
+            let dy = rand(n * g.img_out(), 300 + i as u64);
+            let (mut dxd, mut dwd) = (vec![0.0; n * g.img_in()], vec![0.0; co * g.k()]);
+            let (mut dxg, mut dwg) = (vec![0.0; n * g.img_in()], vec![0.0; co * g.k()]);
+            backward(&g, &x, &wt, &dy, Some(&mut dxd), Some(&mut dwd));
+            backward_gemm(&g, &x, &wt, &dy, Some(&mut dxg), Some(&mut dwg));
+            close(&dxd, &dxg, &format!("{what}: dx"));
+            close(&dwd, &dwg, &format!("{what}: dw"));
+        }
     }
 }

@@ -21,6 +21,7 @@
 
 mod conv;
 mod depthwise;
+mod direct;
 mod epilogue;
 mod gemm;
 mod par;

@@ -161,6 +161,9 @@ const CONV_CASES: &[ConvCase] = &[
     (1, 32, 40, 40, 8, 3, 1, 1),  // batch 1, several im2col tiles
     (3, 32, 33, 31, 8, 3, 2, 1),  // odd sizes, several tiles, stride 2
     (2, 40, 12, 12, 16, 1, 1, 0), // 1x1 without im2col
+    (2, 40, 9, 22, 10, 3, 1, 1),  // direct kernel: flat sweep, two k chunks
+    (1, 16, 6, 7, 37, 3, 1, 1),   // direct kernel: pixel-major, batch 1
+    (2, 8, 21, 23, 9, 3, 2, 1),   // direct kernel at stride 2 (dX by col2im)
 ];
 
 #[test]
@@ -388,12 +391,13 @@ fn fused_bias_and_activation_match_separate_ops() {
         Act::Relu6 => y.clamp(0f32, 6f32),
     };
     // Inputs scaled so that outputs land on both sides of 0 and of 6.
-    let x = (rand_t(&[2, 6, 9, 8], 1) * 4.0).unwrap();
+    // 8 channels: the 3x3 convolution has K = 72, which takes the direct kernel (on AVX-512).
+    let x = (rand_t(&[2, 8, 9, 8], 1) * 4.0).unwrap();
     let cases: [(&str, Vec<usize>, usize, Padding); 4] = [
-        ("conv3x3 s1", vec![5, 6, 3, 3], 1, Padding::Symmetric(1)),
-        ("conv1x1", vec![5, 6, 1, 1], 1, Padding::Symmetric(0)),
-        ("depthwise s2", vec![6, 1, 3, 3], 2, Padding::TfSame),
-        ("depthwise s1", vec![6, 1, 3, 3], 1, Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 }),
+        ("conv3x3 s1", vec![5, 8, 3, 3], 1, Padding::Symmetric(1)),
+        ("conv1x1", vec![5, 8, 1, 1], 1, Padding::Symmetric(0)),
+        ("depthwise s2", vec![8, 1, 3, 3], 2, Padding::TfSame),
+        ("depthwise s1", vec![8, 1, 3, 3], 1, Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 }),
     ];
     for (name, wdims, stride, padding) in cases {
         let depthwise = name.starts_with("depthwise");
