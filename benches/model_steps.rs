@@ -128,8 +128,11 @@ fn main() {
     let small = BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![32, 64, 128, 256]) };
     let mut cnn = model(small, 96);
     let x = images(96);
+    // Inference, as Keras's `model(x, training=False)`: batch norms folded into the convolutions
+    // (TensorFlow's graph optimiser fuses them too), as evaluation and prediction run.
+    let folding = cnn.inference_folding().expect("fold");
     bench.row("(c) small CNN 96x96, forward", || {
-        cnn.forward(&x, &mut ctx(false, false)).expect("forward");
+        cnn.forward_inference(0, &x, &folding).expect("forward");
     });
     let mut opt = phase(&mut cnn, &["all"], true);
     bench.row("(c) small CNN 96x96, training step", || {

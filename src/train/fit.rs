@@ -344,10 +344,10 @@ impl Fit<'_> {
     /// Loss and accuracy over `ds` in inference mode, without building any graph.
     fn evaluate(&self, ds: &Dataset, cached: Option<(usize, &Cached)>) -> Result<Metrics, TrainError> {
         let mut sums = Sums::default();
+        // The weights hold still for the whole pass: every batch norm folds into its convolution.
+        let folding = self.model.inference_folding()?;
         let mut add = |start: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
-            // The rng is unused with dropout off; any seed will do.
-            let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
-            let logits = self.model.forward_from(start, x, &mut ctx)?;
+            let logits = self.model.forward_inference(start, x, &folding)?;
             let loss = self.loss_kind.loss(&logits, labels)?;
             sums.add(loss.to_scalar::<f32>()? as f64, self.loss_kind.correct(&logits, labels)?, labels.len());
             Ok(())

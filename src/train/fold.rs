@@ -55,8 +55,19 @@ fn folded_weight(kind: &LayerKind) -> Option<(&'static str, bool)> {
 /// Folds every conv → BN pair where both layers are frozen, the BN takes the convolution's
 /// output directly and nothing else reads the convolution's own (unnormalised) output.
 pub fn plan(layers: &[Layer], params: &ParamStore) -> Result<Folding, TrainError> {
+    plan_where(layers, params, |layer| params.iter().filter(|p| p.layer == layer).all(|p| !p.trainable()))
+}
+
+/// Folds every such pair, trainable or not, from the current weights: for a forward pass that
+/// builds no graph (evaluation, prediction), where no gradient has to reach the original
+/// kernel. TensorFlow's graph optimiser does the same to a Keras model called with
+/// `training=False`.
+pub fn plan_inference(layers: &[Layer], params: &ParamStore) -> Result<Folding, TrainError> {
+    plan_where(layers, params, |_| true)
+}
+
+fn plan_where(layers: &[Layer], params: &ParamStore, frozen: impl Fn(&str) -> bool) -> Result<Folding, TrainError> {
     let referenced: HashSet<&str> = layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
-    let frozen = |layer: &str| params.iter().filter(|p| p.layer == layer).all(|p| !p.trainable());
     let mut folding = Folding::default();
     for pair in layers.windows(2) {
         let (conv, bn) = (&pair[0], &pair[1]);

@@ -11,10 +11,8 @@ use super::data::augment::{self, Normalize};
 use super::data::decode;
 use super::fit::loss_kind;
 use super::job::TrainError;
-use super::layers::ForwardCtx;
 use super::loss::LossKind;
 use super::model::Model;
-use super::rng::{self, Stream};
 use super::spec::{InputSpec, ModelSpec};
 use super::weights;
 
@@ -48,6 +46,7 @@ pub fn predict(model: &ModelSpec, input: &InputSpec, classes: &[String], weights
     let ok: Vec<(usize, &Vec<u8>)> = decoded.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|p| (i, p))).collect();
     let mut out: Predictions = decoded.iter().map(|d| d.as_ref().map(|_| Vec::new()).map_err(Clone::clone)).collect();
 
+    let folding = m.inference_folding()?;
     for chunk in ok.chunks(BATCH) {
         let size = 3 * h * w;
         let mut pixels = vec![0f32; chunk.len() * size];
@@ -55,8 +54,7 @@ pub fn predict(model: &ModelSpec, input: &InputSpec, classes: &[String], weights
             augment::write_image(img, h, w, None, norm, slot);
         }
         let x = Tensor::from_vec(pixels, (chunk.len(), 3, h, w), &m.device)?; // [n, 3, h, w]
-        let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
-        let logits = m.forward(&x, &mut ctx)?; // [n, units]
+        let logits = m.forward_inference(0, &x, &folding)?; // [n, units]
         let probs: Vec<Vec<f32>> = match kind {
             LossKind::Binary => {
                 let p: Vec<f32> = candle_nn::ops::sigmoid(&logits.flatten_all()?)?.to_vec1()?;

@@ -185,23 +185,39 @@ impl Model {
 
     /// `[batch, 3, h, w]` → logits `[batch, units]`.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(0..self.layers.len(), x, ctx)
+        self.run_layers(0..self.layers.len(), x, ctx, None)
     }
 
     /// `[batch, 3, h, w]` → the backbone's feature map `[batch, c, h', w']` (head not run).
     pub fn features(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
         let backbone = self.layers.iter().take_while(|l| l.name.starts_with("backbone.")).count();
-        self.run_layers(0..backbone, x, ctx)
+        self.run_layers(0..backbone, x, ctx, None)
     }
 
     /// The output of the first `end` layers (see [`Model::cacheable_prefix`]).
     pub fn forward_prefix(&self, end: usize, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(0..end, x, ctx)
+        self.run_layers(0..end, x, ctx, None)
     }
 
     /// Logits from the output of the first `start` layers, running the rest.
     pub fn forward_from(&self, start: usize, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(start..self.layers.len(), x, ctx)
+        self.run_layers(start..self.layers.len(), x, ctx, None)
+    }
+
+    /// Every conv → BN pair folded from the current weights, trainable or not (see
+    /// [`fold::plan_inference`]), for [`Model::forward_inference`]. Valid until the weights
+    /// change.
+    pub fn inference_folding(&self) -> Result<Folding, TrainError> {
+        fold::plan_inference(&self.layers, &self.params)
+    }
+
+    /// Logits from the output of the first `start` layers, in inference mode (batch norm on its
+    /// moving statistics, no dropout, no graph), with the folds of
+    /// [`Model::inference_folding`]: each batch norm runs inside its convolution's epilogue.
+    pub fn forward_inference(&self, start: usize, x: &Tensor, folding: &Folding) -> Result<Tensor, TrainError> {
+        // The rng is unused with dropout off; any seed will do.
+        let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+        self.run_layers(start..self.layers.len(), x, &mut ctx, Some(folding))
     }
 
     /// How many leading layers compute a fixed function of the image in the current phase (no
@@ -233,9 +249,10 @@ impl Model {
     /// of them (padding, folded batch norms and activations merged into the kernel calls).
     /// Only outputs referenced later are kept: with detached (frozen) weights nothing else holds
     /// an activation, so a frozen prefix keeps just the tensor the trainable part starts from.
-    fn run_layers(&self, range: Range<usize>, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
+    /// `folding` replaces the phase's own (`self.folding`) when given.
+    fn run_layers(&self, range: Range<usize>, x: &Tensor, ctx: &mut ForwardCtx, folding: Option<&Folding>) -> Result<Tensor, TrainError> {
         let referenced: HashSet<&str> = self.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
-        let folds = if ctx.bn_training { None } else { Some(&self.folding) };
+        let folds = if ctx.bn_training { None } else { Some(folding.unwrap_or(&self.folding)) };
         let mut saved: HashMap<&str, Tensor> = HashMap::new();
         let mut x = x.clone();
         for step in fusion::plan(&self.layers, range, folds, &referenced) {
