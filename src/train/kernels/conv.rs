@@ -209,28 +209,23 @@ fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
 fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     let packed = direct::Packed::new(w, g.co, &g.plane_geom());
-    let run = |ximg: &[f32], blocks: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs, tiles: &mut Vec<_>| {
+    let run = |ximg: &[f32], chans: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs| {
         phase_image(g, ximg, &mut b.xq, &mut b.row, packed.xq_len());
-        packed.image(simd, &b.xq, blocks, yrows, ep, tiles);
+        packed.image(simd, &b.xq, chans, yrows, ep);
     };
     if g.n >= threads() {
         par_items(g.n, y, |imgs, yout| {
-            let (mut b, mut tiles) = (Bufs::default(), Vec::new());
+            let mut b = Bufs::default();
             for (i, n) in imgs.enumerate() {
-                run(&x[n * img_in..][..img_in], 0..packed.blocks(), &mut yout[i * img_out..][..img_out], &mut b, &mut tiles);
+                run(&x[n * img_in..][..img_in], 0..g.co, &mut yout[i * img_out..][..img_out], &mut b);
             }
         });
-        return;
-    }
-    let per = packed.blocks().div_ceil(threads());
-    for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
-        let ximg = &x[n * img_in..][..img_in];
-        std::thread::scope(|scope| {
-            for (t, yrows) in yimg.chunks_mut(per * direct::MR * g.p()).enumerate() {
-                let (run, packed) = (&run, &packed);
-                scope.spawn(move || run(ximg, t * per..((t + 1) * per).min(packed.blocks()), yrows, &mut Bufs::default(), &mut Vec::new()));
-            }
-        });
+    } else {
+        // Fewer images than cores: split each image's output channels instead.
+        for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
+            let ximg = &x[n * img_in..][..img_in];
+            par_items(g.co, yimg, |chans, yrows| run(ximg, chans, yrows, &mut Bufs::default()));
+        }
     }
 }
 
@@ -500,7 +495,7 @@ impl CustomOp3 for Conv2dBackward {
 
 #[cfg(test)]
 mod tests {
-    //! The direct kernel against im2col + GEMM on the shapes that take each of its branches
+    //! The direct kernel against im2col + GEMM on shapes that take each of its tile sizes
     //! (on CPUs without AVX-512 there is nothing to compare: the GEMM path is all that runs).
     use super::*;
 
@@ -526,11 +521,11 @@ mod tests {
         let Some(simd) = direct::simd() else { return };
         // (batch, in, h, w, out, kernel, stride, padding, what it takes)
         let cases = [
-            (2, 40, 22, 21, 10, 3, 1, 1, "flat sweep, two k chunks, a partial channel block"),
-            (1, 8, 5, 48, 12, 3, 1, 1, "rows cut by whole tiles, batch 1 split by channel blocks"),
-            (2, 16, 9, 7, 37, 3, 1, 1, "pixel-major (narrow), a partial 32-channel block"),
-            (3, 8, 50, 45, 9, 3, 2, 1, "stride 2, flat"),
-            (2, 24, 15, 15, 20, 3, 2, 0, "stride 2, pixel-major, no padding"),
+            (2, 40, 22, 21, 10, 3, 1, 1, "rows in tiles of 11, a partial channel block"),
+            (1, 8, 5, 48, 12, 3, 1, 1, "rows in tiles of 12, batch 1 split by channels"),
+            (2, 16, 9, 7, 37, 3, 1, 1, "a 7-pixel tile, 32-channel blocks and a partial one"),
+            (3, 8, 50, 45, 9, 3, 2, 1, "stride 2, tiles of 12 and 11"),
+            (2, 24, 15, 15, 20, 3, 2, 0, "stride 2, no padding"),
             (2, 70, 6, 26, 16, 1, 2, 0, "1x1 stride 2"),
             (1, 12, 11, 30, 7, 5, 1, 2, "5x5"),
         ];

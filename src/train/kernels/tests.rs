@@ -161,8 +161,8 @@ const CONV_CASES: &[ConvCase] = &[
     (1, 32, 40, 40, 8, 3, 1, 1),  // batch 1, several im2col tiles
     (3, 32, 33, 31, 8, 3, 2, 1),  // odd sizes, several tiles, stride 2
     (2, 40, 12, 12, 16, 1, 1, 0), // 1x1 without im2col
-    (2, 40, 9, 22, 10, 3, 1, 1),  // direct kernel: flat sweep, two k chunks
-    (1, 16, 6, 7, 37, 3, 1, 1),   // direct kernel: pixel-major, batch 1
+    (2, 40, 9, 22, 10, 3, 1, 1),  // direct kernel: tiles of 11
+    (1, 16, 6, 7, 37, 3, 1, 1),   // direct kernel: 32-channel blocks and a partial one, batch 1
     (2, 8, 21, 23, 9, 3, 2, 1),   // direct kernel at stride 2 (dX by col2im)
 ];
 
