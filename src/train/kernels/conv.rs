@@ -208,10 +208,10 @@ fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
 /// batch is smaller than the core count).
 fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
     let (img_in, img_out) = (g.img_in(), g.img_out());
-    let packed = direct::Packed::new(w, g.co, &g.plane_geom());
+    let packed = direct::Packed::new(w, g.co, &g.plane_geom(), ep);
     let run = |ximg: &[f32], chans: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs| {
         phase_image(g, ximg, &mut b.xq, &mut b.row, packed.xq_len());
-        packed.image(simd, &b.xq, chans, yrows, ep);
+        packed.image(simd, &b.xq, chans, yrows);
     };
     if g.n >= threads() {
         par_items(g.n, y, |imgs, yout| {
@@ -347,7 +347,7 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, 
 /// dW by the direct kernel: per image, dY transposed and taken wide times the phased image.
 fn dw_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (img_in, img_out, k) = (g.img_in(), g.img_out(), g.k());
-    let packed = direct::Packed::new(w, g.co, &g.plane_geom());
+    let packed = direct::Packed::new(w, g.co, &g.plane_geom(), &Epilogue::default());
     let (wq, cp) = (g.plane_geom().wq(), packed.co_pad());
     let partials = par_items(g.n, &mut [], |imgs, _| {
         let (mut b, mut dyt) = (Bufs::default(), vec![0.0f32; packed.wide() * cp]);

@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use pulp::{f32x16, x86::V4};
 
-use super::epilogue::Epilogue;
+use super::epilogue::{Act, Epilogue};
 use super::phase;
 
 const LANES: usize = 16;
@@ -61,11 +61,15 @@ pub(super) struct Packed {
     wq: usize,
     /// Values the phased image must hold (with slack for the reads past its last row).
     xq_len: usize,
+    /// The epilogue's bias, `cpad` long (zero past `co`, and all zero without one).
+    bias: Vec<f32>,
+    act: Act,
 }
 
 impl Packed {
-    /// `w`: `[co][ci][kh][kw]`; `g`: one input plane's geometry (its `c` is `ci`).
-    pub(super) fn new(w: &[f32], co: usize, g: &phase::Geom) -> Self {
+    /// `w`: `[co][ci][kh][kw]`; `g`: one input plane's geometry (its `c` is `ci`); `ep`: what
+    /// the forward kernel applies to its output.
+    pub(super) fn new(w: &[f32], co: usize, g: &phase::Geom, ep: &Epilogue<'_>) -> Self {
         let (ci, kh, kw, s) = (g.c, g.kh, g.kw, g.s);
         let taps = kh * kw;
         let k = ci * taps;
@@ -86,7 +90,11 @@ impl Packed {
         let offs: Vec<usize> = (0..k).map(|kk| (kk / taps) * per + tap_off[kk % taps]).collect();
         // dW reads whole vectors of 16 pixels from every offset.
         let xq_len = offs.iter().max().copied().unwrap_or(0) + (g.ho * wq).next_multiple_of(LANES) + LANES;
-        Self { co, k, wn, cpad, offs, ho: g.ho, wo: g.wo, wq, xq_len: xq_len.max(ci * per) }
+        let mut bias = vec![0.0f32; cpad];
+        if let Some(b) = ep.bias {
+            bias[..co].copy_from_slice(&b[..co]);
+        }
+        Self { co, k, wn, cpad, offs, ho: g.ho, wo: g.wo, wq, xq_len: xq_len.max(ci * per), bias, act: ep.act }
     }
 
     pub(super) fn xq_len(&self) -> usize {
@@ -95,12 +103,12 @@ impl Packed {
 
     /// Writes output channels `chans` of one image into `y` (`chans.len() x ho x wo`), from its
     /// phased image `xq` ([`Packed::xq_len`] long), with the epilogue applied.
-    pub(super) fn image(&self, simd: V4, xq: &[f32], chans: Range<usize>, y: &mut [f32], ep: &Epilogue<'_>) {
-        simd.vectorize(ImageOp { packed: self, simd, xq, chans, y, ep })
+    pub(super) fn image(&self, simd: V4, xq: &[f32], chans: Range<usize>, y: &mut [f32]) {
+        simd.vectorize(ImageOp { packed: self, simd, xq, chans, y })
     }
 
     #[inline(always)]
-    fn image_impl(&self, simd: V4, xq: &[f32], chans: Range<usize>, y: &mut [f32], ep: &Epilogue<'_>) {
+    fn image_impl(&self, simd: V4, xq: &[f32], chans: Range<usize>, y: &mut [f32]) {
         let (wo, wq, plane) = (self.wo, self.wq, self.ho * self.wo);
         // Each row in near-equal tiles of at most TILE_MAX pixels (56 = 4 x 14, 12 = 12).
         let len = wo.div_ceil(wo.div_ceil(TILE_MAX));
@@ -109,20 +117,20 @@ impl Packed {
                 for ox in (0..wo).step_by(len) {
                     let at = TileAt { q: oy * wq + ox, c, chans: chans.clone(), p: oy * wo + ox, plane };
                     match len.min(wo - ox) {
-                        1 => self.tile::<1>(simd, xq, &at, y, ep),
-                        2 => self.tile::<2>(simd, xq, &at, y, ep),
-                        3 => self.tile::<3>(simd, xq, &at, y, ep),
-                        4 => self.tile::<4>(simd, xq, &at, y, ep),
-                        5 => self.tile::<5>(simd, xq, &at, y, ep),
-                        6 => self.tile::<6>(simd, xq, &at, y, ep),
-                        7 => self.tile::<7>(simd, xq, &at, y, ep),
-                        8 => self.tile::<8>(simd, xq, &at, y, ep),
-                        9 => self.tile::<9>(simd, xq, &at, y, ep),
-                        10 => self.tile::<10>(simd, xq, &at, y, ep),
-                        11 => self.tile::<11>(simd, xq, &at, y, ep),
-                        12 => self.tile::<12>(simd, xq, &at, y, ep),
-                        13 => self.tile::<13>(simd, xq, &at, y, ep),
-                        _ => self.tile::<TILE_MAX>(simd, xq, &at, y, ep),
+                        1 => self.tile::<1>(simd, xq, &at, y),
+                        2 => self.tile::<2>(simd, xq, &at, y),
+                        3 => self.tile::<3>(simd, xq, &at, y),
+                        4 => self.tile::<4>(simd, xq, &at, y),
+                        5 => self.tile::<5>(simd, xq, &at, y),
+                        6 => self.tile::<6>(simd, xq, &at, y),
+                        7 => self.tile::<7>(simd, xq, &at, y),
+                        8 => self.tile::<8>(simd, xq, &at, y),
+                        9 => self.tile::<9>(simd, xq, &at, y),
+                        10 => self.tile::<10>(simd, xq, &at, y),
+                        11 => self.tile::<11>(simd, xq, &at, y),
+                        12 => self.tile::<12>(simd, xq, &at, y),
+                        13 => self.tile::<13>(simd, xq, &at, y),
+                        _ => self.tile::<TILE_MAX>(simd, xq, &at, y),
                     }
                 }
             }
@@ -131,7 +139,7 @@ impl Packed {
 
     /// One tile: `M` pixels from wide position `at.q`, 32 channels from `at.c`.
     #[inline(always)]
-    fn tile<const M: usize>(&self, simd: V4, xq: &[f32], at: &TileAt, y: &mut [f32], ep: &Epilogue<'_>) {
+    fn tile<const M: usize>(&self, simd: V4, xq: &[f32], at: &TileAt, y: &mut [f32]) {
         let zero = simd.splat_f32x16(0.0);
         let mut acc = [[zero; TILE_NV]; M];
         let cpad = self.cpad;
@@ -147,16 +155,31 @@ impl Packed {
                 }
             }
         }
-        // Transposed into the output's rows (channel-major), with the epilogue.
-        let vals: [[[f32; LANES]; TILE_NV]; M] = acc.map(|a| a.map(pulp::cast));
+        // The epilogue in registers (channels in the lanes: one bias vector per 16), then
+        // transposed into the output's rows (channel-major).
+        let bias: [f32x16; TILE_NV] = pulp::cast(*<&[f32; TILE_C]>::try_from(&self.bias[at.c..][..TILE_C]).expect("32 biases"));
+        let f = simd.avx512f;
+        let (zero, six) = (pulp::cast(simd.splat_f32x16(0.0)), pulp::cast(simd.splat_f32x16(6.0)));
+        // By value (no `iter_mut` over `acc`): with its address taken, LLVM kept the
+        // accumulators in memory across the k loop, 2.5x slower.
+        let vals: [[[f32; LANES]; TILE_NV]; M] = std::array::from_fn(|i| {
+            std::array::from_fn(|v| {
+                let z = f._mm512_add_ps(pulp::cast(acc[i][v]), pulp::cast(bias[v]));
+                // maxps/minps return their second operand when either is NaN: ReLU gives 0 on
+                // NaN as f32::max does, ReLU6 keeps NaN as f32::clamp does (the scalar epilogue).
+                pulp::cast(match self.act {
+                    Act::Identity => z,
+                    Act::Relu => f._mm512_max_ps(z, zero),
+                    Act::Relu6 => f._mm512_min_ps(six, f._mm512_max_ps(zero, z)),
+                })
+            })
+        });
         let c0 = at.chans.start;
         for j in 0..TILE_C.min(at.chans.end - at.c) {
-            let c = at.c + j;
-            let row = &mut y[(c - c0) * at.plane + at.p..][..M];
+            let row: &mut [f32; M] = (&mut y[(at.c + j - c0) * at.plane + at.p..][..M]).try_into().expect("M outputs");
             for (i, o) in row.iter_mut().enumerate() {
                 *o = vals[i][j / LANES][j % LANES];
             }
-            ep.apply(c, row);
         }
     }
 }
@@ -174,21 +197,20 @@ struct TileAt {
 /// [`Packed::image`]'s body, as a type whose `call` is `#[inline(always)]`: `V4::vectorize` only
 /// compiles for AVX-512 what is inlined into it, and a closure there was not (it became a
 /// plain call, with every intrinsic an out-of-line function: 50x slower).
-struct ImageOp<'a, 'b> {
+struct ImageOp<'a> {
     packed: &'a Packed,
     simd: V4,
     xq: &'a [f32],
     chans: Range<usize>,
     y: &'a mut [f32],
-    ep: &'a Epilogue<'b>,
 }
 
-impl pulp::NullaryFnOnce for ImageOp<'_, '_> {
+impl pulp::NullaryFnOnce for ImageOp<'_> {
     type Output = ();
 
     #[inline(always)]
     fn call(self) {
-        self.packed.image_impl(self.simd, self.xq, self.chans, self.y, self.ep)
+        self.packed.image_impl(self.simd, self.xq, self.chans, self.y)
     }
 }
 
