@@ -348,22 +348,13 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, 
 fn dw_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (img_in, img_out, k) = (g.img_in(), g.img_out(), g.k());
     let packed = direct::Packed::new(w, g.co, &g.plane_geom(), &Epilogue::default());
-    let (wq, cp) = (g.plane_geom().wq(), packed.co_pad());
+    let cp = packed.co_pad();
     let partials = par_items(g.n, &mut [], |imgs, _| {
         let (mut b, mut dyt) = (Bufs::default(), vec![0.0f32; packed.wide() * cp]);
         let mut dwt = vec![0.0f32; k * cp];
         for n in imgs {
             phase_image(g, &x[n * img_in..][..img_in], &mut b.xq, &mut b.row, packed.xq_len());
-            // Transposed one output row at a time: its `wo x cp` block stays in L1.
-            let dyimg = &dy[n * img_out..][..img_out];
-            for oy in 0..g.ho {
-                let block = &mut dyt[oy * wq * cp..][..g.wo * cp];
-                for c in 0..g.co {
-                    for (ox, v) in dyimg[c * g.p() + oy * g.wo..][..g.wo].iter().enumerate() {
-                        block[ox * cp + c] = *v;
-                    }
-                }
-            }
+            packed.transpose_dy(simd, &dy[n * img_out..][..img_out], &mut dyt);
             packed.dw_image(simd, &b.xq, &dyt, &mut dwt);
         }
         dwt

@@ -155,6 +155,9 @@ impl Packed {
                 }
             }
         }
+        if M > REG_STORE_MAX {
+            return self.store_scalar(acc, at, y);
+        }
         // The epilogue in registers (channels in the lanes: one bias vector per 16), then
         // transposed into the output's rows (channel-major).
         let bias: [f32x16; TILE_NV] = pulp::cast(*<&[f32; TILE_C]>::try_from(&self.bias[at.c..][..TILE_C]).expect("32 biases"));
@@ -175,13 +178,75 @@ impl Packed {
             })
         });
         let c0 = at.chans.start;
-        for j in 0..TILE_C.min(at.chans.end - at.c) {
-            let row: &mut [f32; M] = (&mut y[(at.c + j - c0) * at.plane + at.p..][..M]).try_into().expect("M outputs");
-            for (i, o) in row.iter_mut().enumerate() {
-                *o = vals[i][j / LANES][j % LANES];
+        let valid = TILE_C.min(at.chans.end - at.c);
+        for (v, block) in (0..TILE_NV).zip((0..valid).step_by(LANES)) {
+            // This vector's 16 channels x M pixels, transposed: one vector per channel.
+            let rows: [f32x16; LANES] = std::array::from_fn(|i| if i < M { pulp::cast(vals[i][v]) } else { pulp::cast(zero) });
+            let cols = transpose16(simd, rows);
+            for (j, col) in cols.iter().enumerate().take(valid - block) {
+                let row: &mut [f32; M] = (&mut y[(at.c + block + j - c0) * at.plane + at.p..][..M]).try_into().expect("M outputs");
+                let col: [f32; LANES] = pulp::cast(*col);
+                *row = *<&[f32; M]>::try_from(&col[..M]).expect("M <= 16");
             }
         }
     }
+}
+
+impl Packed {
+    /// [`Packed::tile`]'s store for tiles of 13 and 14 pixels: with 26-28 accumulators, the
+    /// in-register epilogue and transpose made LLVM spill inside the k loop (2.5x slower), so
+    /// these go through memory: scalar moves into each channel's row, then the epilogue on it
+    /// (the same operations, so the same values).
+    #[inline(always)]
+    fn store_scalar<const M: usize>(&self, acc: [[f32x16; TILE_NV]; M], at: &TileAt, y: &mut [f32]) {
+        let vals: [[[f32; LANES]; TILE_NV]; M] = acc.map(|a| a.map(pulp::cast));
+        let c0 = at.chans.start;
+        for j in 0..TILE_C.min(at.chans.end - at.c) {
+            let (c, b) = (at.c + j, self.bias[at.c + j]);
+            let row: &mut [f32; M] = (&mut y[(c - c0) * at.plane + at.p..][..M]).try_into().expect("M outputs");
+            for (i, o) in row.iter_mut().enumerate() {
+                let z = vals[i][j / LANES][j % LANES] + b;
+                *o = match self.act {
+                    Act::Identity => z,
+                    Act::Relu => z.max(0.0),
+                    Act::Relu6 => z.clamp(0.0, 6.0),
+                };
+            }
+        }
+    }
+}
+
+/// Most pixels per tile for [`Packed::tile`]'s in-register store.
+const REG_STORE_MAX: usize = 12;
+
+/// The transpose of a 16 x 16 block (row `i` lane `j` becomes row `j` lane `i`): 64 shuffles
+/// in four rounds (32-bit, 64-bit and two 128-bit interleaves), where scalar moves took 256
+/// loads and stores.
+#[inline(always)]
+fn transpose16(simd: V4, r: [f32x16; LANES]) -> [f32x16; LANES] {
+    use core::arch::x86_64::{__m512, __m512d};
+    let f = simd.avx512f;
+    let r: [__m512; LANES] = r.map(pulp::cast);
+    let t: [__m512; LANES] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 { f._mm512_unpacklo_ps(a, b) } else { f._mm512_unpackhi_ps(a, b) }
+    });
+    let pd = |x: __m512| -> __m512d { pulp::cast(x) };
+    let u: [__m512; LANES] = std::array::from_fn(|i| {
+        let (base, m) = (i & !3, i & 3);
+        let (a, b) = (pd(t[base + m / 2]), pd(t[base + m / 2 + 2]));
+        pulp::cast(if m % 2 == 0 { f._mm512_unpacklo_pd(a, b) } else { f._mm512_unpackhi_pd(a, b) })
+    });
+    let v: [__m512; LANES] = std::array::from_fn(|i| {
+        let (half, m) = (i / 8 * 8, i % 4);
+        let (a, b) = (u[half + m], u[half + 4 + m]);
+        if i % 8 < 4 { f._mm512_shuffle_f32x4::<0x88>(a, b) } else { f._mm512_shuffle_f32x4::<0xdd>(a, b) }
+    });
+    std::array::from_fn(|i| {
+        let m = i % 8;
+        let (a, b) = (v[m], v[8 + m]);
+        pulp::cast(if i < 8 { f._mm512_shuffle_f32x4::<0x88>(a, b) } else { f._mm512_shuffle_f32x4::<0xdd>(a, b) })
+    })
 }
 
 /// Where a forward tile lies: wide position `q` of its first pixel, first channel `c` (of the
@@ -264,6 +329,64 @@ impl Packed {
     }
 }
 
+impl Packed {
+    /// Writes one image's dY (`co x ho x wo`) into [`Packed::dw_image`]'s `dyt`, transposed and
+    /// taken wide: `dyt[(oy * wq + ox) * co_pad + c] = dy[c][oy * wo + ox]`, in 16 x 16 blocks
+    /// transposed in registers (the garbage rows and padding channels are left as they are:
+    /// zero from the caller).
+    pub(super) fn transpose_dy(&self, simd: V4, dy: &[f32], dyt: &mut [f32]) {
+        simd.vectorize(TransposeOp { packed: self, simd, dy, dyt })
+    }
+
+    #[inline(always)]
+    fn transpose_dy_impl(&self, simd: V4, dy: &[f32], dyt: &mut [f32]) {
+        let (co, wo, wq, cp, plane) = (self.co, self.wo, self.wq, self.co_pad(), self.ho * self.wo);
+        let zero = simd.splat_f32x16(0.0);
+        for oy in 0..self.ho {
+            for ox in (0..wo).step_by(LANES) {
+                let np = LANES.min(wo - ox);
+                for c in (0..co).step_by(LANES) {
+                    let rows: [f32x16; LANES] = std::array::from_fn(|j| {
+                        if c + j >= co {
+                            return zero;
+                        }
+                        let src = &dy[(c + j) * plane + oy * wo + ox..][..np];
+                        match <&[f32; LANES]>::try_from(src) {
+                            Ok(full) => pulp::cast(*full),
+                            Err(_) => {
+                                let mut part = [0.0f32; LANES];
+                                part[..np].copy_from_slice(src);
+                                pulp::cast(part)
+                            }
+                        }
+                    });
+                    for (i, col) in transpose16(simd, rows).iter().enumerate().take(np) {
+                        let dst: &mut [f32; LANES] = (&mut dyt[(oy * wq + ox + i) * cp + c..][..LANES]).try_into().expect("16 channels");
+                        *dst = pulp::cast(*col);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`Packed::transpose_dy`]'s body (see [`ImageOp`]).
+struct TransposeOp<'a> {
+    packed: &'a Packed,
+    simd: V4,
+    dy: &'a [f32],
+    dyt: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for TransposeOp<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        self.packed.transpose_dy_impl(self.simd, self.dy, self.dyt)
+    }
+}
+
 /// `k` per dW block.
 const DW_NK: usize = 6;
 /// Vectors of output channels per dW block.
@@ -326,3 +449,32 @@ impl pulp::NullaryFnOnce for DwOp<'_> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `transpose16` under the AVX-512 target features.
+    struct Transpose(V4, [f32x16; LANES]);
+
+    impl pulp::NullaryFnOnce for Transpose {
+        type Output = [f32x16; LANES];
+
+        #[inline(always)]
+        fn call(self) -> Self::Output {
+            transpose16(self.0, self.1)
+        }
+    }
+
+    #[test]
+    fn transpose16_transposes() {
+        let Some(simd) = simd() else { return };
+        let m: [[f32; LANES]; LANES] = std::array::from_fn(|i| std::array::from_fn(|j| (i * LANES + j) as f32));
+        let t: [[f32; LANES]; LANES] = simd.vectorize(Transpose(simd, m.map(pulp::cast))).map(pulp::cast);
+        for i in 0..LANES {
+            for j in 0..LANES {
+                assert_eq!(t[j][i], m[i][j], "({i}, {j})");
+            }
+        }
+    }
+}
