@@ -11,6 +11,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+#[cfg(target_arch = "x86_64")]
 use super::direct;
 use super::phase;
 use super::epilogue::{self, Act, Epilogue};
@@ -64,6 +65,7 @@ impl Geom {
     /// Whether the direct kernel (`direct.rs`) runs this convolution: on AVX-512 CPUs, unless
     /// the image is its own im2col matrix (1x1, stride 1) or `K` is too short to amortise a
     /// tile's stores (the 3-channel first layer: K = 27, where im2col + GEMM measured faster).
+    #[cfg(target_arch = "x86_64")]
     fn direct_kernel(&self) -> Option<pulp::x86::V4> {
         direct::simd().filter(|_| !self.direct() && self.k() >= 64)
     }
@@ -198,12 +200,14 @@ fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yro
 }
 
 fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
-    match g.direct_kernel() {
-        Some(simd) => forward_direct(simd, g, x, w, y, ep),
-        None => forward_gemm(g, x, w, y, ep),
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = g.direct_kernel() {
+        return forward_direct(simd, g, x, w, y, ep);
     }
+    forward_gemm(g, x, w, y, ep)
 }
 
+#[cfg(target_arch = "x86_64")]
 /// [`forward`] by the direct kernel, images split across the cores (channel blocks when the
 /// batch is smaller than the core count).
 fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
@@ -308,6 +312,7 @@ fn bwd_image(g: &Geom, ximg: &[f32], w: &[f32], dyimg: &[f32], dximg: Option<&mu
 
 /// The convolution whose output is this one's dX, at stride 1: dY, padded by `k - 1 - pad`,
 /// correlated with the kernel flipped and its channels swapped (`[Ci][Co][kh][kw]`).
+#[cfg(target_arch = "x86_64")]
 fn transposed(g: &Geom, w: &[f32]) -> (Geom, Vec<f32>) {
     debug_assert_eq!(g.s, 1);
     let (kh, kw, taps) = (g.kh, g.kw, g.kh * g.kw);
@@ -327,12 +332,19 @@ fn transposed(g: &Geom, w: &[f32]) -> (Geom, Vec<f32>) {
 
 /// Fills `dx` (zeroed, `N x Ci x H x W`) and `dw` (zeroed, `Co x K`) where asked for.
 fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
-    let Some(simd) = g.direct_kernel() else {
-        return backward_gemm(g, x, w, dy, dx, dw);
-    };
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = g.direct_kernel() {
+        return backward_direct(simd, g, x, w, dy, dx, dw);
+    }
+    backward_gemm(g, x, w, dy, dx, dw)
+}
+
+/// [`backward`] by the direct kernel: dX at stride 1 as the forward kernel on dY (col2im at
+/// stride 2), dW as [`dw_direct`].
+#[cfg(target_arch = "x86_64")]
+fn backward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
     match dx {
         Some(dx) if g.s == 1 => {
-            // At stride 1, dX is a forward convolution of dY: the direct kernel, no col2im.
             let (gt, wt) = transposed(g, w);
             forward(&gt, dy, &wt, dx, &Epilogue::default());
         }
@@ -344,6 +356,7 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, 
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// dW by the direct kernel: per image, dY transposed and taken wide times the phased image.
 fn dw_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (img_in, img_out, k) = (g.img_in(), g.img_out(), g.k());
@@ -484,7 +497,7 @@ impl CustomOp3 for Conv2dBackward {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     //! The direct kernel against im2col + GEMM on shapes that take each of its tile sizes
     //! (on CPUs without AVX-512 there is nothing to compare: the GEMM path is all that runs).

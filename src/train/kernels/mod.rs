@@ -21,6 +21,7 @@
 
 mod conv;
 mod depthwise;
+#[cfg(target_arch = "x86_64")]
 mod direct;
 mod epilogue;
 mod gemm;
