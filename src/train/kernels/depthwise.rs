@@ -25,11 +25,7 @@ const FLAT_MAX_WIDTH: usize = 64;
 
 /// Where each tap of a 3x3 kernel reads output `(0, 0)` in [`phase_pad_2d`]'s layout.
 fn flat_offsets(g: &Geom) -> [usize; 9] {
-    let (hq, wq, s) = (g.hq(), g.wq(), g.s);
-    std::array::from_fn(|t| {
-        let (ky, kx) = (t / 3, t % 3);
-        (((ky % s) * s + kx % s) * hq + ky / s) * wq + kx / s
-    })
+    std::array::from_fn(|t| g.tap_offset(t / 3, t % 3))
 }
 
 /// One `ho x wo` output plane of a 3x3 kernel swept flat over `q` (see [`phase_pad_2d`]):

@@ -70,7 +70,7 @@ impl Packed {
     /// `w`: `[co][ci][kh][kw]`; `g`: one input plane's geometry (its `c` is `ci`); `ep`: what
     /// the forward kernel applies to its output.
     pub(super) fn new(w: &[f32], co: usize, g: &phase::Geom, ep: &Epilogue<'_>) -> Self {
-        let (ci, kh, kw, s) = (g.c, g.kh, g.kw, g.s);
+        let (ci, kh, kw) = (g.c, g.kh, g.kw);
         let taps = kh * kw;
         let k = ci * taps;
         let cpad = co.next_multiple_of(LANES) + TILE_C;
@@ -80,13 +80,8 @@ impl Packed {
                 wn[kk * cpad + c] = v;
             }
         }
-        let (hq, wq, per) = (g.hq(), g.wq(), g.phased_len());
-        let tap_off: Vec<usize> = (0..taps)
-            .map(|t| {
-                let (ky, kx) = (t / kw, t % kw);
-                (((ky % s) * s + kx % s) * hq + ky / s) * wq + kx / s
-            })
-            .collect();
+        let (wq, per) = (g.wq(), g.phased_len());
+        let tap_off: Vec<usize> = (0..taps).map(|t| g.tap_offset(t / kw, t % kw)).collect();
         let offs: Vec<usize> = (0..k).map(|kk| (kk / taps) * per + tap_off[kk % taps]).collect();
         // dW reads whole vectors of 16 pixels from every offset.
         let xq_len = offs.iter().max().copied().unwrap_or(0) + (g.ho * wq).next_multiple_of(LANES) + LANES;

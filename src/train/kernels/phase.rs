@@ -57,6 +57,12 @@ impl Geom {
     pub(crate) fn wq(&self) -> usize {
         self.wo + (self.kw - 1) / self.s
     }
+    /// Where tap `(ky, kx)` of output `(0, 0)` lies in [`phase_pad_2d`]'s layout; output
+    /// `(oy, ox)` reads `oy * wq + ox` further on.
+    pub(crate) fn tap_offset(&self, ky: usize, kx: usize) -> usize {
+        let s = self.s;
+        (((ky % s) * s + kx % s) * self.hq() + ky / s) * self.wq() + kx / s
+    }
 }
 
 /// A padded plane in phase form: phase `r` row `i` column `j` is padded column `j*s + r`.
