@@ -16,7 +16,7 @@
 //! image runs over them. The output is written channel-major, transposed from the registers
 //! with the epilogue applied.
 //!
-//! dW has the same microkernel shape with the reduction over pixels (see [`Packed::dw_image`]).
+//! dW has the same microkernel shape with the reduction over pixels (see [`Packed::dw_images`]).
 
 use std::ops::Range;
 
@@ -70,26 +70,57 @@ impl Packed {
     /// `w`: `[co][ci][kh][kw]`; `g`: one input plane's geometry (its `c` is `ci`); `ep`: what
     /// the forward kernel applies to its output.
     pub(super) fn new(w: &[f32], co: usize, g: &phase::Geom, ep: &Epilogue<'_>) -> Self {
+        let mut p = Self::layout(co, g);
+        let k = p.k;
+        // Channel blocks of 16 outermost: 16 rows of `w` read in step, whole 16-channel runs of
+        // `wn` written (either loop order alone makes one side a stride-k or stride-cpad walk).
+        p.wn = vec![0.0f32; k * p.cpad];
+        for c0 in (0..co).step_by(LANES) {
+            for kk in 0..k {
+                for c in c0..(c0 + LANES).min(co) {
+                    p.wn[kk * p.cpad + c] = w[c * k + kk];
+                }
+            }
+        }
+        if let Some(b) = ep.bias {
+            p.bias[..co].copy_from_slice(&b[..co]);
+        }
+        p.act = ep.act;
+        p
+    }
+
+    /// For the convolution whose output is dX at stride 1 (of one with weights `w`, `[co][ci][kh]
+    /// [kw]`): its input is dY (`co` channels), its kernel `w` flipped with the channels swapped,
+    /// packed straight from `w`. `g`: the geometry of dY padded for it (its `c` is `co`).
+    pub(super) fn transposed(w: &[f32], ci: usize, g: &phase::Geom) -> Self {
+        let mut p = Self::layout(ci, g);
+        let (co, taps) = (g.c, g.kh * g.kw);
+        p.wn = vec![0.0f32; p.k * p.cpad];
+        for c0 in (0..ci).step_by(LANES) {
+            for o in 0..co {
+                for t in 0..taps {
+                    let row = &mut p.wn[(o * taps + taps - 1 - t) * p.cpad..];
+                    for c in c0..(c0 + LANES).min(ci) {
+                        row[c] = w[(o * ci + c) * taps + t];
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// The geometry and offsets alone (what dW needs): no weights, no epilogue.
+    pub(super) fn layout(co: usize, g: &phase::Geom) -> Self {
         let (ci, kh, kw) = (g.c, g.kh, g.kw);
         let taps = kh * kw;
         let k = ci * taps;
         let cpad = co.next_multiple_of(LANES) + TILE_C;
-        let mut wn = vec![0.0f32; k * cpad];
-        for c in 0..co {
-            for (kk, &v) in w[c * k..][..k].iter().enumerate() {
-                wn[kk * cpad + c] = v;
-            }
-        }
         let (wq, per) = (g.wq(), g.phased_len());
         let tap_off: Vec<usize> = (0..taps).map(|t| g.tap_offset(t / kw, t % kw)).collect();
         let offs: Vec<usize> = (0..k).map(|kk| (kk / taps) * per + tap_off[kk % taps]).collect();
         // dW reads whole vectors of 16 pixels from every offset.
         let xq_len = offs.iter().max().copied().unwrap_or(0) + (g.ho * wq).next_multiple_of(LANES) + LANES;
-        let mut bias = vec![0.0f32; cpad];
-        if let Some(b) = ep.bias {
-            bias[..co].copy_from_slice(&b[..co]);
-        }
-        Self { co, k, wn, cpad, offs, ho: g.ho, wo: g.wo, wq, xq_len: xq_len.max(ci * per), bias, act: ep.act }
+        Self { co, k, wn: Vec::new(), cpad, offs, ho: g.ho, wo: g.wo, wq, xq_len: xq_len.max(ci * per), bias: vec![0.0; cpad], act: Act::Identity }
     }
 
     pub(super) fn xq_len(&self) -> usize {
@@ -275,46 +306,48 @@ impl pulp::NullaryFnOnce for ImageOp<'_> {
 }
 
 impl Packed {
-    /// Output channels per row of [`Packed::dw_image`]'s `dyt`: `co` in whole vectors.
+    /// Output channels per row of [`Packed::dw_images`]'s `dyt`: `co` in whole vectors.
     pub(super) fn co_pad(&self) -> usize {
         self.co.next_multiple_of(LANES)
     }
 
-    /// Rows of [`Packed::dw_image`]'s `dyt`: the output pixels taken wide.
+    /// Rows of [`Packed::dw_images`]'s `dyt`: the output pixels taken wide.
     pub(super) fn wide(&self) -> usize {
         self.ho * self.wq
     }
 
-    /// Adds one image's kernel gradient to `dwt` (`k x co_pad`, transposed): `dwt[k][c] +=
-    /// sum_q xq[off[k] + q] * dyt[q][c]`, where `dyt` is dY transposed and taken wide
-    /// ([`Packed::wide`] rows of [`Packed::co_pad`], zero in the garbage columns and the padding
-    /// channels, so that what the image holds there does not count) and `xq` the phased image.
-    /// The forward microkernel's shape again, with the reduction over `q`: per `q`, four vectors
-    /// of dY (64 channels) and six broadcast image values, 24 accumulators; `q` is cut into
-    /// chunks so that the chunk of `dyt` stays in L2 while every `k` runs over it.
-    pub(super) fn dw_image(&self, simd: V4, xq: &[f32], dyt: &[f32], dwt: &mut [f32]) {
-        simd.vectorize(DwOp { packed: self, simd, xq, dyt, dwt })
+    /// Adds `n` images' kernel gradient to `dwt` (`k x co_pad`, transposed): `dwt[k][c] +=
+    /// sum over images and output pixels of xq[off[k] + q] * dyt[q][c]`, where `xq` holds the
+    /// images' phased images ([`Packed::xq_len`] each) and `dyt` their dY transposed and taken
+    /// wide ([`Packed::transpose_dy`]; [`Packed::wide`] rows of [`Packed::co_pad`] each, zero in
+    /// the padding channels). The forward microkernel's shape again, with the reduction over
+    /// pixels: per pixel, four vectors of dY (64 channels) and six broadcast image values, 24
+    /// accumulators. Only the `wo` real columns of each row are summed, and all `n` images
+    /// run through the accumulators before they go back to `dwt`, so that a `dwt` too big for
+    /// L2 (2.4 MB at 3x3x256 -> 256) is read and written once per group of images, not per
+    /// image; rows are taken about 256 pixels at a time, so that what a block reads stays in L2.
+    pub(super) fn dw_images(&self, simd: V4, xq: &[f32], dyt: &[f32], n: usize, dwt: &mut [f32]) {
+        simd.vectorize(DwOp { packed: self, simd, xq, dyt, n, dwt })
     }
 
     #[inline(always)]
-    fn dw_impl(&self, simd: V4, xq: &[f32], dyt: &[f32], dwt: &mut [f32]) {
-        const QCHUNK: usize = 256;
-        let (k, cp, wide) = (self.k, self.co_pad(), self.wide());
-        for q0 in (0..wide).step_by(QCHUNK) {
-            let q1 = (q0 + QCHUNK).min(wide);
+    fn dw_impl(&self, simd: V4, xq: &[f32], dyt: &[f32], n: usize, dwt: &mut [f32]) {
+        let (k, cp) = (self.k, self.co_pad());
+        let rows = (256 / self.wo).max(1);
+        for r0 in (0..self.ho).step_by(rows) {
             let mut k0 = 0;
             while k0 < k {
                 let nk = if k0 + DW_NK <= k { DW_NK } else { 1 };
                 let mut c0 = 0;
                 while c0 < cp {
                     let nv = ((cp - c0) / LANES).min(DW_NV);
-                    let at = DwAt { q: q0..q1, k0, c0, cp };
+                    let at = DwAt { rows: r0..(r0 + rows).min(self.ho), k0, c0, cp, n };
                     match (nk, nv) {
-                        (DW_NK, DW_NV) => dw_block::<DW_NK, DW_NV>(simd, xq, &self.offs, dyt, &at, dwt),
-                        (DW_NK, 2) | (DW_NK, 3) => dw_block::<DW_NK, 2>(simd, xq, &self.offs, dyt, &at, dwt),
-                        (DW_NK, _) => dw_block::<DW_NK, 1>(simd, xq, &self.offs, dyt, &at, dwt),
-                        (_, DW_NV) => dw_block::<1, DW_NV>(simd, xq, &self.offs, dyt, &at, dwt),
-                        _ => dw_block::<1, 1>(simd, xq, &self.offs, dyt, &at, dwt),
+                        (DW_NK, DW_NV) => self.dw_block::<DW_NK, DW_NV>(simd, xq, dyt, &at, dwt),
+                        (DW_NK, 2) | (DW_NK, 3) => self.dw_block::<DW_NK, 2>(simd, xq, dyt, &at, dwt),
+                        (DW_NK, _) => self.dw_block::<DW_NK, 1>(simd, xq, dyt, &at, dwt),
+                        (_, DW_NV) => self.dw_block::<1, DW_NV>(simd, xq, dyt, &at, dwt),
+                        _ => self.dw_block::<1, 1>(simd, xq, dyt, &at, dwt),
                     }
                     c0 += LANES * if nv == DW_NV { DW_NV } else if nv >= 2 { 2 } else { 1 };
                 }
@@ -322,10 +355,41 @@ impl Packed {
             }
         }
     }
+
+    /// `dwt[k0 + j][c0 + 16 v..][..16] += sum xq[off[k0 + j] + q] * dyt[q][c0 + 16 v..][..16]`
+    /// over the images and the real pixels of rows `at.rows`.
+    #[inline(always)]
+    fn dw_block<const NK: usize, const NV: usize>(&self, simd: V4, xq: &[f32], dyt: &[f32], at: &DwAt, dwt: &mut [f32]) {
+        let (wo, wq, cp) = (self.wo, self.wq, at.cp);
+        let mut acc: [[f32x16; NV]; NK] = std::array::from_fn(|j| std::array::from_fn(|v| pulp::cast(vec16(dwt, (at.k0 + j) * cp + at.c0 + v * LANES))));
+        for img in 0..at.n {
+            let (xq, dyt) = (&xq[img * self.xq_len..][..self.xq_len], &dyt[img * self.wide() * cp..][..self.wide() * cp]);
+            for oy in at.rows.clone() {
+                let q0 = oy * wq;
+                // Each operand cut to exactly wo steps, so that the loop's indexing needs no checks.
+                let xs: [&[f32]; NK] = std::array::from_fn(|j| &xq[self.offs[at.k0 + j] + q0..][..wo]);
+                for (i, row) in dyt[q0 * cp..][..wo * cp].chunks_exact(cp).enumerate() {
+                    let d: [f32x16; NV] = std::array::from_fn(|v| pulp::cast(vec16(row, at.c0 + v * LANES)));
+                    for j in 0..NK {
+                        let xv = simd.splat_f32x16(xs[j][i]);
+                        for v in 0..NV {
+                            acc[j][v] = simd.mul_add_f32x16(xv, d[v], acc[j][v]);
+                        }
+                    }
+                }
+            }
+        }
+        for (j, accj) in acc.iter().enumerate() {
+            for (v, a) in accj.iter().enumerate() {
+                let at = (at.k0 + j) * cp + at.c0 + v * LANES;
+                dwt[at..at + LANES].copy_from_slice(&pulp::cast::<f32x16, [f32; LANES]>(*a));
+            }
+        }
+    }
 }
 
 impl Packed {
-    /// Writes one image's dY (`co x ho x wo`) into [`Packed::dw_image`]'s `dyt`, transposed and
+    /// Writes one image's dY (`co x ho x wo`) into [`Packed::dw_images`]'s `dyt`, transposed and
     /// taken wide: `dyt[(oy * wq + ox) * co_pad + c] = dy[c][oy * wo + ox]`, in 16 x 16 blocks
     /// transposed in registers (the garbage rows and padding channels are left as they are:
     /// zero from the caller).
@@ -387,38 +451,14 @@ const DW_NK: usize = 6;
 /// Vectors of output channels per dW block.
 const DW_NV: usize = 4;
 
-/// Where a dW block lies: pixels `q`, rows `k0..k0 + NK` of `dwt`, channels `c0..c0 + 16 NV`
-/// (of `cp` per row).
+/// Where a dW block lies: output rows `rows` of `n` images, rows `k0..k0 + NK` of `dwt`,
+/// channels `c0..c0 + 16 NV` (of `cp` per row).
 struct DwAt {
-    q: Range<usize>,
+    rows: Range<usize>,
     k0: usize,
     c0: usize,
     cp: usize,
-}
-
-/// `dwt[k0 + j][c0 + 16 v..][..16] += sum_q xq[offs[k0 + j] + q] * dyt[q][c0 + 16 v..][..16]`.
-#[inline(always)]
-fn dw_block<const NK: usize, const NV: usize>(simd: V4, xq: &[f32], offs: &[usize], dyt: &[f32], at: &DwAt, dwt: &mut [f32]) {
-    let (n, cp) = (at.q.len(), at.cp);
-    let mut acc: [[f32x16; NV]; NK] = std::array::from_fn(|j| std::array::from_fn(|v| pulp::cast(vec16(dwt, (at.k0 + j) * cp + at.c0 + v * LANES))));
-    // Each operand cut to exactly n steps, so that the loop's indexing needs no checks.
-    let xs: [&[f32]; NK] = std::array::from_fn(|j| &xq[offs[at.k0 + j] + at.q.start..][..n]);
-    let rows = &dyt[at.q.start * cp..][..n * cp];
-    for (i, row) in rows.chunks_exact(cp).enumerate() {
-        let d: [f32x16; NV] = std::array::from_fn(|v| pulp::cast(vec16(row, at.c0 + v * LANES)));
-        for j in 0..NK {
-            let xv = simd.splat_f32x16(xs[j][i]);
-            for v in 0..NV {
-                acc[j][v] = simd.mul_add_f32x16(xv, d[v], acc[j][v]);
-            }
-        }
-    }
-    for (j, accj) in acc.iter().enumerate() {
-        for (v, a) in accj.iter().enumerate() {
-            let at = (at.k0 + j) * cp + at.c0 + v * LANES;
-            dwt[at..at + LANES].copy_from_slice(&pulp::cast::<f32x16, [f32; LANES]>(*a));
-        }
-    }
+    n: usize,
 }
 
 #[inline(always)]
@@ -426,12 +466,13 @@ fn vec16(s: &[f32], at: usize) -> [f32; LANES] {
     *<&[f32; LANES]>::try_from(&s[at..at + LANES]).expect("16 lanes")
 }
 
-/// [`Packed::dw_image`]'s body (see [`ImageOp`]).
+/// [`Packed::dw_images`]'s body (see [`ImageOp`]).
 struct DwOp<'a> {
     packed: &'a Packed,
     simd: V4,
     xq: &'a [f32],
     dyt: &'a [f32],
+    n: usize,
     dwt: &'a mut [f32],
 }
 
@@ -440,7 +481,7 @@ impl pulp::NullaryFnOnce for DwOp<'_> {
 
     #[inline(always)]
     fn call(self) {
-        self.packed.dw_impl(self.simd, self.xq, self.dyt, self.dwt)
+        self.packed.dw_impl(self.simd, self.xq, self.dyt, self.n, self.dwt)
     }
 }
 
