@@ -1,4 +1,8 @@
-//! Dense 2D convolution (NCHW, weights OIHW): tiled im2col + single-threaded GEMM per piece.
+//! Dense 2D convolution (NCHW, weights OIHW).
+//!
+//! On CPUs with AVX-512, [`direct`](super::direct)'s microkernel reads the padded, phase-split
+//! image directly (forward, dX at stride 1 as a forward pass over dY, and dW). Otherwise, and
+//! for 1x1 stride-1 convolutions or `K < 64`, tiled im2col + single-threaded GEMM per piece:
 //!
 //! Forward, per image: `Y[Co, P] = W[Co, K] * col[K, P]` with `K = Ci*kh*kw` and `P = Ho*Wo`,
 //! built tile by tile (a few hundred output pixels, so the im2col buffer stays in L2) from the
