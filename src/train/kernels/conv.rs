@@ -138,6 +138,11 @@ fn scatter_add_row(row: &mut [f32], src: &[f32], start: isize, step: usize) {
         let len = src.len() as isize;
         let lo = (-start).clamp(0, len) as usize;
         let hi = (w - start).clamp(lo as isize, len) as usize;
+        if hi == lo {
+            // The whole segment lies past either end of the row (a tap reaching into wide
+            // right padding): `start` may even be past the end, which `row[s..s]` rejects.
+            return;
+        }
         let s = (start + lo as isize) as usize;
         for (o, v) in row[s..s + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
             *o += v;
@@ -559,5 +564,50 @@ mod tests {
             close(&dxd, &dxg, &format!("{what}: dx"));
             close(&dwd, &dwg, &format!("{what}: dw"));
         }
+    }
+
+    /// Random geometries (fixed seed): batch 1-3, 1-40 channels either way, planes from 1 to 30
+    /// wide, kernels 1-5, strides 1-2, every padding kind; the direct kernel wherever it takes
+    /// the shape, against im2col + GEMM.
+    #[test]
+    fn direct_kernel_matches_gemm_on_random_shapes() {
+        let Some(simd) = direct::simd() else { return };
+        let mut s = 0x9e3779b97f4a7c15u64;
+        let mut next = |n: usize| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as usize % n
+        };
+        let mut ran = 0;
+        for i in 0..200 {
+            let (n, ci, co, k, st) = (1 + next(3), 1 + next(40), 1 + next(40), 1 + next(5), 1 + next(2));
+            let (h, w) = (k + next(24), k + next(30));
+            let padding = match next(3) {
+                0 => Padding::Symmetric(next(k)),
+                1 => Padding::TfSame,
+                _ => Padding::Explicit { top: next(k), bottom: next(k), left: next(k), right: next(k) },
+            };
+            let (xl, wl) = (Layout::contiguous((n, ci, h, w)), Layout::contiguous((co, ci, k, k)));
+            let Ok(g) = Geom::new(&xl, &wl, st, padding) else { continue };
+            if g.direct_kernel().is_none() {
+                continue;
+            }
+            ran += 1;
+            let what = format!("case {i}: n {n} ci {ci} {h}x{w} co {co} k {k} s {st} {padding:?}");
+            let x = rand(n * g.img_in(), i as u64);
+            let wt = rand(co * g.k(), 1000 + i as u64);
+            let ep = Epilogue::default();
+            let (mut yd, mut yg) = (vec![0.0; n * g.img_out()], vec![0.0; n * g.img_out()]);
+            forward_direct(simd, &g, &x, &direct::Packed::new(&wt, co, &g.plane_geom(), &ep), &mut yd);
+            forward_gemm(&g, &x, &wt, &mut yg, &ep);
+            close(&yd, &yg, &format!("{what}: forward"));
+            let dy = rand(n * g.img_out(), 2000 + i as u64);
+            let (mut dxd, mut dwd) = (vec![0.0; n * g.img_in()], vec![0.0; co * g.k()]);
+            let (mut dxg, mut dwg) = (vec![0.0; n * g.img_in()], vec![0.0; co * g.k()]);
+            backward(&g, &x, &wt, &dy, Some(&mut dxd), Some(&mut dwd));
+            backward_gemm(&g, &x, &wt, &dy, Some(&mut dxg), Some(&mut dwg));
+            close(&dxd, &dxg, &format!("{what}: dx"));
+            close(&dwd, &dwg, &format!("{what}: dw"));
+        }
+        assert!(ran > 50, "only {ran} shapes took the direct kernel");
     }
 }

@@ -340,16 +340,22 @@ impl Packed {
                 let nk = if k0 + DW_NK <= k { DW_NK } else { 1 };
                 let mut c0 = 0;
                 while c0 < cp {
-                    let nv = ((cp - c0) / LANES).min(DW_NV);
+                    // 4, 2 or 1 vectors of channels: what is left, rounded down.
+                    let nv = match (cp - c0) / LANES {
+                        v if v >= DW_NV => DW_NV,
+                        2 | 3 => 2,
+                        _ => 1,
+                    };
                     let at = DwAt { rows: r0..(r0 + rows).min(self.ho), k0, c0, cp, n };
-                    match (nk, nv) {
-                        (DW_NK, DW_NV) => self.dw_block::<DW_NK, DW_NV>(simd, xq, dyt, &at, dwt),
-                        (DW_NK, 2) | (DW_NK, 3) => self.dw_block::<DW_NK, 2>(simd, xq, dyt, &at, dwt),
-                        (DW_NK, _) => self.dw_block::<DW_NK, 1>(simd, xq, dyt, &at, dwt),
-                        (_, DW_NV) => self.dw_block::<1, DW_NV>(simd, xq, dyt, &at, dwt),
-                        _ => self.dw_block::<1, 1>(simd, xq, dyt, &at, dwt),
+                    match (nk == DW_NK, nv) {
+                        (true, DW_NV) => self.dw_block::<DW_NK, DW_NV>(simd, xq, dyt, &at, dwt),
+                        (true, 2) => self.dw_block::<DW_NK, 2>(simd, xq, dyt, &at, dwt),
+                        (true, _) => self.dw_block::<DW_NK, 1>(simd, xq, dyt, &at, dwt),
+                        (false, DW_NV) => self.dw_block::<1, DW_NV>(simd, xq, dyt, &at, dwt),
+                        (false, 2) => self.dw_block::<1, 2>(simd, xq, dyt, &at, dwt),
+                        (false, _) => self.dw_block::<1, 1>(simd, xq, dyt, &at, dwt),
                     }
-                    c0 += LANES * if nv == DW_NV { DW_NV } else if nv >= 2 { 2 } else { 1 };
+                    c0 += LANES * nv;
                 }
                 k0 += nk;
             }
