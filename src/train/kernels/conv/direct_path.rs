@@ -1,0 +1,94 @@
+//! The direct kernel's side of the dense convolution (`super::direct`): threads, the dX
+//! convolution at stride 1, and dW's per-thread buffers. x86-64 only.
+
+use super::{backward_gemm, direct, par_items, phase_image, phase_image_into, threads, Bufs, Geom};
+
+/// [`forward`] by the direct kernel, images split across the cores (channel blocks when the
+/// batch is smaller than the core count).
+pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &direct::Packed, y: &mut [f32]) {
+    let (img_in, img_out) = (g.img_in(), g.img_out());
+    let run = |ximg: &[f32], chans: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs| {
+        phase_image(g, ximg, &mut b.xq, &mut b.row, packed.xq_len());
+        packed.image(simd, &b.xq, chans, yrows);
+    };
+    if g.n >= threads() {
+        par_items(g.n, y, |imgs, yout| {
+            let mut b = Bufs::default();
+            for (i, n) in imgs.enumerate() {
+                run(&x[n * img_in..][..img_in], 0..g.co, &mut yout[i * img_out..][..img_out], &mut b);
+            }
+        });
+    } else {
+        // Fewer images than cores: split each image's output channels, in whole 32-channel
+        // tiles (a thread given 4 channels would still compute a tile of 32).
+        let per = g.co.div_ceil(threads()).next_multiple_of(direct::TILE_C);
+        for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
+            let ximg = &x[n * img_in..][..img_in];
+            std::thread::scope(|scope| {
+                for (t, yrows) in yimg.chunks_mut(per * g.p()).enumerate() {
+                    let run = &run;
+                    scope.spawn(move || run(ximg, t * per..((t + 1) * per).min(g.co), yrows, &mut Bufs::default()));
+                }
+            });
+        }
+    }
+}
+
+/// The convolution whose output is this one's dX, at stride 1: dY, padded by `k - 1 - pad`,
+/// correlated with the kernel flipped and its channels swapped ([`direct::Packed::transposed`]).
+fn transposed(g: &Geom) -> Geom {
+    debug_assert_eq!(g.s, 1);
+    let (kh, kw) = (g.kh, g.kw);
+    Geom { n: g.n, ci: g.co, h: g.ho, w: g.wo, co: g.ci, kh, kw, s: 1, pt: kh - 1 - g.pt, pl: kw - 1 - g.pl, ho: g.h, wo: g.w }
+}
+
+/// [`backward`] by the direct kernel: dX at stride 1 as the forward kernel on dY (col2im at
+/// stride 2), dW as [`dw_direct`].
+pub(super) fn backward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+    // At stride 1, dX is a forward convolution of dY, where its own K qualifies.
+    let gt = (g.s == 1).then(|| transposed(g)).filter(|gt| gt.direct_kernel().is_some());
+    match (dx, gt) {
+        (Some(dx), Some(gt)) => forward_direct(simd, &gt, dy, &direct::Packed::transposed(w, g.ci, &gt.plane_geom()), dx),
+        (Some(dx), None) => backward_gemm(g, x, w, dy, Some(dx), None),
+        (None, _) => {}
+    }
+    if let Some(dw) = dw {
+        dw_direct(simd, g, x, dy, dw);
+    }
+}
+
+/// dW by the direct kernel: per image, dY transposed and taken wide times the phased image.
+fn dw_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (img_in, img_out, k) = (g.img_in(), g.img_out(), g.k());
+    let packed = direct::Packed::layout(g.co, &g.plane_geom());
+    let (cp, xl, tl) = (packed.co_pad(), packed.xq_len(), packed.wide() * packed.co_pad());
+    // Images per pass of the accumulators over `dwt` (see [`direct::Packed::dw_images`]): up
+    // to 4, within about 8 MiB of phased images and transposed dY per thread.
+    let group = (8 << 20) / ((xl + tl) * 4).max(1);
+    let group = group.clamp(1, 4);
+    let partials = par_items(g.n, &mut [], |imgs, _| {
+        let (mut row, mut xqs, mut dyts) = (Vec::new(), vec![0.0f32; group * xl], vec![0.0f32; group * tl]);
+        let mut dwt = vec![0.0f32; k * cp];
+        let imgs: Vec<usize> = imgs.collect();
+        for chunk in imgs.chunks(group) {
+            for (i, &n) in chunk.iter().enumerate() {
+                phase_image_into(g, &x[n * img_in..][..img_in], &mut xqs[i * xl..][..xl], &mut row);
+                packed.transpose_dy(simd, &dy[n * img_out..][..img_out], &mut dyts[i * tl..][..tl]);
+            }
+            packed.dw_images(simd, &xqs, &dyts, chunk.len(), &mut dwt);
+        }
+        dwt
+    });
+    // Per-thread sums added up contiguously, then transposed once into dw.
+    let mut parts = partials.into_iter();
+    let Some(mut sum) = parts.next() else { return };
+    for part in parts {
+        sum.iter_mut().zip(&part).for_each(|(s, v)| *s += v);
+    }
+    for (c, dwrow) in dw.chunks_exact_mut(k).enumerate() {
+        for (kk, d) in dwrow.iter_mut().enumerate() {
+            *d += sum[kk * cp + c];
+        }
+    }
+}
+
