@@ -14,6 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 
 use super::epilogue::{self, Act, Epilogue};
 use super::par::par_items;
+use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
 use super::phase::{phase_pad, phase_pad_2d, Geom, Phased, LANES};
 use super::{dims4, f32_slice, Padding};
@@ -22,6 +23,7 @@ use super::{dims4, f32_slice, Padding};
 /// instead of one short row at a time, which on a 10x10 or 5x5 plane would use 10 or 5 of
 /// the 16 lanes and pay the loop overhead per row.
 const FLAT_MAX_WIDTH: usize = 64;
+const SEG: usize = 32;
 
 /// Where each tap of a 3x3 kernel reads output `(0, 0)` in [`phase_pad_2d`]'s layout.
 fn flat_offsets(g: &Geom) -> [usize; 9] {
@@ -32,13 +34,19 @@ fn flat_offsets(g: &Geom) -> [usize; 9] {
 /// `wide` (scratch) gets `ho` rows of `wq`, whose first `wo` columns are the output.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn plane_fwd_flat<const FMA: bool>(q: &[f32], offsets: &[usize; 9], w: &[f32], ho: usize, wo: usize, wq: usize, wide: &mut Vec<f32>, out: &mut [f32]) {
+fn plane_fwd_flat<const FMA: bool>(ahead: &mut Ahead<'_>, q: &[f32], offsets: &[usize; 9], w: &[f32], ho: usize, wo: usize, wq: usize, wide: &mut Vec<f32>, out: &mut [f32]) {
     let n = ho * wq;
     let len = n.next_multiple_of(LANES);
     wide.resize(n, 0.0);
-    let src: [&[f32]; 9] = std::array::from_fn(|t| &q[offsets[t]..][..len]);
+    let _ = len;
     let w9: &[f32; 9] = w.try_into().expect("9 taps");
-    taps::<9, FMA>(wide, &src, w9);
+    for (si, seg) in wide.chunks_mut(SEG).enumerate() {
+        let a = si * SEG;
+        let l = seg.len().next_multiple_of(LANES);
+        let src: [&[f32]; 9] = std::array::from_fn(|t| &q[offsets[t] + a..][..l]);
+        taps::<9, FMA>(seg, &src, w9);
+        ahead.step();
+    }
     for (orow, wrow) in out.chunks_exact_mut(wo).zip(wide.chunks_exact(wq)) {
         orow.copy_from_slice(&wrow[..wo]);
     }
@@ -107,8 +115,10 @@ fn taps_dw<const T: usize, const FMA: bool>(acc: &mut [f32], dy: &[f32], src: &[
 
 /// One output plane (`ho x wo`) from a phased padded input plane.
 #[inline(always)]
-pub(crate) fn plane_fwd<const FMA: bool>(v: Phased<'_>, kh: usize, kw: usize, s: usize, w: &[f32], out: &mut [f32], wo: usize) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plane_fwd<const FMA: bool>(v: Phased<'_>, kh: usize, kw: usize, s: usize, w: &[f32], out: &mut [f32], wo: usize, ahead: &mut Ahead<'_>) {
     for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
+        ahead.step();
         if kh == 3 && kw == 3 {
             let len = wo.next_multiple_of(LANES);
             let src: [&[f32]; 9] = std::array::from_fn(|t| v.tap_row(oy * s + t / 3, t % 3, len));
@@ -146,17 +156,18 @@ impl Kernel for Fwd<'_> {
         let (mut q, mut wide, mut row) = (Vec::new(), Vec::new(), Vec::new());
         let flat = g.kh == 3 && g.kw == 3 && g.wo < FLAT_MAX_WIDTH;
         let offsets = flat_offsets(g);
-        for (i, pi) in self.planes.enumerate() {
+        for (i, pi) in self.planes.clone().enumerate() {
             let c = pi % g.c;
             let (plane, w) = (&self.x[pi * pin..][..pin], &self.w[c * kk..][..kk]);
             let out = &mut self.out[i * pout..][..pout];
+            let next = next_plane(self.x, pin, pi, &self.planes);
             if flat {
                 phase_pad_2d(g, plane, 0.0, &mut q, &mut row);
-                plane_fwd_flat::<FMA>(&q, &offsets, w, g.ho, g.wo, g.wq(), &mut wide, out);
+                plane_fwd_flat::<FMA>(&mut Ahead::new(next, (g.ho * g.wq()).div_ceil(SEG)), &q, &offsets, w, g.ho, g.wo, g.wq(), &mut wide, out);
             } else {
                 phase_pad(g, plane, 0.0, &mut q, &mut row);
                 let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
-                plane_fwd::<FMA>(v, g.kh, g.kw, g.s, w, out, g.wo);
+                plane_fwd::<FMA>(v, g.kh, g.kw, g.s, w, out, g.wo, &mut Ahead::new(next, g.ho));
             }
             self.ep.apply(c, out);
         }
@@ -190,9 +201,17 @@ impl Kernel for Bwd<'_> {
         // The dX gather's geometry: stride 1 over U, (h + kh - 1) x (w + kw - 1).
         let (oh, ow) = (kh - 1 - g.pt, kw - 1 - g.pl);
         let (uh, uw) = (g.h + kh - 1, g.w + kw - 1);
-        for (i, pi) in self.planes.enumerate() {
+        // Prefetch steps per plane: dW's row loop (when not flat) and dX's sweep.
+        let steps = if self.want_w && !flat_w { g.ho } else { 0 }
+            + match (self.dx.is_empty(), flat_x) {
+                (true, _) => 0,
+                (false, true) => (g.h * uw).div_ceil(SEG),
+                (false, false) => g.h,
+            };
+        for (i, pi) in self.planes.clone().enumerate() {
             let c = pi % g.c;
             let dyp = &self.dy[pi * pout..][..pout];
+            let mut ahead = Ahead::pair(next_plane(self.x, pin, pi, &self.planes), next_plane(self.dy, pout, pi, &self.planes), steps);
             if self.want_w && flat_w {
                 // dW[t] = sum over the plane of dY * the tap's view, as one dot product per tap
                 // over the flat layout: dY spread to rows of wq with zeros in the garbage columns.
@@ -213,6 +232,7 @@ impl Kernel for Bwd<'_> {
                 acc.clear();
                 acc.resize(kk * g.wo, 0.0);
                 for (oy, dyrow) in dyp.chunks_exact(g.wo).enumerate() {
+                    ahead.step();
                     if kk == 9 {
                         let src: [&[f32]; 9] = std::array::from_fn(|t| v.tap_row(oy * g.s + t / 3, t % 3, g.wo));
                         taps_dw::<9, FMA>(&mut acc, dyrow, &src);
@@ -246,13 +266,14 @@ impl Kernel for Bwd<'_> {
                     // U at stride 1 is its own (single) phase: tap (ky, kx) at ky * uw + kx.
                     let flipped: [f32; 9] = std::array::from_fn(|t| wc[8 - t]);
                     let offsets: [usize; 9] = std::array::from_fn(|t| t / 3 * uw + t % 3);
-                    plane_fwd_flat::<FMA>(&u, &offsets, &flipped, g.h, g.w, uw, &mut wide, dx);
+                    plane_fwd_flat::<FMA>(&mut ahead, &u, &offsets, &flipped, g.h, g.w, uw, &mut wide, dx);
                 } else {
                     let flipped: Vec<f32> = (0..kk).map(|t| wc[kk - 1 - t]).collect();
                     let v = Phased { q: &u, hp: uh, wq: uw, s: 1 };
-                    plane_fwd::<FMA>(v, kh, kw, 1, &flipped, dx, g.w);
+                    plane_fwd::<FMA>(v, kh, kw, 1, &flipped, dx, g.w, &mut ahead);
                 }
             }
+            ahead.finish();
         }
         dw
     }

@@ -29,6 +29,7 @@ mod epilogue;
 mod gemm;
 mod par;
 mod phase;
+mod prefetch;
 mod pool;
 mod simd;
 

@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::phase::{phase_pad, Geom, Phased};
 use super::par::par_items;
+use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
 use super::{dims4, f32_slice, Padding};
 
@@ -55,9 +56,11 @@ impl Kernel for Fwd<'_> {
         let Fwd { g, x, planes, out } = self;
         let (pin, pout, wo) = (g.h * g.w, g.ho * g.wo, g.wo);
         if tiles_2x2(g) {
-            for (i, pi) in planes.enumerate() {
+            for (i, pi) in planes.clone().enumerate() {
                 let plane = &x[pi * pin..][..pin];
+                let mut ahead = Ahead::new(next_plane(x, pin, pi, &planes), g.ho);
                 for (oy, orow) in out[i * pout..][..pout].chunks_exact_mut(wo).enumerate() {
+                    ahead.step();
                     let (r0, r1) = (&plane[2 * oy * g.w..][..g.w], &plane[(2 * oy + 1) * g.w..][..g.w]);
                     for ((o, a), b) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
                         *o = window_max([a[0], a[1], b[0], b[1]]).0;
@@ -67,10 +70,12 @@ impl Kernel for Fwd<'_> {
             return;
         }
         let (mut q, mut row) = (Vec::new(), Vec::new());
-        for (i, pi) in planes.enumerate() {
+        for (i, pi) in planes.clone().enumerate() {
             phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q, &mut row);
             let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
+            let mut ahead = Ahead::new(next_plane(x, pin, pi, &planes), g.ho);
             for (oy, orow) in out[i * pout..][..pout].chunks_exact_mut(wo).enumerate() {
+                ahead.step();
                 orow.copy_from_slice(v.tap_row(oy * g.s, 0, wo));
                 for ky in 0..g.kh {
                     for kx in 0..g.kw {
@@ -106,9 +111,11 @@ impl Kernel for Bwd<'_> {
         if tiles_2x2(g) {
             // Windows do not overlap: each input pixel gets its window's gradient or nothing,
             // written directly (dx starts zeroed, so an odd last row or column stays 0).
-            for (i, pi) in planes.enumerate() {
+            for (i, pi) in planes.clone().enumerate() {
                 let (plane, dxp) = (&x[pi * pin..][..pin], &mut dxs[i * pin..][..pin]);
+                let mut ahead = Ahead::pair(next_plane(x, pin, pi, &planes), next_plane(dy, pout, pi, &planes), g.ho);
                 for (oy, dyrow) in dy[pi * pout..][..pout].chunks_exact(wo).enumerate() {
+                    ahead.step();
                     let (r0, r1) = (&plane[2 * oy * g.w..][..g.w], &plane[(2 * oy + 1) * g.w..][..g.w]);
                     let (d0, d1) = dxp[2 * oy * g.w..][..2 * g.w].split_at_mut(g.w);
                     let (xs, ds) = (r0.chunks_exact(2).zip(r1.chunks_exact(2)), d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)));
@@ -129,13 +136,15 @@ impl Kernel for Bwd<'_> {
         let mut padded = vec![0.0f32; s * wq];
         // Where tap (ky, kx) of output (0, 0) lies in the phase layout (no divisions per element).
         let tap_offset: Vec<usize> = (0..kk).map(|t| (t % g.kw % s * hp + t / g.kw) * wq + t % g.kw / s).collect();
-        for (i, pi) in planes.enumerate() {
+        for (i, pi) in planes.clone().enumerate() {
             phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q, &mut row);
             let v = Phased { q: &q, hp, wq, s };
+            let mut ahead = Ahead::pair(next_plane(x, pin, pi, &planes), next_plane(dy, pout, pi, &planes), g.ho);
             // The gradient of the padded plane, in the same phase layout.
             dq.clear();
             dq.resize(q.len(), 0.0);
             for (oy, dyrow) in dy[pi * pout..][..pout].chunks_exact(wo).enumerate() {
+                ahead.step();
                 // Arg-max per output column, in window order (the first maximum wins).
                 best.copy_from_slice(v.tap_row(oy * s, 0, wo));
                 arg.fill(0);
