@@ -135,17 +135,37 @@ impl kernels::Kernel for PlaneKernel<'_> {
     }
 }
 
-/// Per channel, `f(channel, plane index i, plane)` summed over images into two f64 sums,
-/// channels split across the cores.
+/// Per channel, `f(channel, plane index)` summed over images into two f64 sums. The `n * c`
+/// planes are split into contiguous runs across the cores, each thread summing its run into its
+/// own per-channel totals (added up in thread order afterwards): every thread reads memory front
+/// to back, one stream the hardware prefetcher follows, where walking one channel's planes
+/// (`c` planes apart) restarted it at every plane.
 fn per_channel(n: usize, c: usize, f: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
-    let t = kernels::threads().min(c).max(1);
-    let per = c.div_ceil(t);
+    let planes = n * c;
+    let t = kernels::threads().min(planes).max(1);
+    let per = planes.div_ceil(t).max(1);
     let f = &f;
-    let sums = move |ch: usize| (0..n).map(|i| f(ch, i * c + ch)).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..c).step_by(per).map(|c0| s.spawn(move || (c0..(c0 + per).min(c)).map(sums).collect::<Vec<_>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().expect("batch norm thread panicked")).collect()
-    })
+    let run = move |start: usize| {
+        let mut sums = vec![(0.0, 0.0); c];
+        for i in start..(start + per).min(planes) {
+            let (a, b) = f(i % c, i);
+            sums[i % c].0 += a;
+            sums[i % c].1 += b;
+        }
+        sums
+    };
+    let parts: Vec<Vec<(f64, f64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..planes).step_by(per).map(|start| s.spawn(move || run(start))).collect();
+        handles.into_iter().map(|h| h.join().expect("batch norm thread panicked")).collect()
+    });
+    let mut total = vec![(0.0, 0.0); c];
+    for part in parts {
+        for (t, p) in total.iter_mut().zip(part) {
+            t.0 += p.0;
+            t.1 += p.1;
+        }
+    }
+    total
 }
 
 /// Writes `out` (`n * c` planes) plane by plane with `f(channel, plane index, out plane)`,
