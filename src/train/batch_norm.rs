@@ -324,6 +324,32 @@ mod tests {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
+    /// The statistics against an f64 reference where a one-pass sum of squares would cancel: a
+    /// large offset with a small spread, and a first image far from the rest.
+    #[test]
+    fn statistics_match_f64_reference_on_offset_data() {
+        let (n, c, plane) = (6, 3, 37 * 29);
+        let x: Vec<f32> = (0..n * c * plane)
+            .map(|i| {
+                let (img, ch, p) = (i / (c * plane), i / plane % c, i % plane);
+                let noise = ((p * 7919 + img * 104_729 + ch * 31) % 1000) as f32 / 1000.0 - 0.5;
+                match ch {
+                    0 => 1000.0 + 0.01 * noise,
+                    1 => noise + if img == 0 { 50.0 } else { 0.0 },
+                    _ => -3.0 + 4.0 * noise,
+                }
+            })
+            .collect();
+        let (mean, var) = super::channel_stats(&x, &[n, c, 37, 29]).unwrap();
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n).flat_map(|img| x[(img * c + ch) * plane..][..plane].iter().map(|&v| v as f64)).collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
+            assert!((mean[ch] as f64 - m).abs() <= 1e-6 * m.abs().max(1.0), "channel {ch}: mean {} vs {m}", mean[ch]);
+            assert!((var[ch] as f64 - v).abs() <= 1e-3 * v, "channel {ch}: variance {} vs {v}", var[ch]);
+        }
+    }
+
     #[test]
     fn fused_matches_composed_forward_gradients_and_moving_statistics() {
         let dev = Device::Cpu;
