@@ -168,22 +168,17 @@ fn per_channel(n: usize, c: usize, f: impl Fn(usize, usize) -> (f64, f64) + Sync
     total
 }
 
-/// Writes `out` (`n * c` planes) plane by plane with `f(channel, plane index, out plane)`,
-/// images split across the cores.
-fn per_plane(out: &mut [f32], c: usize, plane: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    let n = out.len() / (c * plane).max(1);
-    let per = n.div_ceil(kernels::threads().min(n).max(1)).max(1);
+/// A new output of `n * c` planes written plane by plane with `f(channel, plane index, out
+/// plane)`, images split across the cores (each plane zeroed in cache just before `f` writes it,
+/// see [`kernels::par_items_zeroed`]).
+fn per_plane(n: usize, c: usize, plane: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     let f = &f;
-    std::thread::scope(|s| {
-        for (k, chunk) in out.chunks_mut(per * c * plane).enumerate() {
-            s.spawn(move || {
-                for (j, o) in chunk.chunks_mut(plane).enumerate() {
-                    let idx = k * per * c + j;
-                    f(idx % c, idx, o);
-                }
-            });
+    kernels::par_items_zeroed(n * c, plane, 0, |planes| {
+        while let Some((i, out)) = planes.next_zeroed() {
+            f(i % c, i, out);
         }
-    });
+    })
+    .0
 }
 
 /// Biased mean and variance per channel (two passes, for accuracy).
@@ -217,14 +212,13 @@ impl CustomOp3 for BatchNorm {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, bs: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = kernels::f32_slice(xs, xl, "batch norm input")?;
         let (gamma, beta) = (kernels::f32_slice(gs, gl, "gamma")?, kernels::f32_slice(bs, bl, "beta")?);
-        let (_, c, h, w) = kernels::dims4(xl, "batch norm input")?;
+        let (n, c, h, w) = kernels::dims4(xl, "batch norm input")?;
         if gamma.len() != c || beta.len() != c || self.mean.len() != c {
             bail!("batch norm: {c} channels but {} gammas, {} betas", gamma.len(), beta.len())
         }
         let chans = self.channels(gamma, beta);
         let plane = h * w;
-        let mut y = vec![0f32; x.len()];
-        per_plane(&mut y, c, plane, |ch, i, out| {
+        let y = per_plane(n, c, plane, |ch, i, out| {
             kernels::dispatch(PlaneKernel::Apply { x: &x[i * plane..(i + 1) * plane], out, ch: chans[ch], act: self.act });
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
@@ -248,8 +242,7 @@ impl CustomOp3 for BatchNorm {
                 // norm's own output (dy where the activation passes).
                 let sums = per_channel(n, c, |ch, i| kernels::dispatch(PlaneKernel::Sums { dy: at(dy, i, plane), x: at(x, i, plane), ch: chans[ch], gate }));
                 let dx = want_x.then(|| {
-                    let mut dx = vec![0f32; x.len()];
-                    per_plane(&mut dx, c, plane, |ch, i, out| {
+                    per_plane(n, c, plane, |ch, i, out| {
                         // Training mode: the batch statistics depend on x too.
                         let (mdy, mdyx) = if training {
                             (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m * inv_std[ch] * inv_std[ch])
@@ -258,8 +251,7 @@ impl CustomOp3 for BatchNorm {
                         };
                         let k = gamma_v[ch] * inv_std[ch];
                         kernels::dispatch(PlaneKernel::Dx { dy: at(dy, i, plane), x: at(x, i, plane), out, ch: chans[ch], gate, k, mdy, mdyx });
-                    });
-                    dx
+                    })
                 });
                 (dx, sums)
             })

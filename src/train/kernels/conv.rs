@@ -24,7 +24,7 @@ use direct_path::{backward_direct, forward_direct};
 use super::phase;
 use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
-use super::par::{par_items, threads};
+use super::par::{par_items, par_items_zeroed, threads};
 use super::{dims4, f32_slice, Axis, Padding};
 
 #[derive(Debug, Clone, Copy)]
@@ -216,31 +216,42 @@ fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yro
     }
 }
 
-fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
+/// The output `N x Co x Ho x Wo` (with room for `extra` more values after it).
+fn forward(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = g.direct_kernel() {
-        return forward_direct(simd, g, x, &direct::Packed::new(w, g.co, &g.plane_geom(), ep), y);
+        return forward_direct(simd, g, x, &direct::Packed::new(w, g.co, &g.plane_geom(), ep), 0);
     }
-    forward_gemm(g, x, w, y, ep)
+    forward_gemm(g, x, w, ep, 0)
+}
+
+/// A zeroed output of `len` values with room for `extra` more (for the paths that split one
+/// image across the cores, where [`par_items_zeroed`]'s per-image items do not apply).
+fn zeroed_with_room(len: usize, extra: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len + extra);
+    v.resize(len, 0.0);
+    v
 }
 
 /// [`forward`] by im2col + GEMM.
-fn forward_gemm(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], ep: &Epilogue<'_>) {
+fn forward_gemm(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>, extra: usize) -> Vec<f32> {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     if g.n >= threads() {
-        par_items(g.n, y, |imgs, yout| {
+        return par_items_zeroed(g.n, img_out, extra, |imgs| {
             let mut b = Bufs::default();
-            for (i, n) in imgs.enumerate() {
-                fwd_rows(g, &x[n * img_in..][..img_in], w, 0..g.co, &mut yout[i * img_out..][..img_out], &mut b, ep);
+            while let Some((n, yimg)) = imgs.next_zeroed() {
+                fwd_rows(g, &x[n * img_in..][..img_in], w, 0..g.co, yimg, &mut b, ep);
             }
-        });
-    } else {
-        // Fewer images than cores: split each image's output channels instead.
-        for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
-            let ximg = &x[n * img_in..][..img_in];
-            par_items(g.co, yimg, |rows, yrows| fwd_rows(g, ximg, w, rows, yrows, &mut Bufs::default(), ep));
-        }
+        })
+        .0;
     }
+    // Fewer images than cores: split each image's output channels instead.
+    let mut y = zeroed_with_room(g.n * img_out, extra);
+    for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
+        let ximg = &x[n * img_in..][..img_in];
+        par_items(g.co, yimg, |rows, yrows| fwd_rows(g, ximg, w, rows, yrows, &mut Bufs::default(), ep));
+    }
+    y
 }
 
 /// Per-thread scratch: the im2col tile, its gradient, and the phased image tiles are cut from.
@@ -301,30 +312,25 @@ fn bwd_image(g: &Geom, ximg: &[f32], w: &[f32], dyimg: &[f32], dximg: Option<&mu
     }
 }
 
-/// Fills `dx` (zeroed, `N x Ci x H x W`) and `dw` (zeroed, `Co x K`) where asked for.
-fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+/// Returns dX (`N x Ci x H x W`, with room for `extra` more values after it) if `want_dx`, else
+/// an empty `Vec` with that room; adds dW (`Co x K`) into `dw` if given.
+fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, dw: Option<&mut [f32]>, extra: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = g.direct_kernel() {
-        return backward_direct(simd, g, x, w, dy, dx, dw);
+        return backward_direct(simd, g, x, w, dy, want_dx, dw, extra);
     }
-    backward_gemm(g, x, w, dy, dx, dw)
+    backward_gemm(g, x, w, dy, want_dx, dw, extra)
 }
 
 /// [`backward`] by im2col + GEMM and col2im.
-fn backward_gemm(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+fn backward_gemm(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, dw: Option<&mut [f32]>, extra: usize) -> Vec<f32> {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     let want_dw = dw.is_some();
-    let want_dx = dx.is_some();
-    let mut empty: [f32; 0] = [];
-    let dx_all: &mut [f32] = match dx {
-        Some(d) => d,
-        None => &mut empty,
-    };
-    let partials = par_items(g.n, dx_all, |imgs, dxout| {
+    let (dx, partials) = par_items_zeroed(g.n, if want_dx { img_in } else { 0 }, extra, |imgs| {
         let mut b = Bufs::default();
         let mut dwp = if want_dw { vec![0.0f32; g.co * g.k()] } else { Vec::new() };
-        for (i, n) in imgs.enumerate() {
-            let dximg = if want_dx { Some(&mut dxout[i * img_in..][..img_in]) } else { None };
+        while let Some((n, dximg)) = imgs.next_zeroed() {
+            let dximg = if want_dx { Some(dximg) } else { None };
             let dwo = if want_dw { Some(dwp.as_mut_slice()) } else { None };
             bwd_image(g, &x[n * img_in..][..img_in], w, &dy[n * img_out..][..img_out], dximg, dwo, &mut b);
         }
@@ -337,6 +343,7 @@ fn backward_gemm(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f3
             }
         }
     }
+    dx
 }
 
 /// The forward op; see [`super::conv2d_fused`]. A `CustomOp2` over `(x, w)`, or a `CustomOp3`
@@ -354,8 +361,7 @@ impl Conv2d {
         let w = f32_slice(s2, l2, "conv2d kernel")?;
         let ep = Epilogue { bias, act: self.act };
         ep.check(g.co, "conv2d")?;
-        let mut y = vec![0.0f32; g.n * g.img_out()];
-        forward(&g, x, w, &mut y, &ep);
+        let y = forward(&g, x, w, &ep);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.ho, g.wo))))
     }
 
@@ -419,9 +425,11 @@ impl CustomOp3 for Conv2dBackward {
         }
         let dx_len = if self.want_x { g.n * g.img_in() } else { 0 };
         let dw_len = if self.want_w { g.co * g.k() } else { 0 };
-        let mut out = vec![0.0f32; dx_len + dw_len];
-        let (dx, dw) = out.split_at_mut(dx_len);
-        backward(&g, x, w, dy, self.want_x.then_some(dx), self.want_w.then_some(dw));
+        let mut dw = vec![0.0f32; dw_len];
+        // dX is written straight into the op's output, and dW appended after it.
+        let mut out = backward(&g, x, w, dy, self.want_x, self.want_w.then_some(dw.as_mut_slice()), dw_len);
+        debug_assert_eq!(out.len(), dx_len);
+        out.extend_from_slice(&dw);
         Ok((CpuStorage::F32(out), Shape::from(dx_len + dw_len)))
     }
 }

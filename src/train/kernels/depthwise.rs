@@ -13,7 +13,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::epilogue::{self, Act, Epilogue};
-use super::par::par_items;
+use super::par::{par_items_zeroed, Items};
 use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
 use super::phase::{phase_pad, phase_pad_2d, Geom, Phased, LANES};
@@ -138,29 +138,28 @@ pub(crate) fn plane_fwd<const FMA: bool>(v: Phased<'_>, kh: usize, kw: usize, s:
     }
 }
 
-struct Fwd<'a> {
+struct Fwd<'a, 'o> {
     g: &'a Geom,
     x: &'a [f32],
     w: &'a [f32],
-    planes: std::ops::Range<usize>,
-    out: &'a mut [f32],
+    out: &'a mut Items<'o>,
     ep: &'a Epilogue<'a>,
 }
 
-impl Kernel for Fwd<'_> {
+impl Kernel for Fwd<'_, '_> {
     type Out = ();
     #[inline(always)]
     fn run<const FMA: bool>(self) {
         let g = self.g;
-        let (kk, pin, pout) = (g.kh * g.kw, g.plane_in(), g.plane_out());
+        let (kk, pin) = (g.kh * g.kw, g.plane_in());
         let (mut q, mut wide, mut row) = (Vec::new(), Vec::new(), Vec::new());
         let flat = g.kh == 3 && g.kw == 3 && g.wo < FLAT_MAX_WIDTH;
         let offsets = flat_offsets(g);
-        for (i, pi) in self.planes.clone().enumerate() {
+        let planes = self.out.remaining();
+        while let Some((pi, out)) = self.out.next_zeroed() {
             let c = pi % g.c;
             let (plane, w) = (&self.x[pi * pin..][..pin], &self.w[c * kk..][..kk]);
-            let out = &mut self.out[i * pout..][..pout];
-            let next = next_plane(self.x, pin, pi, &self.planes);
+            let next = next_plane(self.x, pin, pi, &planes);
             if flat {
                 phase_pad_2d(g, plane, 0.0, &mut q, &mut row);
                 plane_fwd_flat::<FMA>(&mut Ahead::new(next, (g.ho * g.wq()).div_ceil(SEG)), &q, &offsets, w, g.ho, g.wo, g.wq(), &mut wide, out);
@@ -174,18 +173,18 @@ impl Kernel for Fwd<'_> {
     }
 }
 
-struct Bwd<'a> {
+struct Bwd<'a, 'o> {
     g: &'a Geom,
     x: &'a [f32],
     w: &'a [f32],
     dy: &'a [f32],
-    planes: std::ops::Range<usize>,
-    /// dX of these planes, or empty when dX is not wanted.
-    dx: &'a mut [f32],
+    /// dX of this thread's planes (empty planes when dX is not wanted).
+    dx: &'a mut Items<'o>,
+    want_x: bool,
     want_w: bool,
 }
 
-impl Kernel for Bwd<'_> {
+impl Kernel for Bwd<'_, '_> {
     /// Per-thread partial dW (`C x kh*kw`), or empty.
     type Out = Vec<f32>;
     #[inline(always)]
@@ -203,15 +202,16 @@ impl Kernel for Bwd<'_> {
         let (uh, uw) = (g.h + kh - 1, g.w + kw - 1);
         // Prefetch steps per plane: dW's row loop (when not flat) and dX's sweep.
         let steps = if self.want_w && !flat_w { g.ho } else { 0 }
-            + match (self.dx.is_empty(), flat_x) {
+            + match (pin == 0 || !self.want_x, flat_x) {
                 (true, _) => 0,
                 (false, true) => (g.h * uw).div_ceil(SEG),
                 (false, false) => g.h,
             };
-        for (i, pi) in self.planes.clone().enumerate() {
+        let planes = self.dx.remaining();
+        while let Some((pi, dx)) = self.dx.next_zeroed() {
             let c = pi % g.c;
             let dyp = &self.dy[pi * pout..][..pout];
-            let mut ahead = Ahead::pair(next_plane(self.x, pin, pi, &self.planes), next_plane(self.dy, pout, pi, &self.planes), steps);
+            let mut ahead = Ahead::pair(next_plane(self.x, pin, pi, &planes), next_plane(self.dy, pout, pi, &planes), steps);
             if self.want_w && flat_w {
                 // dW[t] = sum over the plane of dY * the tap's view, as one dot product per tap
                 // over the flat layout: dY spread to rows of wq with zeros in the garbage columns.
@@ -247,7 +247,7 @@ impl Kernel for Bwd<'_> {
                     dw[c * kk + t] += row.iter().sum::<f32>();
                 }
             }
-            if !self.dx.is_empty() {
+            if self.want_x {
                 u.clear();
                 u.resize(uh * uw + 2 * LANES, 0.0);
                 for (oy, dyrow) in dyp.chunks_exact(g.wo).enumerate() {
@@ -261,7 +261,6 @@ impl Kernel for Bwd<'_> {
                     }
                 }
                 let wc = &self.w[c * kk..][..kk];
-                let dx = &mut self.dx[i * pin..][..pin];
                 if flat_x {
                     // U at stride 1 is its own (single) phase: tap (ky, kx) at ky * uw + kx.
                     let flipped: [f32; 9] = std::array::from_fn(|t| wc[8 - t]);
@@ -303,8 +302,7 @@ impl Depthwise {
         let w = f32_slice(s2, l2, "depthwise kernel")?;
         let ep = Epilogue { bias, act: self.act };
         ep.check(g.c, "depthwise_conv2d")?;
-        let mut y = vec![0.0f32; g.n * g.c * g.plane_out()];
-        par_items(g.n * g.c, &mut y, |planes, out| dispatch(Fwd { g: &g, x, w, planes, out, ep: &ep }));
+        let (y, _) = par_items_zeroed(g.n * g.c, g.plane_out(), 0, |out| dispatch(Fwd { g: &g, x, w, out, ep: &ep }));
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
@@ -367,10 +365,11 @@ impl CustomOp3 for DepthwiseBackward {
         }
         let dx_len = if self.want_x { g.n * g.c * g.plane_in() } else { 0 };
         let dw_len = if self.want_w { g.c * g.kh * g.kw } else { 0 };
-        let mut out = vec![0.0f32; dx_len + dw_len];
-        let (dx, dw) = out.split_at_mut(dx_len);
-        let want_w = self.want_w;
-        let parts = par_items(g.n * g.c, dx, |planes, dx| dispatch(Bwd { g: &g, x, w, dy, planes, dx, want_w }));
+        let (want_x, want_w) = (self.want_x, self.want_w);
+        let dx_plane = if want_x { g.plane_in() } else { 0 };
+        let (mut out, parts) = par_items_zeroed(g.n * g.c, dx_plane, dw_len, |dx| dispatch(Bwd { g: &g, x, w, dy, dx, want_x, want_w }));
+        out.resize(dx_len + dw_len, 0.0);
+        let dw = &mut out[dx_len..];
         if want_w {
             for part in parts {
                 for (d, v) in dw.iter_mut().zip(&part) {

@@ -43,7 +43,7 @@ pub use epilogue::Act;
 pub(crate) use epilogue::{gated, Epilogue};
 pub(crate) use simd::{dispatch, Kernel};
 pub use par::threads;
-pub(crate) use par::par_map;
+pub(crate) use par::{par_items_zeroed, par_map};
 pub use simd::has_avx512;
 
 /// Spatial padding of a convolution or pooling.

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::phase::{phase_pad, Geom, Phased};
-use super::par::par_items;
+use super::par::{par_items_zeroed, Items};
 use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
 use super::{dims4, f32_slice, Padding};
@@ -38,28 +38,28 @@ fn window_max(v: [f32; 4]) -> (f32, u32) {
     (if nan { f32::NAN } else { best }, arg)
 }
 
-fn forward(g: &Geom, x: &[f32], y: &mut [f32]) {
-    par_items(g.n * g.c, y, |planes, out| dispatch(Fwd { g, x, planes, out }));
+fn forward(g: &Geom, x: &[f32]) -> Vec<f32> {
+    par_items_zeroed(g.n * g.c, g.ho * g.wo, 0, |out| dispatch(Fwd { g, x, out })).0
 }
 
-struct Fwd<'a> {
+struct Fwd<'a, 'o> {
     g: &'a Geom,
     x: &'a [f32],
-    planes: std::ops::Range<usize>,
-    out: &'a mut [f32],
+    out: &'a mut Items<'o>,
 }
 
-impl Kernel for Fwd<'_> {
+impl Kernel for Fwd<'_, '_> {
     type Out = ();
     #[inline(always)]
     fn run<const FMA: bool>(self) {
-        let Fwd { g, x, planes, out } = self;
-        let (pin, pout, wo) = (g.h * g.w, g.ho * g.wo, g.wo);
+        let Fwd { g, x, out: items } = self;
+        let (pin, wo) = (g.h * g.w, g.wo);
+        let planes = items.remaining();
         if tiles_2x2(g) {
-            for (i, pi) in planes.clone().enumerate() {
+            while let Some((pi, out)) = items.next_zeroed() {
                 let plane = &x[pi * pin..][..pin];
                 let mut ahead = Ahead::new(next_plane(x, pin, pi, &planes), g.ho);
-                for (oy, orow) in out[i * pout..][..pout].chunks_exact_mut(wo).enumerate() {
+                for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
                     ahead.step();
                     let (r0, r1) = (&plane[2 * oy * g.w..][..g.w], &plane[(2 * oy + 1) * g.w..][..g.w]);
                     for ((o, a), b) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
@@ -70,11 +70,11 @@ impl Kernel for Fwd<'_> {
             return;
         }
         let (mut q, mut row) = (Vec::new(), Vec::new());
-        for (i, pi) in planes.clone().enumerate() {
+        while let Some((pi, out)) = items.next_zeroed() {
             phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q, &mut row);
             let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
             let mut ahead = Ahead::new(next_plane(x, pin, pi, &planes), g.ho);
-            for (oy, orow) in out[i * pout..][..pout].chunks_exact_mut(wo).enumerate() {
+            for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
                 ahead.step();
                 orow.copy_from_slice(v.tap_row(oy * g.s, 0, wo));
                 for ky in 0..g.kh {
@@ -90,29 +90,29 @@ impl Kernel for Fwd<'_> {
     }
 }
 
-fn backward(g: &Geom, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    par_items(g.n * g.c, dx, |planes, dxs| dispatch(Bwd { g, x, dy, planes, dxs }));
+fn backward(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    par_items_zeroed(g.n * g.c, g.h * g.w, 0, |dxs| dispatch(Bwd { g, x, dy, dxs })).0
 }
 
-struct Bwd<'a> {
+struct Bwd<'a, 'o> {
     g: &'a Geom,
     x: &'a [f32],
     dy: &'a [f32],
-    planes: std::ops::Range<usize>,
-    dxs: &'a mut [f32],
+    dxs: &'a mut Items<'o>,
 }
 
-impl Kernel for Bwd<'_> {
+impl Kernel for Bwd<'_, '_> {
     type Out = ();
     #[inline(always)]
     fn run<const FMA: bool>(self) {
-        let Bwd { g, x, dy, planes, dxs } = self;
+        let Bwd { g, x, dy, dxs } = self;
         let (pin, pout, wo, s) = (g.h * g.w, g.ho * g.wo, g.wo, g.s);
+        let planes = dxs.remaining();
         if tiles_2x2(g) {
             // Windows do not overlap: each input pixel gets its window's gradient or nothing,
             // written directly (dx starts zeroed, so an odd last row or column stays 0).
-            for (i, pi) in planes.clone().enumerate() {
-                let (plane, dxp) = (&x[pi * pin..][..pin], &mut dxs[i * pin..][..pin]);
+            while let Some((pi, dxp)) = dxs.next_zeroed() {
+                let plane = &x[pi * pin..][..pin];
                 let mut ahead = Ahead::pair(next_plane(x, pin, pi, &planes), next_plane(dy, pout, pi, &planes), g.ho);
                 for (oy, dyrow) in dy[pi * pout..][..pout].chunks_exact(wo).enumerate() {
                     ahead.step();
@@ -136,7 +136,7 @@ impl Kernel for Bwd<'_> {
         let mut padded = vec![0.0f32; s * wq];
         // Where tap (ky, kx) of output (0, 0) lies in the phase layout (no divisions per element).
         let tap_offset: Vec<usize> = (0..kk).map(|t| (t % g.kw % s * hp + t / g.kw) * wq + t % g.kw / s).collect();
-        for (i, pi) in planes.clone().enumerate() {
+        while let Some((pi, dxp)) = dxs.next_zeroed() {
             phase_pad(g, &x[pi * pin..][..pin], f32::NEG_INFINITY, &mut q, &mut row);
             let v = Phased { q: &q, hp, wq, s };
             let mut ahead = Ahead::pair(next_plane(x, pin, pi, &planes), next_plane(dy, pout, pi, &planes), g.ho);
@@ -161,7 +161,6 @@ impl Kernel for Bwd<'_> {
                     dq[tap_offset[t as usize] + base + ox] += d;
                 }
             }
-            let dxp = &mut dxs[i * pin..][..pin];
             for (iy, row) in dxp.chunks_exact_mut(g.w).enumerate() {
                 let prow = iy + g.pt;
                 if prow >= hp {
@@ -207,8 +206,7 @@ impl CustomOp1 for MaxPool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = geom(l, self.kernel, self.stride, self.padding)?;
         let x = f32_slice(s, l, "max_pool2d input")?;
-        let mut y = vec![0.0f32; g.n * g.c * g.ho * g.wo];
-        forward(&g, x, &mut y);
+        let y = forward(&g, x);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
@@ -239,8 +237,7 @@ impl candle_core::CustomOp2 for MaxPoolBackward {
         if l2.dims() != [g.n, g.c, g.ho, g.wo] {
             candle_core::bail!("max_pool2d backward: output gradient has shape {:?}, expected {:?}", l2.dims(), [g.n, g.c, g.ho, g.wo])
         }
-        let mut dx = vec![0.0f32; x.len()];
-        backward(&g, x, dy, &mut dx);
+        let dx = backward(&g, x, dy);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

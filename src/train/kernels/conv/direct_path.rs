@@ -1,26 +1,30 @@
 //! The direct kernel's side of the dense convolution (`super::direct`): threads, the dX
 //! convolution at stride 1, and dW's per-thread buffers. x86-64 only.
 
-use super::{backward_gemm, direct, par_items, phase_image, phase_image_into, threads, Bufs, Geom};
+use super::{backward_gemm, direct, par_items, par_items_zeroed, phase_image, phase_image_into, threads, zeroed_with_room, Bufs, Geom};
 
 /// [`forward`] by the direct kernel, images split across the cores (channel blocks when the
 /// batch is smaller than the core count).
-pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &direct::Packed, y: &mut [f32]) {
+/// Returns the output with room for `extra` more values after it.
+pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &direct::Packed, extra: usize) -> Vec<f32> {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     let run = |ximg: &[f32], chans: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs| {
         phase_image(g, ximg, &mut b.xq, &mut b.row, packed.xq_len());
         packed.image(simd, &b.xq, chans, yrows);
     };
     if g.n >= threads() {
-        par_items(g.n, y, |imgs, yout| {
+        return par_items_zeroed(g.n, img_out, extra, |imgs| {
             let mut b = Bufs::default();
-            for (i, n) in imgs.enumerate() {
-                run(&x[n * img_in..][..img_in], 0..g.co, &mut yout[i * img_out..][..img_out], &mut b);
+            while let Some((n, yimg)) = imgs.next_zeroed() {
+                run(&x[n * img_in..][..img_in], 0..g.co, yimg, &mut b);
             }
-        });
-    } else {
+        })
+        .0;
+    }
+    {
         // Fewer images than cores: split each image's output channels, in whole 32-channel
         // tiles (a thread given 4 channels would still compute a tile of 32).
+        let mut y = zeroed_with_room(g.n * img_out, extra);
         let per = g.co.div_ceil(threads()).next_multiple_of(direct::TILE_C);
         for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
             let ximg = &x[n * img_in..][..img_in];
@@ -31,6 +35,7 @@ pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &
                 }
             });
         }
+        y
     }
 }
 
@@ -44,17 +49,19 @@ fn transposed(g: &Geom) -> Geom {
 
 /// [`backward`] by the direct kernel: dX at stride 1 as the forward kernel on dY (col2im at
 /// stride 2), dW as [`dw_direct`].
-pub(super) fn backward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, dw: Option<&mut [f32]>, extra: usize) -> Vec<f32> {
     // At stride 1, dX is a forward convolution of dY, where its own K qualifies.
     let gt = (g.s == 1).then(|| transposed(g)).filter(|gt| gt.direct_kernel().is_some());
-    match (dx, gt) {
-        (Some(dx), Some(gt)) => forward_direct(simd, &gt, dy, &direct::Packed::transposed(w, g.ci, &gt.plane_geom()), dx),
-        (Some(dx), None) => backward_gemm(g, x, w, dy, Some(dx), None),
-        (None, _) => {}
-    }
+    let dx = match (want_dx, gt) {
+        (true, Some(gt)) => forward_direct(simd, &gt, dy, &direct::Packed::transposed(w, g.ci, &gt.plane_geom()), extra),
+        (true, None) => backward_gemm(g, x, w, dy, true, None, extra),
+        (false, _) => Vec::with_capacity(extra),
+    };
     if let Some(dw) = dw {
         dw_direct(simd, g, x, dy, dw);
     }
+    dx
 }
 
 /// dW by the direct kernel: per image, dY transposed and taken wide times the phased image.

@@ -24,15 +24,13 @@ fn close(a: &[f32], b: &[f32], what: &str) {
 fn compare(simd: pulp::x86::V4, g: &Geom, ep: &Epilogue<'_>, seed: u64, what: &str) {
     let x = rand(g.n * g.img_in(), seed);
     let wt = rand(g.co * g.k(), seed + 1000);
-    let (mut yd, mut yg) = (vec![0.0; g.n * g.img_out()], vec![0.0; g.n * g.img_out()]);
-    forward_direct(simd, g, &x, &direct::Packed::new(&wt, g.co, &g.plane_geom(), ep), &mut yd);
-    forward_gemm(g, &x, &wt, &mut yg, ep);
+    let yd = forward_direct(simd, g, &x, &direct::Packed::new(&wt, g.co, &g.plane_geom(), ep), 0);
+    let yg = forward_gemm(g, &x, &wt, ep, 0);
     close(&yd, &yg, &format!("{what}: forward"));
     let dy = rand(g.n * g.img_out(), seed + 2000);
-    let (mut dxd, mut dwd) = (vec![0.0; g.n * g.img_in()], vec![0.0; g.co * g.k()]);
-    let (mut dxg, mut dwg) = (vec![0.0; g.n * g.img_in()], vec![0.0; g.co * g.k()]);
-    backward(g, &x, &wt, &dy, Some(&mut dxd), Some(&mut dwd));
-    backward_gemm(g, &x, &wt, &dy, Some(&mut dxg), Some(&mut dwg));
+    let (mut dwd, mut dwg) = (vec![0.0; g.co * g.k()], vec![0.0; g.co * g.k()]);
+    let dxd = backward(g, &x, &wt, &dy, true, Some(&mut dwd), 0);
+    let dxg = backward_gemm(g, &x, &wt, &dy, true, Some(&mut dwg), 0);
     close(&dxd, &dxg, &format!("{what}: dx"));
     close(&dwd, &dwg, &format!("{what}: dw"));
 }
