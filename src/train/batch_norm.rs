@@ -4,8 +4,8 @@
 //! axes (0, 2, 3) several times forward and backward (every broadcast's gradient is such a sum),
 //! and candle runs reductions over non-trailing axes one element at a time with index
 //! arithmetic: more than half of a small-CNN training step went there. Here the statistics and
-//! the gradients' per-channel sums are plain loops over each (image, channel) plane, channels or
-//! images split across the cores. [`stock`] keeps the composed version for the stock backend.
+//! the gradients' per-channel sums are plain loops over each (image, channel) plane, contiguous
+//! runs of planes split across the cores. [`stock`] keeps the composed version for the stock backend.
 //!
 //! Inference mode uses the moving statistics; training mode the batch's (biased) statistics, and
 //! moves the moving ones towards them as Keras does: `moving = moving * 0.99 + batch * 0.01`.
@@ -169,8 +169,8 @@ fn per_channel(n: usize, c: usize, f: impl Fn(usize, usize) -> (f64, f64) + Sync
 }
 
 /// A new output of `n * c` planes written plane by plane with `f(channel, plane index, out
-/// plane)`, images split across the cores (each plane zeroed in cache just before `f` writes it,
-/// see [`kernels::par_items_zeroed`]).
+/// plane)`, contiguous runs of planes split across the cores (each plane zeroed in cache just
+/// before `f` writes it, see [`kernels::par_items_zeroed`]).
 fn per_plane(n: usize, c: usize, plane: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     let f = &f;
     kernels::par_items_zeroed(n * c, plane, 0, |planes| {

@@ -105,6 +105,11 @@ fn phase_image(g: &Geom, ximg: &[f32], xq: &mut Vec<f32>, row: &mut Vec<f32>, le
 /// [`phase_image`] into `xq` (at least `ci` phased planes long).
 fn phase_image_into(g: &Geom, ximg: &[f32], xq: &mut [f32], row: &mut Vec<f32>) {
     let dg = g.plane_geom();
+    if g.h * g.w == 0 {
+        // Empty planes: their phased form is all padding.
+        xq.fill(0.0);
+        return;
+    }
     for (plane, q) in ximg.chunks_exact(g.h * g.w).zip(xq.chunks_exact_mut(dg.phased_len())) {
         phase::phase_pad_2d_into(&dg, plane, 0.0, q, row);
     }
@@ -216,7 +221,7 @@ fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yro
     }
 }
 
-/// The output `N x Co x Ho x Wo` (with room for `extra` more values after it).
+/// The output `N x Co x Ho x Wo`.
 fn forward(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = g.direct_kernel() {

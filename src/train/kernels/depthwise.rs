@@ -23,7 +23,10 @@ use super::{dims4, f32_slice, Padding};
 /// instead of one short row at a time, which on a 10x10 or 5x5 plane would use 10 or 5 of
 /// the 16 lanes and pay the loop overhead per row.
 const FLAT_MAX_WIDTH: usize = 64;
+/// Outputs per segment of a flat sweep (one prefetch step each). A multiple of LANES, so that
+/// the last segment's whole-block reads end where the unsegmented sweep's did.
 const SEG: usize = 32;
+const _: () = assert!(SEG % LANES == 0);
 
 /// Where each tap of a 3x3 kernel reads output `(0, 0)` in [`phase_pad_2d`]'s layout.
 fn flat_offsets(g: &Geom) -> [usize; 9] {
@@ -36,9 +39,7 @@ fn flat_offsets(g: &Geom) -> [usize; 9] {
 #[allow(clippy::too_many_arguments)]
 fn plane_fwd_flat<const FMA: bool>(ahead: &mut Ahead<'_>, q: &[f32], offsets: &[usize; 9], w: &[f32], ho: usize, wo: usize, wq: usize, wide: &mut Vec<f32>, out: &mut [f32]) {
     let n = ho * wq;
-    let len = n.next_multiple_of(LANES);
     wide.resize(n, 0.0);
-    let _ = len;
     let w9: &[f32; 9] = w.try_into().expect("9 taps");
     for (si, seg) in wide.chunks_mut(SEG).enumerate() {
         let a = si * SEG;
@@ -247,7 +248,8 @@ impl Kernel for Bwd<'_, '_> {
                     dw[c * kk + t] += row.iter().sum::<f32>();
                 }
             }
-            if self.want_x {
+            // (An empty plane has no dX to gather; the sweeps below need rows of at least one.)
+            if self.want_x && pin != 0 {
                 u.clear();
                 u.resize(uh * uw + 2 * LANES, 0.0);
                 for (oy, dyrow) in dyp.chunks_exact(g.wo).enumerate() {

@@ -64,7 +64,7 @@ pub(super) fn par_items<R: Send>(n_items: usize, out: &mut [f32], f: impl Fn(Ran
 /// tenth of a memory-bound depthwise or pooling pass).
 #[expect(unsafe_code, reason = "an output written by several threads before it becomes a Vec's contents (set_len)")]
 pub(crate) fn par_items_zeroed<R: Send>(n_items: usize, item_len: usize, extra: usize, f: impl Fn(&mut Items<'_>) -> R + Sync) -> (Vec<f32>, Vec<R>) {
-    let len = n_items * item_len;
+    let len = n_items.checked_mul(item_len).expect("output size overflows usize");
     let mut out: Vec<f32> = Vec::with_capacity(len + extra);
     if n_items == 0 {
         return (out, Vec::new());
@@ -101,8 +101,10 @@ pub(crate) fn par_items_zeroed<R: Send>(n_items: usize, item_len: usize, extra: 
     };
     // SAFETY: the pieces cover the first `len` values of the spare capacity, and every piece's
     // `run` handed out, and so zeroed, each of its items before returning (`next_zeroed` until
-    // None); `f` only ever holds `&mut Items`, so it cannot keep them from `run`. The scope has
-    // joined every thread (a panic in one propagates before this point, leaving `out` empty).
+    // None). `f` cannot stop that: it gets `&mut Items` to an `Items` it cannot replace (private
+    // fields, no Default or Clone), and the bound is higher-ranked in the items' lifetime, so
+    // no item slice outlives its `f` call. The scope has joined every thread (a panic in one
+    // propagates before this point, leaving `out` empty).
     unsafe { out.set_len(len) };
     (out, results)
 }
@@ -141,18 +143,19 @@ fn zeroed(v: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 /// `out[i] = f(a[i], b[i])` (`b` at least as long as `a`), split across the cores: elementwise
 /// passes are memory-bound, but one thread per core still helps on activation-sized slices.
 pub(crate) fn par_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    // Items of 16 Ki values (64 KiB, zeroed in cache just before they are written); the values
-    // past the last whole item are appended at the end.
-    const ITEM: usize = 16 << 10;
-    let (items, tail) = (a.len() / ITEM, a.len() % ITEM);
+    // Items of 1-16 Ki values (at most 64 KiB, zeroed in cache just before they are written),
+    // about four per thread on small slices; the values past the last whole item are appended
+    // at the end.
+    let item = a.len().div_ceil(4 * threads()).clamp(1 << 10, 16 << 10);
+    let (items, tail) = (a.len() / item, a.len() % item);
     let f = &f;
-    let (mut out, _) = par_items_zeroed(items, ITEM, tail, |items| {
+    let (mut out, _) = par_items_zeroed(items, item, tail, |items| {
         while let Some((i, o)) = items.next_zeroed() {
-            let (a, b) = (&a[i * ITEM..][..ITEM], &b[i * ITEM..][..ITEM]);
+            let (a, b) = (&a[i * item..][..item], &b[i * item..][..item]);
             o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = f(a, b));
         }
     });
-    let done = items * ITEM;
+    let done = items * item;
     out.extend(a[done..].iter().zip(&b[done..]).map(|(&a, &b)| f(a, b)));
     out
 }

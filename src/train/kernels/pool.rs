@@ -161,7 +161,8 @@ impl Kernel for Bwd<'_, '_> {
                     dq[tap_offset[t as usize] + base + ox] += d;
                 }
             }
-            for (iy, row) in dxp.chunks_exact_mut(g.w).enumerate() {
+            // (`max(1)`: an empty plane has no rows to fill.)
+            for (iy, row) in dxp.chunks_exact_mut(g.w.max(1)).enumerate() {
                 let prow = iy + g.pt;
                 if prow >= hp {
                     row.fill(0.0);

@@ -438,3 +438,24 @@ fn fused_bias_and_activation_match_separate_ops() {
         }
     }
 }
+
+/// Planes with no columns but enough padding for an output (a client cannot send such an image,
+/// but a layer can be given one): every op runs forward and backward without panicking, and the
+/// input's gradient is empty.
+#[test]
+fn zero_width_planes_with_padding_run_forward_and_backward() {
+    let pad = Padding::Explicit { top: 1, bottom: 1, left: 1, right: 2 };
+    let x = Var::from_tensor(&Tensor::zeros((2, 3, 4, 0), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let dw = Var::from_tensor(&rand_t(&[3, 1, 3, 3], 1)).unwrap();
+    let cw = Var::from_tensor(&rand_t(&[4, 3, 3, 3], 2)).unwrap();
+    let outs = [
+        depthwise_conv2d(x.as_tensor(), dw.as_tensor(), 1, pad).unwrap(),
+        conv2d(x.as_tensor(), cw.as_tensor(), 1, pad).unwrap(),
+        max_pool2d(x.as_tensor(), 3, 1, pad).unwrap(),
+    ];
+    for y in outs {
+        assert_eq!(y.dims()[3], 1, "one output column from the padding alone");
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(x.as_tensor()).expect("dx").dims(), &[2, 3, 4, 0]);
+    }
+}

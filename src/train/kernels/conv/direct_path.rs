@@ -21,22 +21,20 @@ pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &
         })
         .0;
     }
-    {
-        // Fewer images than cores: split each image's output channels, in whole 32-channel
-        // tiles (a thread given 4 channels would still compute a tile of 32).
-        let mut y = zeroed_with_room(g.n * img_out, extra);
-        let per = g.co.div_ceil(threads()).next_multiple_of(direct::TILE_C);
-        for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
-            let ximg = &x[n * img_in..][..img_in];
-            std::thread::scope(|scope| {
-                for (t, yrows) in yimg.chunks_mut(per * g.p()).enumerate() {
-                    let run = &run;
-                    scope.spawn(move || run(ximg, t * per..((t + 1) * per).min(g.co), yrows, &mut Bufs::default()));
-                }
-            });
-        }
-        y
+    // Fewer images than cores: split each image's output channels, in whole 32-channel
+    // tiles (a thread given 4 channels would still compute a tile of 32).
+    let mut y = zeroed_with_room(g.n * img_out, extra);
+    let per = g.co.div_ceil(threads()).next_multiple_of(direct::TILE_C);
+    for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
+        let ximg = &x[n * img_in..][..img_in];
+        std::thread::scope(|scope| {
+            for (t, yrows) in yimg.chunks_mut(per * g.p()).enumerate() {
+                let run = &run;
+                scope.spawn(move || run(ximg, t * per..((t + 1) * per).min(g.co), yrows, &mut Bufs::default()));
+            }
+        });
     }
+    y
 }
 
 /// The convolution whose output is this one's dX, at stride 1: dY, padded by `k - 1 - pad`,
