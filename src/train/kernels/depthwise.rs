@@ -26,7 +26,7 @@ const FLAT_MAX_WIDTH: usize = 64;
 /// Outputs per segment of a flat sweep (one prefetch step each). A multiple of LANES, so that
 /// the last segment's whole-block reads end where the unsegmented sweep's did.
 const SEG: usize = 32;
-const _: () = assert!(SEG % LANES == 0);
+const _: () = assert!(SEG.is_multiple_of(LANES));
 
 /// Where each tap of a 3x3 kernel reads output `(0, 0)` in [`phase_pad_2d`]'s layout.
 fn flat_offsets(g: &Geom) -> [usize; 9] {
