@@ -15,8 +15,7 @@ PORT=${PORT:-8097}
 HEAD_EPOCHS=${HEAD_EPOCHS:-4}
 DATA=$(mktemp -d)
 B="http://127.0.0.1:$PORT"
-# See docs/kernels.md: without these, glibc maps and unmaps every large tensor.
-export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=4294967295
+# The server sets its own allocator settings at start-up (src/process_env.rs).
 TANUKI_DATA_DIR="$DATA" TANUKI_ADDR="127.0.0.1:$PORT" RUST_LOG=warn "$BIN" serve &
 SERVER=$!
 trap 'kill $SERVER; rm -rf "$DATA"' EXIT

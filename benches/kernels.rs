@@ -4,8 +4,8 @@
 //! per call of ours and of candle's stock op, and their ratio. `benches/keras_kernels.py` times
 //! the same cases in TensorFlow/Keras. Environment: `TANUKI_KERNEL_THREADS`,
 //! `TANUKI_KERNEL_NO_AVX512=1`, `TANUKI_CONV_TILE_KB`, and `BENCH_QUICK=1` (fewer runs), `BENCH_FILTER=substring` (only those cases),
-//! `BENCH_NO_STOCK=1` (skip candle's ops, e.g. to profile ours), `BENCH_DEFAULT_MALLOC=1` (see
-//! [`MALLOC_ENV`]).
+//! `BENCH_NO_STOCK=1` (skip candle's ops, e.g. to profile ours), `BENCH_DEFAULT_MALLOC=1` (run
+//! without `tanuki::process_env::TUNED_ENV`).
 
 use std::time::{Duration, Instant};
 
@@ -83,25 +83,17 @@ fn gemm_gflops(n: usize) -> f64 {
     2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9
 }
 
-/// glibc returns every freed block over 32 MiB to the kernel, so each large tensor of a step
-/// is mapped afresh and page-faulted in (about 50 ms for 154 MB here, more than the depthwise
-/// kernel itself). These settings keep freed memory in the heap for reuse; the service gets the
-/// same figures only with the same environment (docs/kernels.md).
-const MALLOC_ENV: [(&str, &str); 2] = [("MALLOC_MMAP_THRESHOLD_", "2147483647"), ("MALLOC_TRIM_THRESHOLD_", "4294967295")];
-
 fn main() {
-    // glibc reads these at start-up only: re-run this bench with them unless told not to.
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && std::env::var_os("BENCH_DEFAULT_MALLOC").is_none() {
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(std::env::args_os().skip(1))
-            .envs(MALLOC_ENV)
-            .status()
-            .unwrap();
-        std::process::exit(status.code().unwrap_or(1));
+    // The service's allocator and thread-pool settings (read at start-up only), as it runs with
+    // them: re-run with them unless told not to.
+    if std::env::var_os("BENCH_DEFAULT_MALLOC").is_none() {
+        tanuki::process_env::reexec_with_tuned_env();
     }
     println!(
-        "glibc malloc: MALLOC_MMAP_THRESHOLD_={} (BENCH_DEFAULT_MALLOC=1 runs without the tuning)",
-        std::env::var("MALLOC_MMAP_THRESHOLD_").unwrap_or_else(|_| "default".into())
+        "glibc malloc: MALLOC_MMAP_THRESHOLD_={}, MALLOC_ARENA_MAX={}; CANDLE_BARRIER_POOL_SPIN_LIMIT={} (BENCH_DEFAULT_MALLOC=1 runs without the tuning)",
+        std::env::var("MALLOC_MMAP_THRESHOLD_").unwrap_or_else(|_| "default".into()),
+        std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "default".into()),
+        std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").unwrap_or_else(|_| "default".into())
     );
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let bench = Bench { filter: std::env::var("BENCH_FILTER").unwrap_or_default(), runs: if quick { 3 } else { 11 }, budget: Duration::from_secs(if quick { 1 } else { 4 }) };

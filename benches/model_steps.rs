@@ -30,10 +30,6 @@ use tanuki::train::spec::*;
 const BATCH: usize = 32;
 /// Images in the epoch of the feature-cache comparison.
 const EPOCH_IMAGES: usize = 256;
-/// See benches/kernels.rs and docs/kernels.md: without these, glibc maps and page-faults every
-/// large tensor afresh on every step.
-const MALLOC_ENV: [(&str, &str); 2] = [("MALLOC_MMAP_THRESHOLD_", "2147483647"), ("MALLOC_TRIM_THRESHOLD_", "4294967295")];
-
 struct Bench {
     runs: usize,
     budget: Duration,
@@ -103,14 +99,10 @@ fn model(backbone: BackboneSpec, side: u32) -> Model {
 }
 
 fn main() {
-    // glibc reads these at start-up only: re-run with them unless told not to.
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && std::env::var_os("BENCH_DEFAULT_MALLOC").is_none() {
-        let status = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args(std::env::args_os().skip(1))
-            .envs(MALLOC_ENV)
-            .status()
-            .expect("re-run");
-        std::process::exit(status.code().unwrap_or(1));
+    // The service's allocator and thread-pool settings (read at start-up only), as it runs with
+    // them: re-run with them unless told not to.
+    if std::env::var_os("BENCH_DEFAULT_MALLOC").is_none() {
+        tanuki::process_env::reexec_with_tuned_env();
     }
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let bench = Bench {

@@ -15,6 +15,8 @@ pub mod db;
 pub mod http;
 /// The job queue: workers, cancellation, event persistence and fan-out.
 pub mod jobs;
+/// Allocator and thread-pool settings the process re-runs itself with (read at start-up only).
+pub mod process_env;
 /// Process-wide counters behind `/metrics`.
 pub mod telemetry;
 /// Training on candle: models, data pipeline, fit loop, checkpoints.

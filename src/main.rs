@@ -1,18 +1,22 @@
 use clap::Parser;
 use tanuki::config::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         print!("{}", tanuki::http::openapi::document());
         return Ok(());
     }
+    // Before the runtime's threads exist: the allocator reads its settings once.
+    tanuki::process_env::reexec_with_tuned_env();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "tanuki=info,tower_http=info".into()),
         )
         .init();
-    tanuki::app::run(cli.config, tanuki::app::shutdown_signal()).await
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(tanuki::app::run(cli.config, tanuki::app::shutdown_signal()))
 }
