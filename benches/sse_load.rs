@@ -4,7 +4,7 @@
 //! latency (event `created_at` → receipt) p50/p99 and the process's memory.
 //!
 //! `cargo bench --bench sse_load` (env: `SSE_SUBSCRIBERS`, default 500; `SSE_LATE`, default 100;
-//! `SSE_EPOCHS`, default 40). Reads photos from `../shared/data/cats_and_dogs_filtered`.
+//! `SSE_EPOCHS`, default 400). Reads photos from `../shared/data/cats_and_dogs_filtered`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -87,7 +87,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() {
     let subscribers = env_usize("SSE_SUBSCRIBERS", 500);
     let late = env_usize("SSE_LATE", 100);
-    let epochs = env_usize("SSE_EPOCHS", 40);
+    // Long enough for the job to outlast the subscribers' attaching (1.5 s for 500 here): at 40
+    // epochs it ended in half a second, before they were all in, and no delivery was live.
+    let epochs = env_usize("SSE_EPOCHS", 400);
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let mut config = tanuki::config::Config::with_data_dir(dir.path().join("data"));
@@ -117,11 +119,17 @@ async fn main() {
     for _ in 0..subscribers {
         tasks.push((0, tokio::spawn(subscribe(client.clone(), url.clone(), None))));
     }
-    // Attached means the server counts the stream open; latency is measured from then on.
+    // Attached means the server counts the stream open; latency is measured from then on. A job
+    // that ends first closes the streams, so the count never gets there: stop waiting then.
     loop {
         let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
         let open: usize = text.lines().find_map(|l| l.strip_prefix("tanuki_sse_subscribers ")).and_then(|v| v.parse().ok()).unwrap_or(0);
         if open >= subscribers || started.elapsed() > TIME_LIMIT / 2 {
+            break;
+        }
+        let state: Value = client.get(format!("{base}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        if !matches!(state["state"].as_str(), Some("queued" | "running")) {
+            println!("the job ended before every subscriber attached ({open} open): raise SSE_EPOCHS for live deliveries");
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
