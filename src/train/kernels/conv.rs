@@ -227,11 +227,13 @@ fn forward(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>) -> Vec<f32> {
     if let Some(simd) = g.direct_kernel() {
         return forward_direct(simd, g, x, &direct::Packed::new(w, g.co, &g.plane_geom(), ep), 0);
     }
-    forward_gemm(g, x, w, ep, 0)
+    forward_gemm(g, x, w, ep)
 }
 
-/// A zeroed output of `len` values with room for `extra` more (for the paths that split one
-/// image across the cores, where [`par_items_zeroed`]'s per-image items do not apply).
+/// A zeroed output of `len` values with room for `extra` more (for the direct kernel's path
+/// that splits one image across the cores, where [`par_items_zeroed`]'s per-image items do not
+/// apply; its output may be dX, with dW appended after it).
+#[cfg(target_arch = "x86_64")]
 fn zeroed_with_room(len: usize, extra: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len + extra);
     v.resize(len, 0.0);
@@ -239,10 +241,10 @@ fn zeroed_with_room(len: usize, extra: usize) -> Vec<f32> {
 }
 
 /// [`forward`] by im2col + GEMM.
-fn forward_gemm(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>, extra: usize) -> Vec<f32> {
+fn forward_gemm(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>) -> Vec<f32> {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     if g.n >= threads() {
-        return par_items_zeroed(g.n, img_out, extra, |imgs| {
+        return par_items_zeroed(g.n, img_out, 0, |imgs| {
             let mut b = Bufs::default();
             while let Some((n, yimg)) = imgs.next_zeroed() {
                 fwd_rows(g, &x[n * img_in..][..img_in], w, 0..g.co, yimg, &mut b, ep);
@@ -251,7 +253,7 @@ fn forward_gemm(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>, extra: usize)
         .0;
     }
     // Fewer images than cores: split each image's output channels instead.
-    let mut y = zeroed_with_room(g.n * img_out, extra);
+    let mut y = vec![0.0f32; g.n * img_out];
     for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
         let ximg = &x[n * img_in..][..img_in];
         par_items(g.co, yimg, |rows, yrows| fwd_rows(g, ximg, w, rows, yrows, &mut Bufs::default(), ep));

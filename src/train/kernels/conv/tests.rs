@@ -25,7 +25,7 @@ fn compare(simd: pulp::x86::V4, g: &Geom, ep: &Epilogue<'_>, seed: u64, what: &s
     let x = rand(g.n * g.img_in(), seed);
     let wt = rand(g.co * g.k(), seed + 1000);
     let yd = forward_direct(simd, g, &x, &direct::Packed::new(&wt, g.co, &g.plane_geom(), ep), 0);
-    let yg = forward_gemm(g, &x, &wt, ep, 0);
+    let yg = forward_gemm(g, &x, &wt, ep);
     close(&yd, &yg, &format!("{what}: forward"));
     let dy = rand(g.n * g.img_out(), seed + 2000);
     let (mut dwd, mut dwg) = (vec![0.0; g.co * g.k()], vec![0.0; g.co * g.k()]);
