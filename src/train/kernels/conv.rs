@@ -18,14 +18,20 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 #[cfg(target_arch = "x86_64")]
 use super::direct;
 #[cfg(target_arch = "x86_64")]
+use super::winograd;
+#[cfg(target_arch = "x86_64")]
 mod direct_path;
 #[cfg(target_arch = "x86_64")]
-use direct_path::{backward_direct, forward_direct};
+use direct_path::{backward_direct, forward_direct, forward_winograd, winograd_plan};
 use super::phase;
 use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
 use super::par::{par_items, par_items_zeroed, threads};
 use super::{dims4, f32_slice, Axis, Padding};
+
+/// Fewest input and output channels for [`Geom::winograd`].
+#[cfg(target_arch = "x86_64")]
+const WINOGRAD_MIN: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geom {
@@ -76,6 +82,13 @@ impl Geom {
     #[cfg(target_arch = "x86_64")]
     fn direct_kernel(&self) -> Option<pulp::x86::V4> {
         direct::simd().filter(|_| !self.direct() && self.k() >= 64)
+    }
+    /// Whether Winograd's F(2x2, 3x3) (`winograd.rs`) runs this convolution: 3x3 at stride 1,
+    /// on AVX-512 CPUs, with at least WINOGRAD_MIN channels in and out (fewer, and the
+    /// transforms cost more than the products they save).
+    #[cfg(target_arch = "x86_64")]
+    fn winograd(&self) -> Option<pulp::x86::V4> {
+        winograd::simd().filter(|_| self.kh == 3 && self.kw == 3 && self.s == 1 && self.ci >= WINOGRAD_MIN && self.co >= WINOGRAD_MIN)
     }
     /// 1x1, stride 1, no padding: the image is its own im2col matrix.
     fn direct(&self) -> bool {
@@ -223,6 +236,10 @@ fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yro
 
 /// The output `N x Co x Ho x Wo`.
 fn forward(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue<'_>) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = g.winograd() {
+        return forward_winograd(simd, g, x, &winograd_plan(g, w, ep), 0);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = g.direct_kernel() {
         return forward_direct(simd, g, x, &direct::Packed::new(w, g.co, &g.plane_geom(), ep), 0);

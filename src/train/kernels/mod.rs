@@ -32,6 +32,8 @@ mod phase;
 mod prefetch;
 mod pool;
 mod simd;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 #[cfg(test)]
 mod tests;

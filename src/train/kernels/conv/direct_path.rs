@@ -1,36 +1,55 @@
 //! The direct kernel's side of the dense convolution (`super::direct`): threads, the dX
 //! convolution at stride 1, and dW's per-thread buffers. x86-64 only.
 
-use super::{backward_gemm, direct, par_items, par_items_zeroed, phase_image, phase_image_into, threads, zeroed_with_room, Bufs, Geom};
+use std::ops::Range;
 
-/// [`forward`] by the direct kernel, images split across the cores (channel blocks when the
-/// batch is smaller than the core count).
+use super::{backward_gemm, direct, winograd, par_items, par_items_zeroed, phase_image, phase_image_into, threads, zeroed_with_room, Bufs, Geom};
+
+/// [`forward`] by the direct kernel.
 /// Returns the output with room for `extra` more values after it.
 pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &direct::Packed, extra: usize) -> Vec<f32> {
-    let (img_in, img_out) = (g.img_in(), g.img_out());
-    let run = |ximg: &[f32], chans: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs| {
+    // A thread given 4 channels would still compute a tile of 32: whole tiles per thread.
+    forward_split(g, x, extra, direct::TILE_C, |ximg, chans, yrows, b: &mut Bufs| {
         phase_image(g, ximg, &mut b.xq, &mut b.row, packed.xq_len());
         packed.image(simd, &b.xq, chans, yrows);
-    };
+    })
+}
+
+/// [`forward`] by Winograd's F(2x2, 3x3) (3x3 stride-1 convolutions).
+/// Returns the output with room for `extra` more values after it.
+pub(super) fn forward_winograd(simd: pulp::x86::V4, g: &Geom, x: &[f32], plan: &winograd::Plan, extra: usize) -> Vec<f32> {
+    forward_split(g, x, extra, 1, |ximg, chans, yrows, b: &mut winograd::Bufs| plan.image(simd, ximg, chans, yrows, b))
+}
+
+/// The transformed weights of `g` (3x3, stride 1; `w`: `[co][ci][3][3]`).
+pub(super) fn winograd_plan(g: &Geom, w: &[f32], ep: &super::Epilogue<'_>) -> winograd::Plan {
+    let ci = g.ci;
+    winograd::Plan::new(&g.plane_geom(), g.co, |o, i, ky, kx| w[((o * ci + i) * 3 + ky) * 3 + kx], ep)
+}
+
+/// Runs `run(image, output channels, their output rows, scratch)` over the batch: images split
+/// across the cores, or, when the batch is smaller than the core count, each image's output
+/// channels in pieces of whole `block`s.
+/// Returns the output with room for `extra` more values after it.
+fn forward_split<S: Default>(g: &Geom, x: &[f32], extra: usize, block: usize, run: impl Fn(&[f32], Range<usize>, &mut [f32], &mut S) + Sync) -> Vec<f32> {
+    let (img_in, img_out) = (g.img_in(), g.img_out());
     if g.n >= threads() {
         return par_items_zeroed(g.n, img_out, extra, |imgs| {
-            let mut b = Bufs::default();
+            let mut b = S::default();
             while let Some((n, yimg)) = imgs.next_zeroed() {
                 run(&x[n * img_in..][..img_in], 0..g.co, yimg, &mut b);
             }
         })
         .0;
     }
-    // Fewer images than cores: split each image's output channels, in whole 32-channel
-    // tiles (a thread given 4 channels would still compute a tile of 32).
     let mut y = zeroed_with_room(g.n * img_out, extra);
-    let per = g.co.div_ceil(threads()).next_multiple_of(direct::TILE_C);
+    let per = g.co.div_ceil(threads()).next_multiple_of(block);
     for (n, yimg) in y.chunks_exact_mut(img_out).enumerate() {
         let ximg = &x[n * img_in..][..img_in];
         std::thread::scope(|scope| {
             for (t, yrows) in yimg.chunks_mut(per * g.p()).enumerate() {
                 let run = &run;
-                scope.spawn(move || run(ximg, t * per..((t + 1) * per).min(g.co), yrows, &mut Bufs::default()));
+                scope.spawn(move || run(ximg, t * per..((t + 1) * per).min(g.co), yrows, &mut S::default()));
             }
         });
     }
@@ -52,6 +71,13 @@ pub(super) fn backward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32
     // At stride 1, dX is a forward convolution of dY, where its own K qualifies.
     let gt = (g.s == 1).then(|| transposed(g)).filter(|gt| gt.direct_kernel().is_some());
     let dx = match (want_dx, gt) {
+        (true, Some(gt)) if gt.winograd().is_some() => {
+            let (ci, co) = (g.ci, g.co);
+            // Output channel o of dX reads dY's channel i through w[i][o] flipped.
+            let plan = winograd::Plan::new(&gt.plane_geom(), ci, |o, i, ky, kx| w[((i * ci + o) * 3 + 2 - ky) * 3 + 2 - kx], &super::Epilogue::default());
+            debug_assert_eq!(gt.ci, co);
+            forward_winograd(simd, &gt, dy, &plan, extra)
+        }
         (true, Some(gt)) => forward_direct(simd, &gt, dy, &direct::Packed::transposed(w, g.ci, &gt.plane_geom()), extra),
         (true, None) => backward_gemm(g, x, w, dy, true, None, extra),
         (false, _) => Vec::with_capacity(extra),

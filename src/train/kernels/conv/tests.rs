@@ -89,3 +89,35 @@ fn direct_kernel_matches_gemm_on_random_shapes() {
     }
     assert!(ran > 50, "only {ran} shapes took the direct kernel");
 }
+
+/// Winograd's F(2x2, 3x3) against im2col + GEMM, forward (with an epilogue) and dX, on odd and
+/// even planes, every padding kind, a batch smaller than the core count, bands of several
+/// rows and one that ends mid-row, and planes smaller than a tile.
+#[test]
+fn winograd_matches_gemm() {
+    let Some(simd) = winograd::simd() else { return };
+    let cases = [
+        (2, 40, 22, 21, 20, Padding::Symmetric(1), Act::Relu6, "odd width, 'same'"),
+        (3, 16, 15, 16, 33, Padding::Symmetric(0), Act::Relu, "'valid', odd output"),
+        (1, 24, 9, 13, 17, Padding::TfSame, Act::Identity, "batch 1 split by channels"),
+        (2, 16, 7, 40, 16, Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 }, Act::Identity, "asymmetric padding"),
+        (2, 64, 30, 30, 64, Padding::Symmetric(1), Act::Relu, "64 channels, several bands"),
+        (2, 300, 14, 14, 20, Padding::Symmetric(1), Act::Identity, "a band of one microkernel pass"),
+        (2, 16, 1, 2, 16, Padding::Symmetric(1), Act::Relu6, "a plane smaller than a tile"),
+    ];
+    for (i, &(n, ci, h, w, co, padding, act, what)) in cases.iter().enumerate() {
+        let xl = Layout::contiguous((n, ci, h, w));
+        let wl = Layout::contiguous((co, ci, 3, 3));
+        let g = Geom::new(&xl, &wl, 1, padding).unwrap();
+        assert!(g.winograd().is_some(), "{what}: takes Winograd");
+        let x = rand(g.n * g.img_in(), 300 + i as u64);
+        let wt = rand(g.co * g.k(), 400 + i as u64);
+        let bias = rand(co, 500 + i as u64);
+        let ep = Epilogue { bias: Some(&bias), act };
+        let yw = forward_winograd(simd, &g, &x, &winograd_plan(&g, &wt, &ep), 0);
+        close(&yw, &forward_gemm(&g, &x, &wt, &ep), &format!("{what}: forward"));
+        let dy = rand(g.n * g.img_out(), 600 + i as u64);
+        let dxw = backward(&g, &x, &wt, &dy, true, None, 0);
+        close(&dxw, &backward_gemm(&g, &x, &wt, &dy, true, None, 0), &format!("{what}: dx"));
+    }
+}
