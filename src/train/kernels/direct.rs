@@ -252,7 +252,7 @@ const REG_STORE_MAX: usize = 12;
 /// in four rounds (32-bit, 64-bit and two 128-bit interleaves), where scalar moves took 256
 /// loads and stores.
 #[inline(always)]
-fn transpose16(simd: V4, r: [f32x16; LANES]) -> [f32x16; LANES] {
+pub(super) fn transpose16(simd: V4, r: [f32x16; LANES]) -> [f32x16; LANES] {
     use core::arch::x86_64::{__m512, __m512d};
     let f = simd.avx512f;
     let r: [__m512; LANES] = r.map(pulp::cast);

@@ -61,9 +61,10 @@ pub(crate) fn next_plane<'a>(x: &'a [f32], len: usize, pi: usize, planes: &Range
     }
 }
 
+/// Prefetches every cache line of `v`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn lines(v: &[f32]) {
+pub(crate) fn lines(v: &[f32]) {
     use std::sync::OnceLock;
     // SSE is part of the x86-64 baseline, so this token always exists there.
     static SSE: OnceLock<Option<pulp::x86::V1>> = OnceLock::new();
@@ -82,4 +83,4 @@ fn lines(v: &[f32]) {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn lines(_: &[f32]) {}
+pub(crate) fn lines(_: &[f32]) {}

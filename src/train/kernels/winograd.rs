@@ -26,6 +26,9 @@ use pulp::{f32x16, x86::V4};
 use super::epilogue::{Act, Epilogue};
 use super::phase;
 
+mod dw;
+pub(super) use dw::DwBufs;
+
 const LANES: usize = 16;
 /// Points of the transform (4 x 4).
 const XI: usize = 16;
@@ -80,12 +83,9 @@ impl Plan {
     /// i, ky, kx)`: the kernel's weight from input channel `i` to output channel `o`; `ep`:
     /// what the output gets.
     pub(super) fn new(g: &phase::Geom, co: usize, w: impl Fn(usize, usize, usize, usize) -> f32, ep: &Epilogue<'_>) -> Self {
-        debug_assert!(g.kh == 3 && g.kw == 3 && g.s == 1);
+        let mut p = Self::layout(g, co);
         let ci = g.c;
-        let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
-        let tiles = phase::Geom { kh: 4, kw: 4, s: 2, ho: th, wo: tw, ..*g };
-        let offs = std::array::from_fn(|k| tiles.tap_offset(k / 4, k % 4));
-        let mut u = vec![0.0f32; XI * ci * co];
+        p.u = vec![0.0f32; XI * ci * co];
         // 16 output channels at a time, lane by lane: each (block, input channel) writes 16
         // runs of 16 values, one per point. Kernel by kernel, every value went to its own cache
         // line 4 * ci * co bytes from the last: 5 ms of a 16 ms 256-channel convolution.
@@ -99,39 +99,55 @@ impl Plan {
                     }
                 }
                 for (xi, val) in transform_kernels(&g).iter().enumerate() {
-                    u[(xi * ci + i) * co + o0..][..n].copy_from_slice(&val[..n]);
+                    p.u[(xi * ci + i) * co + o0..][..n].copy_from_slice(&val[..n]);
                 }
             }
         }
-        let mut bias = vec![0.0; co];
         if let Some(b) = ep.bias {
-            bias.copy_from_slice(&b[..co]);
+            p.bias.copy_from_slice(&b[..co]);
         }
+        p.act = ep.act;
+        p
+    }
+
+    /// The tile geometry alone (what dW needs): no weights, no epilogue.
+    pub(super) fn layout(g: &phase::Geom, co: usize) -> Self {
+        debug_assert!(g.kh == 3 && g.kw == 3 && g.s == 1);
+        let ci = g.c;
+        let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+        let tiles = phase::Geom { kh: 4, kw: 4, s: 2, ho: th, wo: tw, ..*g };
+        let offs = std::array::from_fn(|k| tiles.tap_offset(k / 4, k % 4));
         let nt = th * tiles.wq();
         let band = (BAND_BYTES / (4 * XI * (ci + co)) / TILE_T * TILE_T).clamp(TILE_T, nt.next_multiple_of(TILE_T).max(TILE_T));
-        Self { ci, co, u, bias, act: ep.act, tiles, offs, ho: g.ho, wo: g.wo, band }
+        Self { ci, co, u: Vec::new(), bias: vec![0.0; co], act: Act::Identity, tiles, offs, ho: g.ho, wo: g.wo, band }
     }
 
     /// Writes output channels `chans` of one image into `y` (`chans.len() x ho x wo`), with the
     /// epilogue applied.
     pub(super) fn image(&self, simd: V4, ximg: &[f32], chans: Range<usize>, y: &mut [f32], b: &mut Bufs) {
-        let (plane_in, per) = (self.tiles.h * self.tiles.w, self.tiles.phased_len());
         if self.ho * self.wo == 0 || chans.is_empty() {
             return;
         }
         // Slack past the last plane: a band's last vectors read up to 31 tiles past the end.
-        b.xq.resize(self.ci * per + 2 * TILE_T, 0.0);
-        if plane_in == 0 {
-            b.xq.fill(0.0);
-        } else {
-            for (plane, q) in ximg.chunks_exact(plane_in).zip(b.xq.chunks_exact_mut(per)) {
-                phase::phase_pad_2d_into(&self.tiles, plane, 0.0, q, &mut b.row);
-            }
-        }
+        b.xq.resize(self.ci * self.tiles.phased_len() + 2 * TILE_T, 0.0);
         b.v.resize(XI * stride(self.ci, self.band), 0.0);
         // Slack: the output transform loads whole vectors from a band's last tiles.
         b.m.resize(XI * stride(chans.len(), self.band) + LANES, 0.0);
-        simd.vectorize(ImageOp { plan: self, simd, xq: &b.xq, v: &mut b.v, m: &mut b.m, chans, y })
+        simd.vectorize(ImageOp { plan: self, simd, ximg, b, chans, y })
+    }
+
+    /// Pads and splits `ximg` into `xq` (compiled inside `vectorize`, where the de-interleave
+    /// of the stride-2 split gets AVX-512 code).
+    #[inline(always)]
+    fn phase_split(&self, ximg: &[f32], xq: &mut [f32], row: &mut Vec<f32>) {
+        let (plane_in, per) = (self.tiles.h * self.tiles.w, self.tiles.phased_len());
+        if plane_in == 0 {
+            xq.fill(0.0);
+            return;
+        }
+        for (plane, q) in ximg.chunks_exact(plane_in).zip(xq.chunks_exact_mut(per)) {
+            phase::phase_pad_2d_into(&self.tiles, plane, 0.0, q, row);
+        }
     }
 
     #[inline(always)]
@@ -382,9 +398,8 @@ fn store(s: &mut [f32], at: usize, v: f32x16) {
 struct ImageOp<'a> {
     plan: &'a Plan,
     simd: V4,
-    xq: &'a [f32],
-    v: &'a mut [f32],
-    m: &'a mut [f32],
+    ximg: &'a [f32],
+    b: &'a mut Bufs,
     chans: Range<usize>,
     y: &'a mut [f32],
 }
@@ -394,6 +409,8 @@ impl pulp::NullaryFnOnce for ImageOp<'_> {
 
     #[inline(always)]
     fn call(self) {
-        self.plan.image_impl(self.simd, self.xq, self.v, self.m, self.chans, self.y)
+        let Bufs { xq, row, v, m } = self.b;
+        self.plan.phase_split(self.ximg, xq, row);
+        self.plan.image_impl(self.simd, xq, v, m, self.chans, self.y)
     }
 }

@@ -19,14 +19,18 @@ fn close(a: &[f32], b: &[f32], what: &str) {
     assert!(worst <= 1e-5 * scale * 10.0, "{what}: worst difference {worst} (scale {scale})");
 }
 
-/// Forward (with `ep`), dX and dW of `g` on random data, by the direct kernel and by im2col +
-/// GEMM; `seed` picks the data.
+/// Forward (with `ep`), dX and dW of `g` on random data, by the direct kernel (or Winograd,
+/// where it takes the shape) and by im2col + GEMM; `seed` picks the data.
 fn compare(simd: pulp::x86::V4, g: &Geom, ep: &Epilogue<'_>, seed: u64, what: &str) {
     let x = rand(g.n * g.img_in(), seed);
     let wt = rand(g.co * g.k(), seed + 1000);
     let yd = forward_direct(simd, g, &x, &direct::Packed::new(&wt, g.co, &g.plane_geom(), ep), 0);
     let yg = forward_gemm(g, &x, &wt, ep);
     close(&yd, &yg, &format!("{what}: forward"));
+    if g.winograd().is_some() {
+        // `backward` below takes Winograd for these too (dX and dW).
+        close(&forward(g, &x, &wt, ep), &yg, &format!("{what}: Winograd forward"));
+    }
     let dy = rand(g.n * g.img_out(), seed + 2000);
     let (mut dwd, mut dwg) = (vec![0.0; g.co * g.k()], vec![0.0; g.co * g.k()]);
     let dxd = backward(g, &x, &wt, &dy, true, Some(&mut dwd), 0);
@@ -90,7 +94,7 @@ fn direct_kernel_matches_gemm_on_random_shapes() {
     assert!(ran > 50, "only {ran} shapes took the direct kernel");
 }
 
-/// Winograd's F(2x2, 3x3) against im2col + GEMM, forward (with an epilogue) and dX, on odd and
+/// Winograd's F(2x2, 3x3) against im2col + GEMM, forward (with an epilogue), dX and dW, on odd and
 /// even planes, every padding kind, a batch smaller than the core count, bands of several
 /// rows and one that ends mid-row, and planes smaller than a tile.
 #[test]
@@ -117,7 +121,10 @@ fn winograd_matches_gemm() {
         let yw = forward_winograd(simd, &g, &x, &winograd_plan(&g, &wt, &ep), 0);
         close(&yw, &forward_gemm(&g, &x, &wt, &ep), &format!("{what}: forward"));
         let dy = rand(g.n * g.img_out(), 600 + i as u64);
-        let dxw = backward(&g, &x, &wt, &dy, true, None, 0);
-        close(&dxw, &backward_gemm(&g, &x, &wt, &dy, true, None, 0), &format!("{what}: dx"));
+        let (mut dww, mut dwg) = (vec![0.0; g.co * g.k()], vec![0.0; g.co * g.k()]);
+        let dxw = backward(&g, &x, &wt, &dy, true, Some(&mut dww), 0);
+        close(&dxw, &backward_gemm(&g, &x, &wt, &dy, true, Some(&mut dwg), 0), &format!("{what}: dx"));
+        close(&dww, &dwg, &format!("{what}: dw"));
     }
 }
+
