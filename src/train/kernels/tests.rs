@@ -458,4 +458,14 @@ fn zero_width_planes_with_padding_run_forward_and_backward() {
         let g = y.sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(x.as_tensor()).expect("dx").dims(), &[2, 3, 4, 0]);
     }
+    // Enough channels for Winograd (dX and dW) and the direct kernel, and a batch smaller than
+    // the core count, where they split each image's output channels across the threads.
+    for (h, w, stride) in [(0, 8, 1), (8, 0, 1), (0, 0, 1), (0, 8, 2), (8, 0, 2)] {
+        let x = Var::from_tensor(&Tensor::zeros((1, 32, h, w), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let cw = Var::from_tensor(&rand_t(&[32, 32, 3, 3], 3)).unwrap();
+        let y = conv2d(x.as_tensor(), cw.as_tensor(), stride, Padding::Symmetric(2)).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(x.as_tensor()).expect("dx").dims(), &[1, 32, h, w], "{h}x{w} stride {stride}");
+        assert_eq!(g.get(cw.as_tensor()).expect("dw").dims(), &[32, 32, 3, 3]);
+    }
 }

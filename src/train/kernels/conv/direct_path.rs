@@ -33,6 +33,10 @@ pub(super) fn winograd_plan(g: &Geom, w: &[f32], ep: &super::Epilogue<'_>) -> wi
 /// Returns the output with room for `extra` more values after it.
 fn forward_split<S: Default>(g: &Geom, x: &[f32], extra: usize, block: usize, run: impl Fn(&[f32], Range<usize>, &mut [f32], &mut S) + Sync) -> Vec<f32> {
     let (img_in, img_out) = (g.img_in(), g.img_out());
+    if img_out == 0 {
+        // No output values (dX of an empty plane): nothing to split, nor to compute.
+        return zeroed_with_room(0, extra);
+    }
     if g.n >= threads() {
         return par_items_zeroed(g.n, img_out, extra, |imgs| {
             let mut b = S::default();
