@@ -141,9 +141,27 @@ fn split_row2(src: &[f32], pl: usize, fill: f32, e: &mut [f32], o: &mut [f32]) {
     }
     let body = &src[lead..n];
     let pairs = body.len() / 2;
-    for ((e, o), pair) in e[h..h + pairs].iter_mut().zip(&mut o[h..h + pairs]).zip(body.chunks_exact(2)) {
-        *e = pair[0];
-        *o = pair[1];
+    // Blocks of 8 pairs as fixed-size arrays (a permute each way), the last one overlapping the
+    // one before (the same values written twice) rather than a scalar tail; under 8, one by one.
+    let mut k = 0;
+    while k < pairs {
+        let b = if pairs >= 8 { k.min(pairs - 8) } else { k };
+        if pairs >= 8 {
+            let p: &[f32; 16] = body[2 * b..][..16].try_into().expect("16 values");
+            let ev: &mut [f32; 8] = (&mut e[h + b..][..8]).try_into().expect("8 values");
+            for (i, v) in ev.iter_mut().enumerate() {
+                *v = p[2 * i];
+            }
+            let ov: &mut [f32; 8] = (&mut o[h + b..][..8]).try_into().expect("8 values");
+            for (i, v) in ov.iter_mut().enumerate() {
+                *v = p[2 * i + 1];
+            }
+            k = b + 8;
+        } else {
+            e[h + b] = body[2 * b];
+            o[h + b] = body[2 * b + 1];
+            k = b + 1;
+        }
     }
     let mut k = h + pairs;
     o[k..].fill(fill);
