@@ -1,8 +1,11 @@
 //! Dense 2D convolution (NCHW, weights OIHW).
 //!
-//! On CPUs with AVX-512, [`direct`](super::direct)'s microkernel reads the padded, phase-split
-//! image directly (forward, dX at stride 1 as a forward pass over dY, and dW). Otherwise, and
-//! for 1x1 stride-1 convolutions or `K < 64`, tiled im2col + single-threaded GEMM per piece:
+//! On CPUs with AVX-512, 3x3 stride-1 convolutions with 16+ channels run Winograd's F(2x2, 3x3)
+//! ([`winograd`](super::winograd): forward, dX as a forward pass over dY, and dW with 32+ input
+//! channels), and the rest [`direct`](super::direct)'s microkernel, which reads the padded,
+//! phase-split image directly (forward, dX at stride 1 as a forward pass over dY, and dW).
+//! Otherwise, and for 1x1 stride-1 convolutions or `K < 64`, tiled im2col + single-threaded
+//! GEMM per piece:
 //!
 //! Forward, per image: `Y[Co, P] = W[Co, K] * col[K, P]` with `K = Ci*kh*kw` and `P = Ho*Wo`,
 //! built tile by tile (a few hundred output pixels, so the im2col buffer stays in L2) from the
