@@ -278,6 +278,19 @@ pub(super) fn transpose16(simd: V4, r: [f32x16; LANES]) -> [f32x16; LANES] {
     })
 }
 
+/// Up to 16 values as a vector, zero past `s.len()` (a short piece goes through a zeroed copy).
+#[inline(always)]
+pub(super) fn vec_or_zero(s: &[f32]) -> f32x16 {
+    match <&[f32; LANES]>::try_from(s) {
+        Ok(full) => pulp::cast(*full),
+        Err(_) => {
+            let mut part = [0.0f32; LANES];
+            part[..s.len()].copy_from_slice(s);
+            pulp::cast(part)
+        }
+    }
+}
+
 /// Where a forward tile lies: wide position `q` of its first pixel, first channel `c` (of the
 /// output's channels `chans`), its first pixel `p` in an output plane of `plane` values.
 struct TileAt {

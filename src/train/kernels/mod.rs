@@ -6,9 +6,9 @@
 //! - [`conv2d`]: dense 2D convolution, any kernel size, stride and padding. On AVX-512 CPUs,
 //!   3x3 stride-1 convolutions with 16+ channels take Winograd's F(2x2, 3x3) (`winograd.rs`),
 //!   and the others a direct ("implicit GEMM") microkernel that reads the padded image instead
-//!   of an im2col matrix (`direct.rs`); otherwise, and for 1x1 or very short `K`, tiled im2col
-//!   + GEMM (the `gemm` crate with its AVX-512 kernels, single-threaded per piece). Images split
-//!   across the cores.
+//!   of an im2col matrix (`direct.rs`); otherwise, and for 1x1 or very short `K`, tiled
+//!   im2col and GEMM (the `gemm` crate with its AVX-512 kernels, single-threaded per piece).
+//!   Images split across the cores.
 //! - [`depthwise_conv2d`]: one filter per channel (weights `[C, 1, kh, kw]`), any stride; planes
 //!   split across the cores, each plane padded once into an L1/L2-resident scratch and swept with
 //!   all taps fused (AVX-512 when the CPU has it, picked at run time).

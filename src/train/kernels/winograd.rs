@@ -26,6 +26,29 @@ use pulp::{f32x16, x86::V4};
 use super::epilogue::{Act, Epilogue};
 use super::phase;
 
+/// `$body` with `R` a constant: `$n` itself from 1 to 13, else [`R_MAX`] (a microkernel's rows
+/// are a const generic, so that its accumulators are an array LLVM keeps in registers).
+macro_rules! with_rows {
+    ($n:expr, $body:expr) => {
+        match $n {
+            1 => { const R: usize = 1; $body }
+            2 => { const R: usize = 2; $body }
+            3 => { const R: usize = 3; $body }
+            4 => { const R: usize = 4; $body }
+            5 => { const R: usize = 5; $body }
+            6 => { const R: usize = 6; $body }
+            7 => { const R: usize = 7; $body }
+            8 => { const R: usize = 8; $body }
+            9 => { const R: usize = 9; $body }
+            10 => { const R: usize = 10; $body }
+            11 => { const R: usize = 11; $body }
+            12 => { const R: usize = 12; $body }
+            13 => { const R: usize = 13; $body }
+            _ => { const R: usize = R_MAX; $body }
+        }
+    };
+}
+
 mod dw;
 pub(super) use dw::DwBufs;
 
@@ -195,22 +218,7 @@ impl Plan {
             for r0 in (0..no).step_by(len) {
                 let at = Pass { bt, c0: chans.start + r0, r0 };
                 for t in (0..bt).step_by(TILE_T) {
-                    match len.min(no - r0) {
-                        1 => self.pass::<1>(simd, vx, ux, &at, t, mx),
-                        2 => self.pass::<2>(simd, vx, ux, &at, t, mx),
-                        3 => self.pass::<3>(simd, vx, ux, &at, t, mx),
-                        4 => self.pass::<4>(simd, vx, ux, &at, t, mx),
-                        5 => self.pass::<5>(simd, vx, ux, &at, t, mx),
-                        6 => self.pass::<6>(simd, vx, ux, &at, t, mx),
-                        7 => self.pass::<7>(simd, vx, ux, &at, t, mx),
-                        8 => self.pass::<8>(simd, vx, ux, &at, t, mx),
-                        9 => self.pass::<9>(simd, vx, ux, &at, t, mx),
-                        10 => self.pass::<10>(simd, vx, ux, &at, t, mx),
-                        11 => self.pass::<11>(simd, vx, ux, &at, t, mx),
-                        12 => self.pass::<12>(simd, vx, ux, &at, t, mx),
-                        13 => self.pass::<13>(simd, vx, ux, &at, t, mx),
-                        _ => self.pass::<R_MAX>(simd, vx, ux, &at, t, mx),
-                    }
+                    with_rows!(len.min(no - r0), self.pass::<R>(simd, vx, ux, &at, t, mx));
                 }
             }
         }
@@ -219,17 +227,9 @@ impl Plan {
     /// One microkernel pass: tiles `t..t + 32` x output channels `at.c0..at.c0 + R`.
     #[inline(always)]
     fn pass<const R: usize>(&self, simd: V4, vx: &[f32], ux: &[f32], at: &Pass, t: usize, mx: &mut [f32]) {
-        let zero = simd.splat_f32x16(0.0);
-        let mut acc = [[zero; 2]; R];
-        for c in 0..self.ci {
-            let vv: [f32x16; 2] = pulp::cast(*<&[f32; TILE_T]>::try_from(&vx[c * at.bt + t..][..TILE_T]).expect("32 tiles"));
-            let us: &[f32; R] = ux[c * self.co + at.c0..][..R].try_into().expect("R weights");
-            for r in 0..R {
-                let uv = simd.splat_f32x16(us[r]);
-                acc[r][0] = simd.mul_add_f32x16(uv, vv[0], acc[r][0]);
-                acc[r][1] = simd.mul_add_f32x16(uv, vv[1], acc[r][1]);
-            }
-        }
+        let v = Rows { s: vx, stride: at.bt, at: t };
+        let u = Rows { s: ux, stride: self.co, at: at.c0 };
+        let acc = fma_pass::<R>(simd, &v, &u, self.ci, [[simd.splat_f32x16(0.0); 2]; R]);
         for (r, a) in acc.into_iter().enumerate() {
             let dst: &mut [f32; TILE_T] = (&mut mx[(at.r0 + r) * at.bt + t..][..TILE_T]).try_into().expect("32 tiles");
             *dst = pulp::cast(a);
@@ -331,6 +331,31 @@ const INTERLEAVE: [[i32; LANES]; 2] = {
     }
     idx
 };
+
+/// `k` rows of a microkernel operand: row `kk` starts at `at + kk * stride` of `s`.
+struct Rows<'a> {
+    s: &'a [f32],
+    stride: usize,
+    at: usize,
+}
+
+/// The products' microkernel, forward and dW alike: `acc[r] += Σ_kk b[kk][r] a[kk][0..32]` over
+/// `k` rows, 32 values of `a` in two vectors and `R` broadcasts of `b` per row. The accumulators
+/// go in and out by value (with their address taken, LLVM kept them in memory; see
+/// `direct.rs`).
+#[inline(always)]
+fn fma_pass<const R: usize>(simd: V4, a: &Rows<'_>, b: &Rows<'_>, k: usize, mut acc: [[f32x16; 2]; R]) -> [[f32x16; 2]; R] {
+    for kk in 0..k {
+        let av: [f32x16; 2] = pulp::cast(*<&[f32; TILE_T]>::try_from(&a.s[a.at + kk * a.stride..][..TILE_T]).expect("32 values"));
+        let bs: &[f32; R] = b.s[b.at + kk * b.stride..][..R].try_into().expect("R values");
+        for r in 0..R {
+            let bv = simd.splat_f32x16(bs[r]);
+            acc[r][0] = simd.mul_add_f32x16(bv, av[0], acc[r][0]);
+            acc[r][1] = simd.mul_add_f32x16(bv, av[1], acc[r][1]);
+        }
+    }
+    acc
+}
 
 /// Where a microkernel pass writes: `M`'s rows from `r0` (output channel `c0`), `bt` tiles each.
 struct Pass {

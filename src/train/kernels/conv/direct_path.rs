@@ -108,12 +108,19 @@ fn dw_winograd(simd: pulp::x86::V4, g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f
         }
         du
     });
+    if let Some(sum) = sum_partials(partials) {
+        plan.dw_finish(&sum, dw);
+    }
+}
+
+/// The per-thread partial sums added up contiguously (None without any).
+fn sum_partials(partials: Vec<Vec<f32>>) -> Option<Vec<f32>> {
     let mut parts = partials.into_iter();
-    let Some(mut sum) = parts.next() else { return };
+    let mut sum = parts.next()?;
     for part in parts {
         sum.iter_mut().zip(&part).for_each(|(s, v)| *s += v);
     }
-    plan.dw_finish(&sum, dw);
+    Some(sum)
 }
 
 /// dW by the direct kernel: per image, dY transposed and taken wide times the phased image.
@@ -138,12 +145,8 @@ fn dw_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32
         }
         dwt
     });
-    // Per-thread sums added up contiguously, then transposed once into dw.
-    let mut parts = partials.into_iter();
-    let Some(mut sum) = parts.next() else { return };
-    for part in parts {
-        sum.iter_mut().zip(&part).for_each(|(s, v)| *s += v);
-    }
+    // Per-thread sums added up, then transposed once into dw.
+    let Some(sum) = sum_partials(partials) else { return };
     for (c, dwrow) in dw.chunks_exact_mut(k).enumerate() {
         for (kk, d) in dwrow.iter_mut().enumerate() {
             *d += sum[kk * cp + c];

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use pulp::{f32x16, x86::V4};
 
-use super::{transpose16, Packed, LANES};
+use super::{transpose16, vec_or_zero, Packed, LANES};
 
 impl Packed {
     /// Output channels per row of [`Packed::dw_images`]'s `dyt`: `co` in whole vectors.
@@ -117,15 +117,7 @@ impl Packed {
                         if c + j >= co {
                             return zero;
                         }
-                        let src = &dy[(c + j) * plane + oy * wo + ox..][..np];
-                        match <&[f32; LANES]>::try_from(src) {
-                            Ok(full) => pulp::cast(*full),
-                            Err(_) => {
-                                let mut part = [0.0f32; LANES];
-                                part[..np].copy_from_slice(src);
-                                pulp::cast(part)
-                            }
-                        }
+                        vec_or_zero(&dy[(c + j) * plane + oy * wo + ox..][..np])
                     });
                     for (i, col) in transpose16(simd, rows).iter().enumerate().take(np) {
                         let dst: &mut [f32; LANES] = (&mut dyt[(oy * wq + ox + i) * cp + c..][..LANES]).try_into().expect("16 channels");

@@ -12,9 +12,9 @@
 
 use pulp::{f32x16, x86::V4};
 
-use super::super::direct::transpose16;
+use super::super::direct::{transpose16, vec_or_zero};
 use super::super::prefetch;
-use super::{input_points, load, stride, store, Plan, LANES, R_MAX, TILE_T, XI};
+use super::{fma_pass, input_points, load, stride, store, Plan, Rows, LANES, R_MAX, TILE_T, XI};
 
 /// Per-thread scratch for dW: the padded image and dY channels-last, and `Vᵀ` and `dZᵀ` of one
 /// band.
@@ -128,15 +128,7 @@ impl Plan {
                     }
                     let mut rows = [zero; LANES];
                     for (k, r) in rows.iter_mut().enumerate().take(chans) {
-                        let s = &src[(c0 + k) * plane + iy * l.w + x0..][..n];
-                        *r = match <&[f32; LANES]>::try_from(s) {
-                            Ok(whole) => pulp::cast(*whole),
-                            Err(_) => {
-                                let mut vals = [0.0f32; LANES];
-                                vals[..n].copy_from_slice(s);
-                                pulp::cast(vals)
-                            }
-                        };
+                        *r = vec_or_zero(&src[(c0 + k) * plane + iy * l.w + x0..][..n]);
                     }
                     for (j, col) in transpose16(simd, rows).into_iter().enumerate().take(n) {
                         store(row, (l.pl + x0 + j) * cp + c0, col);
@@ -216,22 +208,7 @@ impl Plan {
             for o0 in (0..co).step_by(len) {
                 let at = DwPass { bt, cip, cop, o0 };
                 for i0 in (0..cip).step_by(TILE_T) {
-                    match len.min(co - o0) {
-                        1 => dw_pass::<1>(simd, vtx, dzx, &at, i0, dux),
-                        2 => dw_pass::<2>(simd, vtx, dzx, &at, i0, dux),
-                        3 => dw_pass::<3>(simd, vtx, dzx, &at, i0, dux),
-                        4 => dw_pass::<4>(simd, vtx, dzx, &at, i0, dux),
-                        5 => dw_pass::<5>(simd, vtx, dzx, &at, i0, dux),
-                        6 => dw_pass::<6>(simd, vtx, dzx, &at, i0, dux),
-                        7 => dw_pass::<7>(simd, vtx, dzx, &at, i0, dux),
-                        8 => dw_pass::<8>(simd, vtx, dzx, &at, i0, dux),
-                        9 => dw_pass::<9>(simd, vtx, dzx, &at, i0, dux),
-                        10 => dw_pass::<10>(simd, vtx, dzx, &at, i0, dux),
-                        11 => dw_pass::<11>(simd, vtx, dzx, &at, i0, dux),
-                        12 => dw_pass::<12>(simd, vtx, dzx, &at, i0, dux),
-                        13 => dw_pass::<13>(simd, vtx, dzx, &at, i0, dux),
-                        _ => dw_pass::<R_MAX>(simd, vtx, dzx, &at, i0, dux),
-                    }
+                    with_rows!(len.min(co - o0), dw_pass::<R>(simd, vtx, dzx, &at, i0, dux));
                 }
             }
         }
@@ -277,15 +254,8 @@ fn dw_pass<const R: usize>(simd: V4, vtx: &[f32], dzx: &[f32], at: &DwPass, i0: 
     for (r, a) in acc.iter_mut().enumerate() {
         *a = pulp::cast(*<&[f32; TILE_T]>::try_from(&dux[(at.o0 + r) * cip + i0..][..TILE_T]).expect("32 values"));
     }
-    for t in 0..at.bt {
-        let vv: [f32x16; 2] = pulp::cast(*<&[f32; TILE_T]>::try_from(&vtx[t * cip + i0..][..TILE_T]).expect("32 channels"));
-        let zs: &[f32; R] = dzx[t * at.cop + at.o0..][..R].try_into().expect("R values");
-        for r in 0..R {
-            let zv = simd.splat_f32x16(zs[r]);
-            acc[r][0] = simd.mul_add_f32x16(zv, vv[0], acc[r][0]);
-            acc[r][1] = simd.mul_add_f32x16(zv, vv[1], acc[r][1]);
-        }
-    }
+    let (v, z) = (Rows { s: vtx, stride: cip, at: i0 }, Rows { s: dzx, stride: at.cop, at: at.o0 });
+    let acc = fma_pass::<R>(simd, &v, &z, at.bt, acc);
     for (r, a) in acc.into_iter().enumerate() {
         *<&mut [f32; TILE_T]>::try_from(&mut dux[(at.o0 + r) * cip + i0..][..TILE_T]).expect("32 values") = pulp::cast(a);
     }
