@@ -278,6 +278,12 @@ pub(super) fn transpose16(simd: V4, r: [f32x16; LANES]) -> [f32x16; LANES] {
     })
 }
 
+/// The 16 values of `s` from `at`, as a vector.
+#[inline(always)]
+pub(super) fn load16(s: &[f32], at: usize) -> f32x16 {
+    pulp::cast(*<&[f32; LANES]>::try_from(&s[at..at + LANES]).expect("16 values"))
+}
+
 /// Up to 16 values as a vector, zero past `s.len()` (a short piece goes through a zeroed copy).
 #[inline(always)]
 pub(super) fn vec_or_zero(s: &[f32]) -> f32x16 {

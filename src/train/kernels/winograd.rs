@@ -24,6 +24,7 @@ use std::ops::Range;
 use pulp::{f32x16, x86::V4};
 
 use super::epilogue::{Act, Epilogue};
+use super::direct::load16;
 use super::phase;
 
 /// `$body` with `R` a constant: `$n` itself from 1 to 13, else [`R_MAX`] (a microkernel's rows
@@ -196,7 +197,7 @@ impl Plan {
                 // intrinsic in it became a call).
                 let mut d = [simd.splat_f32x16(0.0); XI];
                 for (dk, &off) in d.iter_mut().zip(&self.offs) {
-                    *dk = load(xq, at + off);
+                    *dk = load16(xq, at + off);
                 }
                 for (xi, val) in input_points(simd, &d).into_iter().enumerate() {
                     store(v, xi * stride(self.ci, bt) + c * bt + t, val);
@@ -261,7 +262,7 @@ impl Plan {
                     let s_at = if s + LANES > hi && hi - lo >= LANES { hi - LANES } else { s };
                     let mut mv = [zero; XI];
                     for (xi, mx) in mv.iter_mut().enumerate() {
-                        *mx = load(m, xi * ms + r * bt + s_at - f0);
+                        *mx = load16(m, xi * ms + r * bt + s_at - f0);
                     }
                     let out = output_points(simd, &mv);
                     let ox = 2 * (s_at - ty * wq);
@@ -406,11 +407,6 @@ fn bt_rows(simd: V4, [d0, d1, d2, d3]: [f32x16; 4]) -> [f32x16; 4] {
 #[inline(always)]
 fn at_rows(simd: V4, [m0, m1, m2, m3]: [f32x16; 4]) -> [f32x16; 2] {
     [simd.add_f32x16(simd.add_f32x16(m0, m1), m2), simd.sub_f32x16(simd.sub_f32x16(m1, m2), m3)]
-}
-
-#[inline(always)]
-fn load(s: &[f32], at: usize) -> f32x16 {
-    pulp::cast(*<&[f32; LANES]>::try_from(&s[at..at + LANES]).expect("16 values"))
 }
 
 #[inline(always)]

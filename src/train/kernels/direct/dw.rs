@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use pulp::{f32x16, x86::V4};
 
-use super::{transpose16, vec_or_zero, Packed, LANES};
+use super::{load16, transpose16, vec_or_zero, Packed, LANES};
 
 impl Packed {
     /// Output channels per row of [`Packed::dw_images`]'s `dyt`: `co` in whole vectors.
@@ -69,7 +69,7 @@ impl Packed {
     #[inline(always)]
     fn dw_block<const NK: usize, const NV: usize>(&self, simd: V4, xq: &[f32], dyt: &[f32], at: &DwAt, dwt: &mut [f32]) {
         let (wo, wq, cp) = (self.wo, self.wq, at.cp);
-        let mut acc: [[f32x16; NV]; NK] = std::array::from_fn(|j| std::array::from_fn(|v| pulp::cast(vec16(dwt, (at.k0 + j) * cp + at.c0 + v * LANES))));
+        let mut acc: [[f32x16; NV]; NK] = std::array::from_fn(|j| std::array::from_fn(|v| load16(dwt, (at.k0 + j) * cp + at.c0 + v * LANES)));
         for img in 0..at.n {
             let (xq, dyt) = (&xq[img * self.xq_len..][..self.xq_len], &dyt[img * self.wide() * cp..][..self.wide() * cp]);
             for oy in at.rows.clone() {
@@ -77,7 +77,7 @@ impl Packed {
                 // Each operand cut to exactly wo steps, so that the loop's indexing needs no checks.
                 let xs: [&[f32]; NK] = std::array::from_fn(|j| &xq[self.offs[at.k0 + j] + q0..][..wo]);
                 for (i, row) in dyt[q0 * cp..][..wo * cp].chunks_exact(cp).enumerate() {
-                    let d: [f32x16; NV] = std::array::from_fn(|v| pulp::cast(vec16(row, at.c0 + v * LANES)));
+                    let d: [f32x16; NV] = std::array::from_fn(|v| load16(row, at.c0 + v * LANES));
                     for j in 0..NK {
                         let xv = simd.splat_f32x16(xs[j][i]);
                         for v in 0..NV {
@@ -159,11 +159,6 @@ struct DwAt {
     c0: usize,
     cp: usize,
     n: usize,
-}
-
-#[inline(always)]
-fn vec16(s: &[f32], at: usize) -> [f32; LANES] {
-    *<&[f32; LANES]>::try_from(&s[at..at + LANES]).expect("16 lanes")
 }
 
 /// [`Packed::dw_images`]'s body (see [`ImageOp`]).

@@ -14,7 +14,7 @@ use pulp::{f32x16, x86::V4};
 
 use super::super::direct::{transpose16, vec_or_zero};
 use super::super::prefetch;
-use super::{fma_pass, input_points, load, stride, store, Plan, Rows, LANES, R_MAX, TILE_T, XI};
+use super::{fma_pass, input_points, load16, stride, store, Plan, Rows, LANES, R_MAX, TILE_T, XI};
 
 /// Per-thread scratch for dW: the padded image and dY channels-last, and `Vᵀ` and `dZᵀ` of one
 /// band.
@@ -161,7 +161,7 @@ impl Plan {
             for c0 in (0..cip).step_by(LANES) {
                 let mut d = [zero; XI];
                 for (k, dk) in d.iter_mut().enumerate() {
-                    *dk = load(xp, base + ((k / 4) * wp + k % 4) * cip + c0);
+                    *dk = load16(xp, base + ((k / 4) * wp + k % 4) * cip + c0);
                 }
                 for (xi, val) in input_points(simd, &d).into_iter().enumerate() {
                     store(vt, xi * vs + t * cip + c0, val);
@@ -184,7 +184,7 @@ impl Plan {
             let base = (2 * ty * wp + 2 * tx) * cop;
             for o0 in (0..cop).step_by(LANES) {
                 let points = if real {
-                    let at = |a: usize, b: usize| load(dyp, base + (a * wp + b) * cop + o0);
+                    let at = |a: usize, b: usize| load16(dyp, base + (a * wp + b) * cop + o0);
                     dy_points(simd, [[at(0, 0), at(0, 1)], [at(1, 0), at(1, 1)]])
                 } else {
                     [zero; XI]
