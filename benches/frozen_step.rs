@@ -35,7 +35,12 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let model_spec = ModelSpec {
-        backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![32, 64, 128, 256]) },
+        backbone: BackboneSpec {
+            architecture: Architecture::SmallCnn,
+            weights: None,
+            alpha: None,
+            widths: Some(vec![32, 64, 128, 256]),
+        },
         head: HeadSpec::default(),
     };
     let input = InputSpec { height: SIDE, width: SIDE, ..InputSpec::default() };
@@ -48,7 +53,15 @@ fn main() {
         Tensor::from_vec(v, (BATCH, 3, SIDE as usize, SIDE as usize), &Device::Cpu).expect("input")
     };
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
-    let adam = OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: 1e-4, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None };
+    let adam = OptimizerSpec {
+        kind: OptimizerKind::Adam,
+        learning_rate: 1e-4,
+        learning_rates: None,
+        beta1: None,
+        beta2: None,
+        epsilon: None,
+        momentum: None,
+    };
     let ctx = |grad| ForwardCtx { dropout: grad, bn_training: false, grad, rng: rng::rng(1, Stream::Dropout, 0, 0, 0) };
 
     let forward = median_ms(|| {
@@ -70,5 +83,11 @@ fn main() {
     println!("{:<32} {:>10} {:>12} {:>12}", "", "ms/step", "x forward", "x head-only");
     println!("{:<32} {:>10.1} {:>12.2} {:>12.2}", "forward only (no graph)", forward, 1.0, forward / head);
     println!("{:<32} {:>10.1} {:>12.2} {:>12.2}", format!("head only ({head_exec})"), head, head / forward, 1.0);
-    println!("{:<32} {:>10.1} {:>12.2} {:>12.2}", format!("all trainable ({all_exec})"), all, all / forward, all / head);
+    println!(
+        "{:<32} {:>10.1} {:>12.2} {:>12.2}",
+        format!("all trainable ({all_exec})"),
+        all,
+        all / forward,
+        all / head
+    );
 }

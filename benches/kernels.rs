@@ -96,7 +96,11 @@ fn main() {
         std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").unwrap_or_else(|_| "default".into())
     );
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    let bench = Bench { filter: std::env::var("BENCH_FILTER").unwrap_or_default(), runs: if quick { 3 } else { 11 }, budget: Duration::from_secs(if quick { 1 } else { 4 }) };
+    let bench = Bench {
+        filter: std::env::var("BENCH_FILTER").unwrap_or_default(),
+        runs: if quick { 3 } else { 11 },
+        budget: Duration::from_secs(if quick { 1 } else { 4 }),
+    };
     println!(
         "tanuki kernels: {} threads, AVX-512 path: {}; candle matmul 2048^3: {:.0} GFLOP/s",
         kernels::threads(),
@@ -119,9 +123,13 @@ fn main() {
     let dw = |s: usize| move |x: &Tensor, w: &Tensor| kernels::depthwise_conv2d(x, w, s, Padding::Symmetric(1));
     let stock_dw = |s: usize| move |x: &Tensor, w: &Tensor| x.conv2d(w, 1, s, 1, x.dim(1)?);
     bench.case("depthwise3x3 112x112x96 s1", &[32, 96, 112, 112], &[96, 1, 3, 3], &dw(1), Some(&stock_dw(1)));
-    bench.case("depthwise3x3 112x112x96 s2 (TF same)", &[32, 96, 112, 112], &[96, 1, 3, 3], &|x, w| {
-        kernels::depthwise_conv2d(x, w, 2, Padding::TfSame)
-    }, None);
+    bench.case(
+        "depthwise3x3 112x112x96 s2 (TF same)",
+        &[32, 96, 112, 112],
+        &[96, 1, 3, 3],
+        &|x, w| kernels::depthwise_conv2d(x, w, 2, Padding::TfSame),
+        None,
+    );
     bench.case("depthwise3x3 28x28x192 s1", &[32, 192, 28, 28], &[192, 1, 3, 3], &dw(1), Some(&stock_dw(1)));
     bench.case("depthwise3x3 28x28x192 s2", &[32, 192, 28, 28], &[192, 1, 3, 3], &dw(2), None);
 
@@ -138,5 +146,9 @@ fn main() {
     let stock = time_ms(bench.runs, bench.budget, || {
         x.max_pool2d_with_stride(3, 2).unwrap();
     });
-    println!("| {:<44} | {ours:>9.2} | {stock:>9.2} | {:>7.1}x |", "maxpool3x3 s2 (valid) 147x147x64 fwd", stock / ours);
+    println!(
+        "| {:<44} | {ours:>9.2} | {stock:>9.2} | {:>7.1}x |",
+        "maxpool3x3 s2 (valid) 147x147x64 fwd",
+        stock / ours
+    );
 }

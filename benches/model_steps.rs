@@ -89,7 +89,15 @@ fn phase(model: &mut Model, selectors: &[&str], bn_training: bool) -> Optimizer 
     } else {
         model.fold_frozen_batch_norms().expect("fold");
     }
-    let adam = OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: 1e-4, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None };
+    let adam = OptimizerSpec {
+        kind: OptimizerKind::Adam,
+        learning_rate: 1e-4,
+        learning_rates: None,
+        beta1: None,
+        beta2: None,
+        epsilon: None,
+        momentum: None,
+    };
     Optimizer::new(&adam, &model.params).expect("optimizer")
 }
 
@@ -111,13 +119,21 @@ fn main() {
         stock: std::env::var_os("BENCH_NO_STOCK").is_none(),
         filter: std::env::var("BENCH_FILTER").unwrap_or_default(),
     };
-    println!("batch {BATCH}, f32; milliseconds per step, median; kernel threads: {}", tanuki::train::kernels::threads());
+    println!(
+        "batch {BATCH}, f32; milliseconds per step, median; kernel threads: {}",
+        tanuki::train::kernels::threads()
+    );
     println!("| {:<46} | {:>9} | {:>9} | {:>8} |", "case", "tanuki", "stock", "speed-up");
     println!("|{:-<48}|{:-<11}|{:-<11}|{:-<10}|", "", "", "", "");
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
 
     // (c) small CNN.
-    let small = BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![32, 64, 128, 256]) };
+    let small = BackboneSpec {
+        architecture: Architecture::SmallCnn,
+        weights: None,
+        alpha: None,
+        widths: Some(vec![32, 64, 128, 256]),
+    };
     let mut cnn = model(small, 96);
     let x = images(96);
     // Inference, as Keras's `model(x, training=False)`: batch norms folded into the convolutions
@@ -133,7 +149,8 @@ fn main() {
     drop(cnn);
 
     // (d) MobileNetV2.
-    let mobilenet = BackboneSpec { architecture: Architecture::MobilenetV2, weights: None, alpha: Some(1.0), widths: None };
+    let mobilenet =
+        BackboneSpec { architecture: Architecture::MobilenetV2, weights: None, alpha: Some(1.0), widths: None };
     let mut net = model(mobilenet, 160);
     let x = images(160);
     let mut opt = phase(&mut net, &["head"], false);

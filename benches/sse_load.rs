@@ -23,7 +23,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn memory() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_owned()).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_owned()).unwrap_or_default()
+    };
     format!("VmRSS {} (peak VmHWM {})", field("VmRSS:"), field("VmHWM:"))
 }
 
@@ -32,7 +34,8 @@ fn photos_zip(per_class: usize) -> Vec<u8> {
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for class in ["cats", "dogs"] {
-        let mut names: Vec<_> = std::fs::read_dir(root.join(class)).expect("shared photos").map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> =
+            std::fs::read_dir(root.join(class)).expect("shared photos").map(|e| e.unwrap().file_name()).collect();
         names.sort();
         for name in names.into_iter().take(per_class) {
             writer.start_file(format!("{class}/{}", name.to_string_lossy()), options).unwrap();
@@ -44,7 +47,11 @@ fn photos_zip(per_class: usize) -> Vec<u8> {
 
 /// Reads one subscription to the end; returns (id, receipt time) of each event and the name of
 /// a final event without an id, if any.
-async fn subscribe(client: reqwest::Client, url: String, last_event_id: Option<i64>) -> (Vec<(i64, SystemTime)>, Option<String>) {
+async fn subscribe(
+    client: reqwest::Client,
+    url: String,
+    last_event_id: Option<i64>,
+) -> (Vec<(i64, SystemTime)>, Option<String>) {
     let mut request = client.get(url);
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id.to_string());
@@ -100,7 +107,13 @@ async fn main() {
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     println!("server on {base}; {}", memory());
 
-    let response = client.post(format!("{base}/v1/datasets?name=load")).header("content-type", "application/zip").body(photos_zip(24)).send().await.unwrap();
+    let response = client
+        .post(format!("{base}/v1/datasets?name=load"))
+        .header("content-type", "application/zip")
+        .body(photos_zip(24))
+        .send()
+        .await
+        .unwrap();
     let dataset: Value = response.json().await.unwrap();
     let spec = json!({
         "name": "sse-load", "dataset_id": dataset["id"],
@@ -123,13 +136,19 @@ async fn main() {
     // that ends first closes the streams, so the count never gets there: stop waiting then.
     loop {
         let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-        let open: usize = text.lines().find_map(|l| l.strip_prefix("tanuki_sse_subscribers ")).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let open: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tanuki_sse_subscribers "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if open >= subscribers || started.elapsed() > TIME_LIMIT / 2 {
             break;
         }
         let state: Value = client.get(format!("{base}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
         if !matches!(state["state"].as_str(), Some("queued" | "running")) {
-            println!("the job ended before every subscriber attached ({open} open): raise SSE_EPOCHS for live deliveries");
+            println!(
+                "the job ended before every subscriber attached ({open} open): raise SSE_EPOCHS for live deliveries"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -141,7 +160,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let history = |client: reqwest::Client| {
         let url = format!("{base}/v1/jobs/{id}/metrics");
-        async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap()["events"].as_array().unwrap().clone() }
+        async move {
+            client.get(url).send().await.unwrap().json::<Value>().await.unwrap()["events"].as_array().unwrap().clone()
+        }
     };
     let stored_now = history(client.clone()).await.len() as i64;
     for i in 0..late {
@@ -153,12 +174,15 @@ async fn main() {
     let mut results = Vec::new();
     for (after, task) in tasks {
         let remaining = TIME_LIMIT.saturating_sub(started.elapsed());
-        let result = tokio::time::timeout(remaining, task).await.expect("within the time limit").expect("subscriber task");
+        let result =
+            tokio::time::timeout(remaining, task).await.expect("within the time limit").expect("subscriber task");
         results.push((after, result));
     }
     let events = history(client.clone()).await;
-    let created: HashMap<i64, DateTime<Utc>> =
-        events.iter().map(|e| (e["id"].as_i64().unwrap(), e["created_at"].as_str().unwrap().parse().unwrap())).collect();
+    let created: HashMap<i64, DateTime<Utc>> = events
+        .iter()
+        .map(|e| (e["id"].as_i64().unwrap(), e["created_at"].as_str().unwrap().parse().unwrap()))
+        .collect();
     let total = events.len() as i64;
 
     let mut failures = 0;
@@ -172,7 +196,11 @@ async fn main() {
         if ids != ((after + 1)..=total).collect::<Vec<_>>() {
             failures += 1;
             if failures <= 3 {
-                eprintln!("subscriber after {after}: got {} events ({:?}…), final {final_event:?}", ids.len(), &ids[..ids.len().min(5)]);
+                eprintln!(
+                    "subscriber after {after}: got {} events ({:?}…), final {final_event:?}",
+                    ids.len(),
+                    &ids[..ids.len().min(5)]
+                );
             }
         }
         if *after == 0 {

@@ -56,7 +56,11 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let shutdown = CancellationToken::new();
     let jobs = Jobs::new(
         pool.clone(),
-        jobs::Paths { datasets: config.datasets_dir(), checkpoints: config.checkpoints_dir(), backbones: config.backbones_dir() },
+        jobs::Paths {
+            datasets: config.datasets_dir(),
+            checkpoints: config.checkpoints_dir(),
+            backbones: config.backbones_dir(),
+        },
         shutdown.clone(),
     );
     let requeued = jobs.requeue_interrupted().await?;
@@ -101,7 +105,10 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(?timeout, "running jobs did not stop in time; they resume from their last checkpoint on the next start");
+            tracing::warn!(
+                ?timeout,
+                "running jobs did not stop in time; they resume from their last checkpoint on the next start"
+            );
         }
         match tokio::time::timeout(timeout, server).await {
             Ok(result) => result??,

@@ -81,7 +81,8 @@ impl Config {
 
     /// Every configured API token: the list and the file's lines, trimmed, empties dropped.
     pub fn load_api_tokens(&self) -> std::io::Result<Vec<String>> {
-        let mut tokens: Vec<String> = self.api_tokens.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+        let mut tokens: Vec<String> =
+            self.api_tokens.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
         if let Some(path) = &self.api_tokens_file {
             let text = std::fs::read_to_string(path)?;
             tokens.extend(

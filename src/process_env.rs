@@ -53,7 +53,9 @@ pub fn reexec_with_tuned_env() {
         use std::os::unix::process::CommandExt;
         let exe = match std::env::current_exe() {
             Ok(exe) => exe,
-            Err(e) => return eprintln!("tanuki: running with the default allocator settings (no path to this program: {e})"),
+            Err(e) => {
+                return eprintln!("tanuki: running with the default allocator settings (no path to this program: {e})")
+            }
         };
         let err = std::process::Command::new(exe)
             .args(std::env::args_os().skip(1))

@@ -59,12 +59,7 @@ pub(crate) fn detect_format(path: &Path) -> Result<Format, DatasetError> {
 }
 
 /// Extracts every regular file of the archive into `into`, which must be an empty directory.
-pub(crate) fn extract(
-    archive: &Path,
-    format: Format,
-    into: &Path,
-    limits: &ImportLimits,
-) -> Result<(), DatasetError> {
+pub(crate) fn extract(archive: &Path, format: Format, into: &Path, limits: &ImportLimits) -> Result<(), DatasetError> {
     let mut sink = Sink::new(into, limits);
     let reader = BufReader::new(File::open(archive)?);
     match format {
@@ -82,9 +77,7 @@ fn extract_zip(reader: impl Read + io::Seek, sink: &mut Sink<'_>) -> Result<(), 
     let mut zip = zip::ZipArchive::new(reader).map_err(corrupt)?;
     // The central directory gives the count up front, so a huge one fails before any work.
     if zip.len() as u64 > sink.limits.max_entries {
-        return Err(DatasetError::TooManyEntries {
-            limit: sink.limits.max_entries,
-        });
+        return Err(DatasetError::TooManyEntries { limit: sink.limits.max_entries });
     }
     for i in 0..zip.len() {
         sink.count_entry()?;
@@ -145,16 +138,10 @@ fn extract_tar(reader: impl Read, sink: &mut Sink<'_>) -> Result<(), DatasetErro
 /// Validates an entry name. `Ok(None)`: a safe name to ignore (hidden, `__MACOSX`, empty);
 /// `Ok(Some(path))`: the relative path to write; `Err`: an unsafe name.
 fn sanitize(name: &str) -> Result<Option<PathBuf>, DatasetError> {
-    let unsafe_entry = || DatasetError::UnsafeEntry {
-        entry: name.to_owned(),
-    };
+    let unsafe_entry = || DatasetError::UnsafeEntry { entry: name.to_owned() };
     // Backslashes are separators on Windows and NUL truncates names in C APIs: either could make
     // the name mean something other than what was checked.
-    if name.starts_with('/')
-        || name.contains('\\')
-        || name.contains('\0')
-        || name.len() > MAX_NAME_BYTES
-    {
+    if name.starts_with('/') || name.contains('\\') || name.contains('\0') || name.len() > MAX_NAME_BYTES {
         return Err(unsafe_entry());
     }
     let mut path = PathBuf::new();
@@ -209,29 +196,20 @@ impl<'a> Sink<'a> {
     fn count_entry(&mut self) -> Result<(), DatasetError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
-            return Err(DatasetError::TooManyEntries {
-                limit: self.limits.max_entries,
-            });
+            return Err(DatasetError::TooManyEntries { limit: self.limits.max_entries });
         }
         Ok(())
     }
 
     /// Copies one entry to `root/rel`, counting bytes as they are written. Returns the count.
-    fn write_file(
-        &mut self,
-        rel: &Path,
-        name: &str,
-        src: &mut dyn Read,
-    ) -> Result<u64, DatasetError> {
+    fn write_file(&mut self, rel: &Path, name: &str, src: &mut dyn Read) -> Result<u64, DatasetError> {
         // A name seen twice, or used both as a file and as a folder, would otherwise surface as a
         // filesystem error (the server's fault) or silently overwrite; it is the archive's fault.
         let clash = self.files.contains(rel)
             || self.dirs.contains(rel)
             || rel.ancestors().skip(1).any(|a| self.files.contains(a));
         if clash {
-            return Err(corrupt(format!(
-                "entry `{name}` clashes with an earlier entry"
-            )));
+            return Err(corrupt(format!("entry `{name}` clashes with an earlier entry")));
         }
         for ancestor in rel.ancestors().skip(1) {
             if ancestor.as_os_str().is_empty() || !self.dirs.insert(ancestor.to_path_buf()) {
@@ -245,10 +223,7 @@ impl<'a> Sink<'a> {
             fs::create_dir_all(parent)?;
         }
         // create_new: never follow or overwrite anything already at the path.
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&target)?;
+        let mut out = OpenOptions::new().write(true).create_new(true).open(&target)?;
         let mut written = 0u64;
         loop {
             let n = match src.read(&mut self.buf) {
@@ -260,9 +235,7 @@ impl<'a> Sink<'a> {
             written += n as u64;
             self.bytes += n as u64;
             if self.bytes > self.limits.max_unpacked_bytes {
-                return Err(DatasetError::TooLarge {
-                    limit: self.limits.max_unpacked_bytes,
-                });
+                return Err(DatasetError::TooLarge { limit: self.limits.max_unpacked_bytes });
             }
             out.write_all(&self.buf[..n])?;
         }

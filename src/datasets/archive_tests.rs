@@ -26,8 +26,7 @@ pub(crate) fn jpeg() -> Vec<u8> {
 pub(crate) fn write_zip(path: &Path, items: &[Item]) {
     use zip::write::SimpleFileOptions;
     let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
-    let options =
-        SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for item in items {
         match item {
             Item::File(name, bytes) => {
@@ -35,9 +34,7 @@ pub(crate) fn write_zip(path: &Path, items: &[Item]) {
                 zip.write_all(bytes).unwrap();
             }
             Item::Dir(name) => zip.add_directory(name.as_str(), options).unwrap(),
-            Item::Symlink(name, target) => zip
-                .add_symlink(name.as_str(), target.as_str(), options)
-                .unwrap(),
+            Item::Symlink(name, target) => zip.add_symlink(name.as_str(), target.as_str(), options).unwrap(),
         }
     }
     zip.finish().unwrap();
@@ -45,14 +42,8 @@ pub(crate) fn write_zip(path: &Path, items: &[Item]) {
 
 pub(crate) fn write_tar(path: &Path, items: &[Item], gzip: bool) {
     let out = File::create(path).unwrap();
-    let out: Box<dyn Write> = if gzip {
-        Box::new(flate2::write::GzEncoder::new(
-            out,
-            flate2::Compression::fast(),
-        ))
-    } else {
-        Box::new(out)
-    };
+    let out: Box<dyn Write> =
+        if gzip { Box::new(flate2::write::GzEncoder::new(out, flate2::Compression::fast())) } else { Box::new(out) };
     let mut tar = tar::Builder::new(out);
     for item in items {
         // Headers are filled by hand: the builder's path setters refuse `..` and absolute
@@ -93,43 +84,26 @@ impl Fixture {
     pub(crate) fn dest(&self) -> PathBuf {
         self.dir.path().join("datasets").join("ds")
     }
-    pub(crate) fn import(
-        &self,
-        limits: &ImportLimits,
-    ) -> Result<DatasetManifest, DatasetError> {
+    pub(crate) fn import(&self, limits: &ImportLimits) -> Result<DatasetManifest, DatasetError> {
         import_archive(&self.upload(), &self.dest(), limits)
     }
     /// After a failed import: no dest, no staging folder, nothing but `upload` and `datasets/`.
     pub(crate) fn assert_clean(&self) {
         assert!(!self.dest().exists());
-        let left: Vec<_> = fs::read_dir(self.dir.path().join("datasets"))
-            .unwrap()
-            .collect();
+        let left: Vec<_> = fs::read_dir(self.dir.path().join("datasets")).unwrap().collect();
         assert!(left.is_empty(), "left behind: {left:?}");
-        let mut top: Vec<_> = fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let mut top: Vec<_> = fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         top.sort();
         assert_eq!(top, ["datasets", "upload"]);
     }
 }
 
 fn counts(manifest: &DatasetManifest) -> Vec<(&str, usize)> {
-    manifest
-        .classes
-        .iter()
-        .map(|c| (c.name.as_str(), c.images))
-        .collect()
+    manifest.classes.iter().map(|c| (c.name.as_str(), c.images)).collect()
 }
 
 fn two_classes() -> Vec<Item> {
-    vec![
-        Item::Dir("cats/".into()),
-        file("cats/a.png", png()),
-        file("cats/b.jpg", jpeg()),
-        file("dogs/c.png", png()),
-    ]
+    vec![Item::Dir("cats/".into()), file("cats/a.png", png()), file("cats/b.jpg", jpeg()), file("dogs/c.png", png())]
 }
 
 #[test]
@@ -149,12 +123,7 @@ fn imports_zip_tar_and_tar_gz() {
         let expected: u64 = [png(), jpeg(), png()].iter().map(|b| b.len() as u64).sum();
         assert_eq!(manifest.total_bytes, expected);
         // Only dest remains beside it: the staging folder is gone.
-        assert_eq!(
-            fs::read_dir(fx.dir.path().join("datasets"))
-                .unwrap()
-                .count(),
-            1
-        );
+        assert_eq!(fs::read_dir(fx.dir.path().join("datasets")).unwrap().count(), 1);
     }
 }
 
@@ -162,10 +131,7 @@ fn imports_zip_tar_and_tar_gz() {
 fn empty_zip_has_no_classes() {
     let fx = Fixture::new();
     write_zip(&fx.upload(), &[]);
-    assert!(matches!(
-        fx.import(&ImportLimits::default()),
-        Err(DatasetError::NoClasses)
-    ));
+    assert!(matches!(fx.import(&ImportLimits::default()), Err(DatasetError::NoClasses)));
     fx.assert_clean();
 }
 
@@ -180,10 +146,7 @@ fn parent_dir_entry_is_rejected_and_nothing_escapes() {
             write_tar(&fx.upload(), &items, false);
         }
         let err = fx.import(&ImportLimits::default()).unwrap_err();
-        assert!(
-            matches!(&err, DatasetError::UnsafeEntry { entry } if entry == "../evil"),
-            "{format}: {err:?}"
-        );
+        assert!(matches!(&err, DatasetError::UnsafeEntry { entry } if entry == "../evil"), "{format}: {err:?}");
         assert_eq!(err.code(), "unsafe_archive_entry");
         fx.assert_clean();
         assert!(!fx.dir.path().join("evil").exists());
@@ -192,12 +155,7 @@ fn parent_dir_entry_is_rejected_and_nothing_escapes() {
 
 #[test]
 fn absolute_backslash_and_drive_entries_are_rejected() {
-    let names = [
-        "/etc/evil",
-        "cats/..\\..\\evil",
-        "C:/evil",
-        "cats/a/../../../evil",
-    ];
+    let names = ["/etc/evil", "cats/..\\..\\evil", "C:/evil", "cats/a/../../../evil"];
     for name in names {
         for format in ["zip", "tar"] {
             let fx = Fixture::new();
@@ -208,10 +166,7 @@ fn absolute_backslash_and_drive_entries_are_rejected() {
                 write_tar(&fx.upload(), &items, false);
             }
             let err = fx.import(&ImportLimits::default()).unwrap_err();
-            assert!(
-                matches!(err, DatasetError::UnsafeEntry { .. }),
-                "{format} {name}: {err:?}"
-            );
+            assert!(matches!(err, DatasetError::UnsafeEntry { .. }), "{format} {name}: {err:?}");
             fx.assert_clean();
         }
     }
@@ -219,10 +174,7 @@ fn absolute_backslash_and_drive_entries_are_rejected() {
 
 #[test]
 fn symlinks_are_rejected() {
-    let items = [
-        file("cats/a.png", png()),
-        Item::Symlink("cats/b.png".into(), "/etc/passwd".into()),
-    ];
+    let items = [file("cats/a.png", png()), Item::Symlink("cats/b.png".into(), "/etc/passwd".into())];
     for format in ["zip", "tar"] {
         let fx = Fixture::new();
         if format == "zip" {
@@ -231,10 +183,7 @@ fn symlinks_are_rejected() {
             write_tar(&fx.upload(), &items, false);
         }
         let err = fx.import(&ImportLimits::default()).unwrap_err();
-        assert!(
-            matches!(&err, DatasetError::UnsafeEntry { entry } if entry == "cats/b.png"),
-            "{format}: {err:?}"
-        );
+        assert!(matches!(&err, DatasetError::UnsafeEntry { entry } if entry == "cats/b.png"), "{format}: {err:?}");
         fx.assert_clean();
     }
 }
@@ -259,14 +208,8 @@ fn hidden_and_macosx_entries_are_ignored() {
 #[test]
 fn unpacked_size_limit_is_enforced() {
     // Highly compressible: the archive is tiny, the content is not.
-    let items = [
-        file("cats/a.png", vec![0; 300_000]),
-        file("dogs/b.png", vec![0; 300_000]),
-    ];
-    let limits = ImportLimits {
-        max_unpacked_bytes: 500_000,
-        ..ImportLimits::default()
-    };
+    let items = [file("cats/a.png", vec![0; 300_000]), file("dogs/b.png", vec![0; 300_000])];
+    let limits = ImportLimits { max_unpacked_bytes: 500_000, ..ImportLimits::default() };
     for format in ["zip", "tar.gz"] {
         let fx = Fixture::new();
         if format == "zip" {
@@ -276,23 +219,15 @@ fn unpacked_size_limit_is_enforced() {
         }
         assert!(fs::metadata(fx.upload()).unwrap().len() < 10_000);
         let err = fx.import(&limits).unwrap_err();
-        assert!(
-            matches!(err, DatasetError::TooLarge { limit: 500_000 }),
-            "{format}: {err:?}"
-        );
+        assert!(matches!(err, DatasetError::TooLarge { limit: 500_000 }), "{format}: {err:?}");
         fx.assert_clean();
     }
 }
 
 #[test]
 fn entry_count_limit_is_enforced() {
-    let items: Vec<_> = (0..5)
-        .map(|i| file(&format!("cats/{i}.png"), png()))
-        .collect();
-    let limits = ImportLimits {
-        max_entries: 4,
-        ..ImportLimits::default()
-    };
+    let items: Vec<_> = (0..5).map(|i| file(&format!("cats/{i}.png"), png())).collect();
+    let limits = ImportLimits { max_entries: 4, ..ImportLimits::default() };
     for format in ["zip", "tar"] {
         let fx = Fixture::new();
         if format == "zip" {
@@ -301,10 +236,7 @@ fn entry_count_limit_is_enforced() {
             write_tar(&fx.upload(), &items, false);
         }
         let err = fx.import(&limits).unwrap_err();
-        assert!(
-            matches!(err, DatasetError::TooManyEntries { limit: 4 }),
-            "{format}: {err:?}"
-        );
+        assert!(matches!(err, DatasetError::TooManyEntries { limit: 4 }), "{format}: {err:?}");
         fx.assert_clean();
     }
 }
@@ -320,12 +252,7 @@ fn not_an_archive_or_corrupt() {
         fx.assert_clean();
     };
     check(b"", "not_an_archive");
-    check(
-        &(0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-            .collect::<Vec<_>>(),
-        "not_an_archive",
-    );
+    check(&(0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect::<Vec<_>>(), "not_an_archive");
     check(&png(), "not_an_archive");
 
     write_zip(&fx.upload(), &two_classes());
@@ -337,10 +264,7 @@ fn not_an_archive_or_corrupt() {
     write_tar(&fx.upload(), &two_classes(), true);
     let gz_bytes = fs::read(fx.upload()).unwrap();
     check(&gz_bytes[..gz_bytes.len() / 2], "corrupt_archive");
-    check(
-        &[0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-        "corrupt_archive",
-    );
+    check(&[0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "corrupt_archive");
 
     write_tar(&fx.upload(), &two_classes(), false);
     let tar_bytes = fs::read(fx.upload()).unwrap();
@@ -383,24 +307,10 @@ fn sanitize_names() {
     ok("cats/.DS_Store", None);
     ok("__MACOSX/cats/a.jpg", None);
     ok("./", None);
-    for bad in [
-        "/a",
-        "a/../b",
-        "..",
-        "a\\b",
-        "c:x",
-        "a/\0b",
-        &"x/".repeat(40),
-    ] {
-        assert!(
-            matches!(sanitize(bad), Err(DatasetError::UnsafeEntry { .. })),
-            "{bad}"
-        );
+    for bad in ["/a", "a/../b", "..", "a\\b", "c:x", "a/\0b", &"x/".repeat(40)] {
+        assert!(matches!(sanitize(bad), Err(DatasetError::UnsafeEntry { .. })), "{bad}");
     }
     assert!(sanitize(".hidden/../../x").is_err());
     let long = vec!["d".repeat(250); 5].join("/");
-    assert!(matches!(
-        sanitize(&long),
-        Err(DatasetError::UnsafeEntry { .. })
-    ));
+    assert!(matches!(sanitize(&long), Err(DatasetError::UnsafeEntry { .. })));
 }

@@ -72,9 +72,7 @@ mod tests {
     fn codes_are_stable_and_distinct() {
         let errors = [
             DatasetError::NotAnArchive,
-            DatasetError::UnsafeEntry {
-                entry: "../x".into(),
-            },
+            DatasetError::UnsafeEntry { entry: "../x".into() },
             DatasetError::TooLarge { limit: 1 },
             DatasetError::TooManyEntries { limit: 1 },
             DatasetError::NoClasses,

@@ -58,9 +58,7 @@ pub(crate) fn check_image(path: &Path, max_pixels: u64) -> io::Result<Verdict> {
         return Ok(Some("corrupt image: zero width or height".to_owned()));
     }
     if pixels > max_pixels {
-        return Ok(Some(format!(
-            "image is {width}x{height}, more than {max_pixels} pixels"
-        )));
+        return Ok(Some(format!("image is {width}x{height}, more than {max_pixels} pixels")));
     }
 
     if reader_format == ImageFormat::Jpeg && !jpeg_has_end_marker(path)? {
@@ -153,10 +151,8 @@ fn open(path: &Path) -> io::Result<ImageReader<BufReader<File>>> {
 
 /// Checks every file on a few threads; the result at index `i` is for `paths[i]`.
 pub(crate) fn check_images(paths: &[PathBuf], max_pixels: u64) -> io::Result<Vec<Verdict>> {
-    let threads = thread::available_parallelism()
-        .map_or(1, NonZeroUsize::get)
-        .clamp(1, MAX_THREADS)
-        .min(paths.len().max(1));
+    let threads =
+        thread::available_parallelism().map_or(1, NonZeroUsize::get).clamp(1, MAX_THREADS).min(paths.len().max(1));
     // Work is handed out one file at a time rather than in fixed chunks: image sizes vary a lot,
     // and fixed chunks would leave a thread idle while another decodes all the big ones.
     let next = AtomicUsize::new(0);
@@ -176,10 +172,7 @@ pub(crate) fn check_images(paths: &[PathBuf], max_pixels: u64) -> io::Result<Vec
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("image check thread panicked")))
-            })
+            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("image check thread panicked"))))
             .collect()
     });
     let mut results = vec![None; paths.len()];
@@ -199,9 +192,7 @@ pub(crate) mod tests {
 
     /// A small image encoded in memory, for tests here and in the other modules.
     pub(crate) fn encoded(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
-        let img = ImageBuffer::from_fn(width, height, |x, y| {
-            Rgb([(x * 7) as u8, (y * 13) as u8, ((x + y) * 3) as u8])
-        });
+        let img = ImageBuffer::from_fn(width, height, |x, y| Rgb([(x * 7) as u8, (y * 13) as u8, ((x + y) * 3) as u8]));
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).expect("encode test image");
         out.into_inner()
@@ -232,10 +223,7 @@ pub(crate) mod tests {
         assert_eq!(results[1], None);
         assert_eq!(results[2].as_deref(), Some("not a JPEG or PNG image"));
         assert!(results[3].as_deref().unwrap().starts_with("corrupt image"));
-        assert!(results[4]
-            .as_deref()
-            .unwrap()
-            .contains("more than 9900 pixels"));
+        assert!(results[4].as_deref().unwrap().contains("more than 9900 pixels"));
         assert_eq!(results[5], None);
         assert!(results[6].as_deref().unwrap().starts_with("corrupt image"));
         // The JPEG decoder fills in a cut-off scan instead of failing; the end marker check must
@@ -251,10 +239,7 @@ pub(crate) mod tests {
         // Bytes after the end marker (some cameras append data) are fine.
         let mut trailing = big_jpeg.clone();
         trailing.extend_from_slice(&[0; 100]);
-        assert_eq!(
-            check_image(&write("i.jpg", &trailing), u64::MAX).unwrap(),
-            None
-        );
+        assert_eq!(check_image(&write("i.jpg", &trailing), u64::MAX).unwrap(), None);
         assert!(sniff_image(&paths[0]).unwrap());
         assert!(!sniff_image(&paths[2]).unwrap());
     }

@@ -51,10 +51,7 @@ pub struct SkippedFile {
 /// Normalises the tree extracted under `top`: picks the root, deletes every file that is not a
 /// valid image inside a class folder, drops classes left empty. Returns the directory that now
 /// holds exactly `<class>/<images>` (either `top` or its single wrapping folder) and the manifest.
-pub(crate) fn build(
-    top: &Path,
-    max_pixels: u64,
-) -> Result<(PathBuf, DatasetManifest), DatasetError> {
+pub(crate) fn build(top: &Path, max_pixels: u64) -> Result<(PathBuf, DatasetManifest), DatasetError> {
     let root = find_root(top)?;
     let mut skipped = Skipped::default();
 
@@ -107,12 +104,7 @@ pub(crate) fn build(
     if classes.is_empty() {
         return Err(DatasetError::NoClasses);
     }
-    let manifest = DatasetManifest {
-        classes,
-        skipped: skipped.count,
-        skipped_examples: skipped.examples,
-        total_bytes,
-    };
+    let manifest = DatasetManifest { classes, skipped: skipped.count, skipped_examples: skipped.examples, total_bytes };
     Ok((root, manifest))
 }
 
@@ -127,11 +119,7 @@ impl Skipped {
         self.count += 1;
         if self.examples.len() < MAX_SKIPPED_EXAMPLES {
             let rel = file.strip_prefix(top).unwrap_or(file);
-            let path = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            let path = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
             self.examples.push(SkippedFile { path, reason });
         }
     }
@@ -164,10 +152,7 @@ fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, DatasetError> {
         // file_type() does not follow symlinks, so a link is never taken for a folder.
         if entry.file_type()?.is_dir() {
             let name = entry.file_name().into_string().map_err(|name| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("folder name {name:?} is not UTF-8"),
-                )
+                io::Error::new(io::ErrorKind::InvalidData, format!("folder name {name:?} is not UTF-8"))
             })?;
             out.push((name, entry.path()));
         }
@@ -244,11 +229,7 @@ mod tests {
     use crate::datasets::ImportLimits;
 
     fn counts(manifest: &DatasetManifest) -> Vec<(&str, usize)> {
-        manifest
-            .classes
-            .iter()
-            .map(|c| (c.name.as_str(), c.images))
-            .collect()
+        manifest.classes.iter().map(|c| (c.name.as_str(), c.images)).collect()
     }
 
     #[test]
@@ -270,22 +251,13 @@ mod tests {
         assert!(fx.dest().join("cats/a.png").is_file());
         assert!(!fx.dest().join("mydata").exists());
         // The leftovers outside the wrapping folder went with the staging folder.
-        assert_eq!(
-            fs::read_dir(fx.dir.path().join("datasets"))
-                .unwrap()
-                .count(),
-            1
-        );
+        assert_eq!(fs::read_dir(fx.dir.path().join("datasets")).unwrap().count(), 1);
     }
 
     #[test]
     fn single_folder_of_images_is_one_class() {
         let fx = Fixture::new();
-        write_tar(
-            &fx.upload(),
-            &[file("cats/a.png", png()), file("cats/b.png", png())],
-            false,
-        );
+        write_tar(&fx.upload(), &[file("cats/a.png", png()), file("cats/b.png", png())], false);
         let manifest = fx.import(&ImportLimits::default()).unwrap();
         assert_eq!(counts(&manifest), [("cats", 2)]);
     }
@@ -309,34 +281,17 @@ mod tests {
                 file("empty/notes.txt", b"nothing".to_vec()),
             ],
         );
-        let limits = ImportLimits {
-            max_image_pixels: 2_000,
-            ..ImportLimits::default()
-        };
+        let limits = ImportLimits { max_image_pixels: 2_000, ..ImportLimits::default() };
         let manifest = fx.import(&limits).unwrap();
         assert_eq!(counts(&manifest), [("cats", 2), ("dogs", 1)]);
         assert_eq!(manifest.skipped, 6);
-        let skipped: Vec<_> = manifest
-            .skipped_examples
-            .iter()
-            .map(|s| s.path.as_str())
-            .collect();
+        let skipped: Vec<_> = manifest.skipped_examples.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(
             skipped,
-            [
-                "loose.png",
-                "cats/broken/c.jpg",
-                "cats/labels.csv",
-                "dogs/big.png",
-                "dogs/d.png",
-                "empty/notes.txt"
-            ]
+            ["loose.png", "cats/broken/c.jpg", "cats/labels.csv", "dogs/big.png", "dogs/d.png", "empty/notes.txt"]
         );
         assert!(manifest.skipped_examples[3].reason.contains("pixels"));
-        assert_eq!(
-            manifest.skipped_examples[2].reason,
-            "not a JPEG or PNG image"
-        );
+        assert_eq!(manifest.skipped_examples[2].reason, "not a JPEG or PNG image");
         // Only valid images remain; emptied folders and image-less classes are gone.
         assert!(fx.dest().join("cats/nested/deeper/b.jpg").is_file());
         assert!(!fx.dest().join("cats/broken").exists());
@@ -350,9 +305,7 @@ mod tests {
     #[test]
     fn skipped_examples_are_capped() {
         let fx = Fixture::new();
-        let mut items: Vec<Item> = (0..30)
-            .map(|i| file(&format!("cats/{i:02}.txt"), vec![1]))
-            .collect();
+        let mut items: Vec<Item> = (0..30).map(|i| file(&format!("cats/{i:02}.txt"), vec![1])).collect();
         items.push(file("cats/ok.png", png()));
         write_tar(&fx.upload(), &items, true);
         let manifest = fx.import(&ImportLimits::default()).unwrap();
@@ -365,10 +318,7 @@ mod tests {
     fn no_class_folders() {
         let cases: [&[Item]; 3] = [
             &[file("a.png", png()), file("b.png", png())],
-            &[
-                file("cats/a.txt", b"x".to_vec()),
-                file("dogs/b.jpg", b"nope".to_vec()),
-            ],
+            &[file("cats/a.txt", b"x".to_vec()), file("dogs/b.jpg", b"nope".to_vec())],
             &[Item::Dir("cats/".into()), Item::Dir("dogs/".into())],
         ];
         for items in cases {
@@ -404,16 +354,7 @@ mod tests {
         assert_eq!(classes, names);
         let rel: Vec<_> = samples
             .iter()
-            .map(|(p, l)| {
-                (
-                    p.strip_prefix(fx.dest())
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .to_owned(),
-                    *l,
-                )
-            })
+            .map(|(p, l)| (p.strip_prefix(fx.dest()).unwrap().to_str().unwrap().to_owned(), *l))
             .collect();
         let want = [
             ("B/x.jpg", 0),
@@ -424,20 +365,14 @@ mod tests {
             ("dogs/z.png", 2),
         ];
         assert_eq!(rel, want.map(|(p, l)| (p.to_owned(), l)));
-        assert!(
-            matches!(list_samples(fx.dir.path().join("datasets").as_path()), Ok((c, _)) if c == ["ds"])
-        );
+        assert!(matches!(list_samples(fx.dir.path().join("datasets").as_path()), Ok((c, _)) if c == ["ds"]));
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            list_samples(empty.path()),
-            Err(DatasetError::NoClasses)
-        ));
+        assert!(matches!(list_samples(empty.path()), Err(DatasetError::NoClasses)));
     }
 
     #[test]
     fn real_jpegs_from_cats_and_dogs() {
-        let train = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/cats_and_dogs_filtered/train");
+        let train = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/train");
         let mut items = Vec::new();
         for class in ["cats", "dogs"] {
             let mut files: Vec<_> = fs::read_dir(train.join(class))
@@ -446,10 +381,7 @@ mod tests {
                 .collect();
             files.sort();
             for path in files.into_iter().take(4) {
-                let name = format!(
-                    "pets/{class}/{}",
-                    path.file_name().unwrap().to_str().unwrap()
-                );
+                let name = format!("pets/{class}/{}", path.file_name().unwrap().to_str().unwrap());
                 items.push(file(&name, fs::read(&path).unwrap()));
             }
         }

@@ -35,11 +35,7 @@ pub struct ImportLimits {
 
 impl Default for ImportLimits {
     fn default() -> Self {
-        ImportLimits {
-            max_unpacked_bytes: 8 << 30,
-            max_entries: 200_000,
-            max_image_pixels: 40_000_000,
-        }
+        ImportLimits { max_unpacked_bytes: 8 << 30, max_entries: 200_000, max_image_pixels: 40_000_000 }
     }
 }
 
@@ -48,11 +44,7 @@ impl Default for ImportLimits {
 ///
 /// On success `dest` holds `<class>/<relative path>` with only valid images. On any error nothing
 /// is left behind: the staging folder is removed and `dest` is not created.
-pub fn import_archive(
-    archive: &Path,
-    dest: &Path,
-    limits: &ImportLimits,
-) -> Result<DatasetManifest, DatasetError> {
+pub fn import_archive(archive: &Path, dest: &Path, limits: &ImportLimits) -> Result<DatasetManifest, DatasetError> {
     let format = archive::detect_format(archive)?;
     if fs::symlink_metadata(dest).is_ok() {
         return Err(io::Error::new(

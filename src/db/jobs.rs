@@ -90,9 +90,7 @@ pub async fn claim_next<'e>(db: impl SqliteExecutor<'e>, now: DateTime<Utc>) -> 
 
 /// Jobs a crash left `running` go back to the queue; returns their ids.
 pub async fn requeue_running<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("UPDATE jobs SET state = 'queued' WHERE state = 'running' RETURNING id")
-        .fetch_all(db)
-        .await
+    sqlx::query_scalar("UPDATE jobs SET state = 'queued' WHERE state = 'running' RETURNING id").fetch_all(db).await
 }
 
 /// Moves a job from one state to another; false when it was not in `from` (someone else won).
@@ -145,13 +143,21 @@ pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics
     Ok(())
 }
 
-pub async fn set_final_weights<'e>(db: impl SqliteExecutor<'e>, id: &str, path: &str, size: i64, sha256: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET final_weights_path = ?, final_weights_size = ?, final_weights_sha256 = ? WHERE id = ?")
-        .bind(path)
-        .bind(size)
-        .bind(sha256)
-        .bind(id)
-        .execute(db)
-        .await?;
+pub async fn set_final_weights<'e>(
+    db: impl SqliteExecutor<'e>,
+    id: &str,
+    path: &str,
+    size: i64,
+    sha256: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET final_weights_path = ?, final_weights_size = ?, final_weights_sha256 = ? WHERE id = ?",
+    )
+    .bind(path)
+    .bind(size)
+    .bind(sha256)
+    .bind(id)
+    .execute(db)
+    .await?;
     Ok(())
 }

@@ -107,12 +107,18 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
     if bearer.is_some_and(|token| auth.accepts_bearer(token)) {
         return next.run(request).await;
     }
-    if let (Some(job_id), Some(token)) = (events_job_id(path), request.uri().query().and_then(|q| query_param(q, "access_token"))) {
+    if let (Some(job_id), Some(token)) =
+        (events_job_id(path), request.uri().query().and_then(|q| query_param(q, "access_token")))
+    {
         if auth.accepts_stream_token(token, job_id, Utc::now().timestamp()) {
             return next.run(request).await;
         }
     }
-    let detail = if bearer.is_some() { "the bearer token is not valid" } else { "this endpoint needs `Authorization: Bearer <token>`" };
+    let detail = if bearer.is_some() {
+        "the bearer token is not valid"
+    } else {
+        "this endpoint needs `Authorization: Bearer <token>`"
+    };
     ApiError::Unauthorized(detail.to_owned()).into_response()
 }
 

@@ -93,7 +93,11 @@ fn architectures() -> Vec<ArchitectureView> {
     };
     vec![
         arch("small_cnn", "A few conv-batch-norm-ReLU blocks; trains from scratch quickly on CPU", &["tanuki"]),
-        arch("mobilenet_v2", "MobileNetV2 (width multiplier alpha), ImageNet weights in Keras or torchvision format", &["keras", "torchvision", "tanuki"]),
+        arch(
+            "mobilenet_v2",
+            "MobileNetV2 (width multiplier alpha), ImageNet weights in Keras or torchvision format",
+            &["keras", "torchvision", "tanuki"],
+        ),
         arch("xception", "Xception, the guide's base (Keras-identical parameter counts)", &["keras", "tanuki"]),
     ]
 }
@@ -145,7 +149,10 @@ pub async fn create_backbone(
     let id = uuid::Uuid::now_v7().to_string();
     tokio::fs::create_dir_all(&state.uploads_dir).await?;
     let upload = TempUpload(state.uploads_dir.join(format!("{id}.weights")));
-    let stream = request.into_body().into_data_stream().map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
+    let stream = request
+        .into_body()
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
     let size = write_limited(stream, &upload.0, limit).await?;
 
     let path = upload.0.clone();
@@ -197,7 +204,10 @@ pub async fn list_backbones(State(state): State<AppState>) -> Result<Json<Backbo
         (status = 200, description = "The weights", body = BackboneView),
         (status = 404, description = "No such weights", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_backbone(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<BackboneView>, ApiError> {
+pub async fn get_backbone(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<BackboneView>, ApiError> {
     let row = db::backbones::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("backbone", &id))?;
     Ok(Json(row.into()))
 }
@@ -210,13 +220,19 @@ pub async fn get_backbone(State(state): State<AppState>, UrlPath(id): UrlPath<St
         (status = 404, description = "No such weights", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A queued or running job uses them", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete_backbone(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_backbone(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
     let pool = &state.jobs.pool;
     let Some(row) = db::backbones::get(pool, &id).await? else {
         return Err(ApiError::not_found("backbone", &id));
     };
     if !db::backbones::delete_if_unused(pool, &id).await? {
-        return Err(ApiError::Conflict { code: "backbone_in_use", detail: format!("backbone {id} is used by a queued or running job") });
+        return Err(ApiError::Conflict {
+            code: "backbone_in_use",
+            detail: format!("backbone {id} is used by a queued or running job"),
+        });
     }
     if let Err(error) = tokio::fs::remove_file(&row.path).await {
         tracing::warn!(backbone_id = %id, %error, "backbone row deleted but its file could not be removed");

@@ -58,11 +58,15 @@ pub struct CheckpointList {
         (status = 200, description = "Checkpoints", body = CheckpointList),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_job_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CheckpointList>, ApiError> {
+pub async fn list_job_checkpoints(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CheckpointList>, ApiError> {
     load_job(&state, &id).await?;
     let rows = db::checkpoints::list_for_job(&state.jobs.pool, &id).await?;
     let best = crate::jobs::best_of_each_phase(&rows);
-    let last_of_phase: std::collections::HashMap<i64, String> = rows.iter().map(|r| (r.phase_index, r.id.clone())).collect();
+    let last_of_phase: std::collections::HashMap<i64, String> =
+        rows.iter().map(|r| (r.phase_index, r.id.clone())).collect();
     let checkpoints = rows
         .into_iter()
         .map(|row| CheckpointView {
@@ -92,8 +96,12 @@ pub async fn list_job_checkpoints(State(state): State<AppState>, Path(id): Path<
         (status = 200, description = "The safetensors file", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "No such checkpoint", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn download_checkpoint_weights(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let row = db::checkpoints::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("checkpoint", &id))?;
+pub async fn download_checkpoint_weights(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row =
+        db::checkpoints::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("checkpoint", &id))?;
     let filename = format!("{}-phase{}-epoch{}.safetensors", row.job_id, row.phase_index, row.epoch);
     send_safetensors(&row.path, row.size_bytes, &row.sha256, &filename).await
 }
@@ -108,7 +116,9 @@ pub async fn download_checkpoint_weights(State(state): State<AppState>, Path(id)
 pub async fn download_job_weights(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = load_job(&state, &id).await?;
     match (job.final_weights_path, job.final_weights_size, job.final_weights_sha256) {
-        (Some(path), Some(size), Some(sha256)) => send_safetensors(&path, size, &sha256, &format!("{id}-final.safetensors")).await,
+        (Some(path), Some(size), Some(sha256)) => {
+            send_safetensors(&path, size, &sha256, &format!("{id}-final.safetensors")).await
+        }
         _ => Err(ApiError::not_found("final weights of job", id)),
     }
 }

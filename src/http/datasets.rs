@@ -106,7 +106,11 @@ pub async fn create_dataset(
     check_declared_length(request.headers(), limit)?;
     let name = params.name.unwrap_or_else(|| "dataset".to_owned());
     if name.trim().is_empty() || name.len() > 200 {
-        return Err(ApiError::BadRequest { code: "invalid_name", detail: "name must be 1 to 200 characters".into(), field: Some("name".into()) });
+        return Err(ApiError::BadRequest {
+            code: "invalid_name",
+            detail: "name must be 1 to 200 characters".into(),
+            field: Some("name".into()),
+        });
     }
     tokio::fs::create_dir_all(&state.uploads_dir).await?;
     let id = uuid::Uuid::now_v7().to_string();
@@ -132,11 +136,18 @@ pub async fn create_dataset(
             }
         }
         if !found {
-            return Err(ApiError::BadRequest { code: "missing_file", detail: "the multipart body has no `file` field".into(), field: Some("file".into()) });
+            return Err(ApiError::BadRequest {
+                code: "missing_file",
+                detail: "the multipart body has no `file` field".into(),
+                field: Some("file".into()),
+            });
         }
     } else {
         // A raw body is not subject to the extractor body limit; `write_limited` counts instead.
-        let stream = request.into_body().into_data_stream().map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
+        let stream = request
+            .into_body()
+            .into_data_stream()
+            .map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
         let written = write_limited(stream, &upload.0, limit).await?;
         state.telemetry.add_upload_bytes(written);
     }
@@ -195,7 +206,10 @@ pub async fn list_datasets(State(state): State<AppState>) -> Result<Json<Dataset
         (status = 200, description = "The dataset", body = DatasetView),
         (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_dataset(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<DatasetView>, ApiError> {
+pub async fn get_dataset(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<DatasetView>, ApiError> {
     let row = db::datasets::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("dataset", &id))?;
     Ok(Json(DatasetView::try_from(row)?))
 }
@@ -208,13 +222,19 @@ pub async fn get_dataset(State(state): State<AppState>, UrlPath(id): UrlPath<Str
         (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A queued or running job uses it", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete_dataset(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_dataset(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
     let pool = &state.jobs.pool;
     if db::datasets::get(pool, &id).await?.is_none() {
         return Err(ApiError::not_found("dataset", &id));
     }
     if !db::datasets::delete_if_unused(pool, &id).await? {
-        return Err(ApiError::Conflict { code: "dataset_in_use", detail: format!("dataset {id} is used by a queued or running job") });
+        return Err(ApiError::Conflict {
+            code: "dataset_in_use",
+            detail: format!("dataset {id} is used by a queued or running job"),
+        });
     }
     let dir = state.jobs.paths.datasets.join(&id);
     if let Err(error) = tokio::fs::remove_dir_all(&dir).await {

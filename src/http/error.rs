@@ -82,7 +82,9 @@ impl ApiError {
             ApiError::Archive(DatasetError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Archive(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSpec(_) | ApiError::Weights(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::BadRequest { code, .. } if *code == "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadRequest { code, .. } if *code == "unsupported_media_type" => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ApiError::BadRequest { code, .. } if *code == "invalid_body" => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -122,7 +124,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         // A readiness failure says what is not ready; other 5xx details stay in the log.
-        let detail = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) { "the server failed to handle this request".to_owned() } else { self.to_string() };
+        let detail = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
+            "the server failed to handle this request".to_owned()
+        } else {
+            self.to_string()
+        };
         let problem = Problem {
             kind: format!("urn:tanuki:problem:{}", self.code()),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),

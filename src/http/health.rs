@@ -42,7 +42,11 @@ pub async fn get_readiness(State(state): State<AppState>) -> Result<Json<Readine
     if state.jobs.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("shutting down".into()));
     }
-    let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.jobs.pool)).await;
+    let ping = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.jobs.pool),
+    )
+    .await;
     match ping {
         Ok(Ok(1)) => {}
         Ok(Ok(_)) | Ok(Err(_)) => return Err(ApiError::Unavailable("the database does not answer".into())),

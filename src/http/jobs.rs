@@ -94,7 +94,8 @@ const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled
 impl TryFrom<JobRow> for JobView {
     type Error = ApiError;
     fn try_from(row: JobRow) -> Result<Self, ApiError> {
-        let spec: JobSpec = serde_json::from_str(&row.spec).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
+        let spec: JobSpec =
+            serde_json::from_str(&row.spec).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
         let phase = match (row.phase_index, &row.phase_name) {
             (Some(index), Some(name)) => Some(PhaseProgress {
                 index: index as usize,
@@ -105,9 +106,11 @@ impl TryFrom<JobRow> for JobView {
             _ => None,
         };
         let final_weights = match (row.final_weights_size, &row.final_weights_sha256) {
-            (Some(size), Some(sha256)) => {
-                Some(FinalWeights { size: size as u64, sha256: sha256.clone(), download: format!("/v1/jobs/{}/weights", row.id) })
-            }
+            (Some(size), Some(sha256)) => Some(FinalWeights {
+                size: size as u64,
+                sha256: sha256.clone(),
+                download: format!("/v1/jobs/{}/weights", row.id),
+            }),
             _ => None,
         };
         Ok(Self {
@@ -144,7 +147,10 @@ pub async fn load_job(state: &AppState, id: &str) -> Result<JobRow, ApiError> {
         (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An invalid spec; `field` names what was wrong", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_job(State(state): State<AppState>, Json(spec): Json<JobSpec>) -> Result<(StatusCode, Json<JobView>), ApiError> {
+pub async fn create_job(
+    State(state): State<AppState>,
+    Json(spec): Json<JobSpec>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let row = state.jobs.submit(spec).await?;
     Ok((StatusCode::CREATED, Json(JobView::try_from(row)?)))
 }
@@ -155,10 +161,17 @@ pub async fn create_job(State(state): State<AppState>, Json(spec): Json<JobSpec>
         (status = 200, description = "Jobs", body = JobList),
         (status = 400, description = "Unknown state", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListJobsParams>) -> Result<Json<JobList>, ApiError> {
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    Query(params): Query<ListJobsParams>,
+) -> Result<Json<JobList>, ApiError> {
     if let Some(filter) = &params.state {
         if !STATES.contains(&filter.as_str()) {
-            return Err(ApiError::BadRequest { code: "invalid_state", detail: format!("state must be one of {STATES:?}"), field: Some("state".into()) });
+            return Err(ApiError::BadRequest {
+                code: "invalid_state",
+                detail: format!("state must be one of {STATES:?}"),
+                field: Some("state".into()),
+            });
         }
     }
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
@@ -190,7 +203,10 @@ pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> R
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already ended", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<JobView>), ApiError> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
     match state.jobs.cancel(&id).await? {
         CancelOutcome::Canceled(row) => Ok((StatusCode::OK, Json(JobView::try_from(row)?))),
         CancelOutcome::Stopping(row) => Ok((StatusCode::ACCEPTED, Json(JobView::try_from(row)?))),
@@ -204,7 +220,10 @@ pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -
         (status = 200, description = "History", body = JobHistory),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_job_metrics(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobHistory>, ApiError> {
+pub async fn get_job_metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobHistory>, ApiError> {
     load_job(&state, &id).await?;
     let mut events = Vec::new();
     loop {
@@ -226,7 +245,10 @@ pub async fn get_job_metrics(State(state): State<AppState>, Path(id): Path<Strin
         (status = 200, description = "Layers, output shapes, parameter counts, trainable per phase", body = ModelSummary),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_job_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelSummary>, ApiError> {
+pub async fn get_job_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelSummary>, ApiError> {
     let row = load_job(&state, &id).await?;
     let summary = serde_json::from_str(&row.summary).map_err(|e| ApiError::Internal(format!("stored summary: {e}")))?;
     Ok(Json(summary))

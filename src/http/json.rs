@@ -28,7 +28,10 @@ where
             })
             .unwrap_or(false);
         if !is_json {
-            return Err(ApiError::bad_request("unsupported_media_type", "expected a body with Content-Type: application/json"));
+            return Err(ApiError::bad_request(
+                "unsupported_media_type",
+                "expected a body with Content-Type: application/json",
+            ));
         }
         let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -48,7 +51,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = error.path().to_string();
         let inner = error.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            ApiError::BadRequest { code: "malformed_json", detail: format!("the body is not valid JSON: {inner}"), field: None }
+            ApiError::BadRequest {
+                code: "malformed_json",
+                detail: format!("the body is not valid JSON: {inner}"),
+                field: None,
+            }
         } else {
             // The path already ends at the offending key, unknown fields included.
             let field = if path == "." || path.is_empty() { None } else { Some(path) };

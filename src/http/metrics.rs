@@ -30,7 +30,8 @@ pub fn routes() -> Router<AppState> {
 pub async fn get_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     // A read-only aggregate for monitoring; it has no counterpart among the per-table
     // statements in `db::jobs`.
-    let counts: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetch_all(&state.jobs.pool).await?;
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetch_all(&state.jobs.pool).await?;
     let count_of = |s: &str| counts.iter().find(|(state, _)| state == s).map_or(0, |(_, n)| *n);
     let t = &state.telemetry;
     let mut out = String::new();
@@ -40,16 +41,42 @@ pub async fn get_metrics(State(state): State<AppState>) -> Result<impl IntoRespo
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let by_state: Vec<(String, String)> = STATES.iter().map(|s| (format!("{{state=\"{s}\"}}"), count_of(s).to_string())).collect();
+    let by_state: Vec<(String, String)> =
+        STATES.iter().map(|s| (format!("{{state=\"{s}\"}}"), count_of(s).to_string())).collect();
     let by_state: Vec<(&str, String)> = by_state.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
     metric("tanuki_jobs", "gauge", "Jobs by state.", &by_state);
     metric("tanuki_queue_depth", "gauge", "Jobs waiting for a worker.", &[("", count_of("queued").to_string())]);
-    metric("tanuki_jobs_training", "gauge", "Jobs training in this process now.", &[("", state.jobs.running_count().to_string())]);
+    metric(
+        "tanuki_jobs_training",
+        "gauge",
+        "Jobs training in this process now.",
+        &[("", state.jobs.running_count().to_string())],
+    );
     metric("tanuki_workers_alive", "gauge", "Worker tasks alive.", &[("", state.workers_alive().to_string())]);
-    metric("tanuki_train_steps_total", "counter", "Training steps (batches) run by this process.", &[("", t.steps().to_string())]);
-    metric("tanuki_train_steps_per_second", "gauge", "Training steps per second over the last 30 s.", &[("", format!("{:.3}", t.steps_per_second()))]);
+    metric(
+        "tanuki_train_steps_total",
+        "counter",
+        "Training steps (batches) run by this process.",
+        &[("", t.steps().to_string())],
+    );
+    metric(
+        "tanuki_train_steps_per_second",
+        "gauge",
+        "Training steps per second over the last 30 s.",
+        &[("", format!("{:.3}", t.steps_per_second()))],
+    );
     metric("tanuki_sse_subscribers", "gauge", "Open job event streams.", &[("", t.sse_subscribers().to_string())]);
-    metric("tanuki_sse_dropped_total", "counter", "Event streams ended because the client read too slowly.", &[("", t.sse_dropped().to_string())]);
-    metric("tanuki_upload_bytes_total", "counter", "Bytes of dataset archives received.", &[("", t.upload_bytes().to_string())]);
+    metric(
+        "tanuki_sse_dropped_total",
+        "counter",
+        "Event streams ended because the client read too slowly.",
+        &[("", t.sse_dropped().to_string())],
+    );
+    metric(
+        "tanuki_upload_bytes_total",
+        "counter",
+        "Bytes of dataset archives received.",
+        &[("", t.upload_bytes().to_string())],
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
 }

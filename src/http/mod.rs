@@ -10,12 +10,12 @@ pub mod error;
 mod events;
 mod health;
 mod jobs;
-mod upload;
 pub mod json;
 mod metrics;
 mod models;
-mod predict;
 pub mod openapi;
+mod predict;
+mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -56,7 +56,7 @@ pub async fn summarize_model(Json(request): Json<SummaryRequest>) -> Result<Json
         }
         train::summarize(&spec.model, &spec.input, &spec.phases)
     })
-        .await
-        .map_err(|e| ApiError::Internal(format!("summary task: {e}")))??;
+    .await
+    .map_err(|e| ApiError::Internal(format!("summary task: {e}")))??;
     Ok(Json(summary))
 }

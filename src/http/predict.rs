@@ -98,11 +98,14 @@ pub async fn predict_job(
 
     let is_zip = body.starts_with(b"PK\x03\x04") || body.starts_with(b"PK\x05\x06");
     let (names, images) = if is_zip { unzip_images(&body)? } else { (Vec::new(), vec![body.to_vec()]) };
-    let results = tokio::task::spawn_blocking(move || train::predict(&spec.model, &spec.input, &classes, &weights, &images))
-        .await
-        .map_err(|e| ApiError::Internal(format!("predict task: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("prediction: {e}")))?;
-    let to_view = |ranked: Vec<(String, f32)>| ranked.into_iter().map(|(class, probability)| ClassProbability { class, probability }).collect::<Vec<_>>();
+    let results =
+        tokio::task::spawn_blocking(move || train::predict(&spec.model, &spec.input, &classes, &weights, &images))
+            .await
+            .map_err(|e| ApiError::Internal(format!("predict task: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("prediction: {e}")))?;
+    let to_view = |ranked: Vec<(String, f32)>| {
+        ranked.into_iter().map(|(class, probability)| ClassProbability { class, probability }).collect::<Vec<_>>()
+    };
 
     if is_zip {
         let results = names
@@ -116,8 +119,13 @@ pub async fn predict_job(
         Ok(Json(PredictResponse { checkpoint_id, predictions: None, results: Some(results) }))
     } else {
         match results.into_iter().next() {
-            Some(Ok(ranked)) => Ok(Json(PredictResponse { checkpoint_id, predictions: Some(to_view(ranked)), results: None })),
-            Some(Err(error)) => Err(ApiError::bad_request("invalid_image", format!("the body is not a decodable JPEG or PNG image (nor a zip): {error}"))),
+            Some(Ok(ranked)) => {
+                Ok(Json(PredictResponse { checkpoint_id, predictions: Some(to_view(ranked)), results: None }))
+            }
+            Some(Err(error)) => Err(ApiError::bad_request(
+                "invalid_image",
+                format!("the body is not a decodable JPEG or PNG image (nor a zip): {error}"),
+            )),
             None => Err(ApiError::bad_request("invalid_image", "no image")),
         }
     }
@@ -126,7 +134,9 @@ pub async fn predict_job(
 async fn pick_checkpoint(state: &AppState, job_id: &str, wanted: Option<&str>) -> Result<(String, PathBuf), ApiError> {
     let rows = db::checkpoints::list_for_job(&state.jobs.pool, job_id).await?;
     let row = match wanted {
-        Some(wanted) => rows.iter().find(|r| r.id == wanted).ok_or_else(|| ApiError::not_found("checkpoint of this job", wanted))?,
+        Some(wanted) => {
+            rows.iter().find(|r| r.id == wanted).ok_or_else(|| ApiError::not_found("checkpoint of this job", wanted))?
+        }
         None => {
             let last_phase = rows.iter().map(|r| r.phase_index).max().ok_or_else(|| ApiError::Conflict {
                 code: "no_checkpoint",
@@ -143,7 +153,8 @@ async fn pick_checkpoint(state: &AppState, job_id: &str, wanted: Option<&str>) -
 
 /// Every file of a zip (hidden files and folders aside), bounded in count and size.
 fn unzip_images(body: &[u8]) -> Result<(Vec<String>, Vec<Vec<u8>>), ApiError> {
-    let bad_zip = |e: zip::result::ZipError| ApiError::bad_request("corrupt_archive", format!("the zip cannot be read: {e}"));
+    let bad_zip =
+        |e: zip::result::ZipError| ApiError::bad_request("corrupt_archive", format!("the zip cannot be read: {e}"));
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).map_err(bad_zip)?;
     let (mut names, mut images) = (Vec::new(), Vec::new());
     let mut total = 0u64;
@@ -160,7 +171,11 @@ fn unzip_images(body: &[u8]) -> Result<(Vec<String>, Vec<Vec<u8>>), ApiError> {
         let mut bytes = Vec::new();
         // Bound what a small compressed entry may expand to.
         let budget = (4 * MAX_PREDICT_BODY as u64).saturating_sub(total);
-        entry.by_ref().take(budget + 1).read_to_end(&mut bytes).map_err(|e| ApiError::bad_request("corrupt_archive", e.to_string()))?;
+        entry
+            .by_ref()
+            .take(budget + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ApiError::bad_request("corrupt_archive", e.to_string()))?;
         total += bytes.len() as u64;
         if total > 4 * MAX_PREDICT_BODY as u64 {
             return Err(ApiError::PayloadTooLarge { limit: 4 * MAX_PREDICT_BODY as u64 });

@@ -49,4 +49,3 @@ impl Drop for TempUpload {
         let _ = std::fs::remove_file(&self.0);
     }
 }
-

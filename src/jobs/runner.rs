@@ -9,7 +9,9 @@ use tokio::runtime::Handle;
 
 use super::{EventKind, Jobs, JobsError};
 use crate::db::{self, jobs::JobRow};
-use crate::train::{self, Control, JobSpec, Observer, ResumeFrom, Sample, StopReason, TrainError, TrainEvent, TrainJob, TrainOutcome};
+use crate::train::{
+    self, Control, JobSpec, Observer, ResumeFrom, Sample, StopReason, TrainError, TrainEvent, TrainJob, TrainOutcome,
+};
 
 /// How a run ended, before it is recorded.
 enum Ending {
@@ -44,18 +46,28 @@ impl Jobs {
 
     /// Everything the training code needs, from the database and the data directory.
     async fn prepare(&self, job: &JobRow) -> Result<TrainJob, JobsError> {
-        let spec: JobSpec = serde_json::from_str(&job.spec).map_err(|e| JobsError::Internal(format!("stored spec: {e}")))?;
+        let spec: JobSpec =
+            serde_json::from_str(&job.spec).map_err(|e| JobsError::Internal(format!("stored spec: {e}")))?;
         let (classes, samples) = self.samples_of(&spec.dataset_id).await?;
         let validation_samples = match &spec.validation_dataset_id {
             Some(id) => Some(self.samples_of(id).await?.1),
             None => None,
         };
-        let initial_weights =
-            self.initial_weights_of(&spec).await.map_err(|e| JobsError::Internal(format!("initial weights: {e}")))?.map(|(path, format)| train::InitialWeights { path, format });
+        let initial_weights = self
+            .initial_weights_of(&spec)
+            .await
+            .map_err(|e| JobsError::Internal(format!("initial weights: {e}")))?
+            .map(|(path, format)| train::InitialWeights { path, format });
         let resume = self.resume_point(&job.id).await?;
-        let resumed_from = resume.as_ref().map(|r| json!({"phase_index": r.state.phase_index, "epoch": r.state.epochs_done}));
+        let resumed_from =
+            resume.as_ref().map(|r| json!({"phase_index": r.state.phase_index, "epoch": r.state.epochs_done}));
         self.hub
-            .emit(&self.pool, &job.id, EventKind::State, json!({"state": "running", "attempt": job.attempts, "resumed_from": resumed_from}))
+            .emit(
+                &self.pool,
+                &job.id,
+                EventKind::State,
+                json!({"state": "running", "attempt": job.attempts, "resumed_from": resumed_from}),
+            )
             .await?;
         Ok(TrainJob {
             spec,
@@ -88,8 +100,9 @@ impl Jobs {
             tracing::warn!(checkpoint_id = %last.id, "unreadable resume state; restarting from the beginning");
             return Ok(None);
         };
-        let phase_best_weights =
-            super::retention::monitored_best_of_each_phase(&rows).get(&last.phase_index).map(|r| PathBuf::from(&r.path));
+        let phase_best_weights = super::retention::monitored_best_of_each_phase(&rows)
+            .get(&last.phase_index)
+            .map(|r| PathBuf::from(&r.path));
         Ok(Some(ResumeFrom {
             weights: PathBuf::from(&last.path),
             optimizer: PathBuf::from(last.optimizer_path.as_deref().unwrap_or_default()),
@@ -137,7 +150,8 @@ impl Jobs {
                 }
                 if let Some(weights) = &outcome.weights {
                     let path = weights.path.to_string_lossy();
-                    db::jobs::set_final_weights(&self.pool, job_id, &path, weights.size as i64, &weights.sha256).await?;
+                    db::jobs::set_final_weights(&self.pool, job_id, &path, weights.size as i64, &weights.sha256)
+                        .await?;
                 }
                 db::jobs::transition(&self.pool, job_id, "running", "succeeded", Some(now), None).await?;
                 self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": "succeeded"})).await?;
@@ -150,7 +164,12 @@ impl Jobs {
                 db::jobs::transition(&self.pool, job_id, "running", "canceled", Some(now), None).await?;
                 self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": "canceled"})).await?;
                 self.hub
-                    .emit(&self.pool, job_id, EventKind::End, json!({"state": "canceled", "test": null, "validation": null, "error": null}))
+                    .emit(
+                        &self.pool,
+                        job_id,
+                        EventKind::End,
+                        json!({"state": "canceled", "test": null, "validation": null, "error": null}),
+                    )
                     .await?;
                 tracing::info!("job canceled");
             }
@@ -158,7 +177,12 @@ impl Jobs {
                 db::jobs::transition(&self.pool, job_id, "running", "failed", Some(now), Some(&error)).await?;
                 self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": "failed", "error": error})).await?;
                 self.hub
-                    .emit(&self.pool, job_id, EventKind::End, json!({"state": "failed", "test": null, "validation": null, "error": error}))
+                    .emit(
+                        &self.pool,
+                        job_id,
+                        EventKind::End,
+                        json!({"state": "failed", "test": null, "validation": null, "error": error}),
+                    )
                     .await?;
                 tracing::warn!(%error, "job failed");
             }
@@ -167,14 +191,21 @@ impl Jobs {
     }
 
     /// Persists one training event (and what it implies for the job row), then broadcasts it.
-    async fn record_train_event(&self, job_id: &str, event: &TrainEvent, phase_names: &[String]) -> Result<(), JobsError> {
+    async fn record_train_event(
+        &self,
+        job_id: &str,
+        event: &TrainEvent,
+        phase_names: &[String],
+    ) -> Result<(), JobsError> {
         let mut data = serde_json::to_value(event).map_err(|e| JobsError::Internal(e.to_string()))?;
         if let Value::Object(map) = &mut data {
             map.remove("kind");
         }
         let phase_name = |index: usize| phase_names.get(index).cloned().unwrap_or_default();
         let (kind, data) = match event {
-            TrainEvent::DataReady { .. } => (EventKind::State, with(data, [("state", json!("running")), ("stage", json!("data_ready"))])),
+            TrainEvent::DataReady { .. } => {
+                (EventKind::State, with(data, [("state", json!("running")), ("stage", json!("data_ready"))]))
+            }
             TrainEvent::PhaseStarted { phase_index, name, .. } => {
                 db::jobs::set_progress(&self.pool, job_id, *phase_index as i64, name, 0).await?;
                 (EventKind::Phase, with(data, [("status", json!("started"))]))
@@ -187,7 +218,14 @@ impl Jobs {
             }
             TrainEvent::EpochEnded { phase_index, epoch, .. } => {
                 let data = with(data, [("phase", json!(phase_name(*phase_index)))]);
-                db::jobs::set_progress(&self.pool, job_id, *phase_index as i64, &phase_name(*phase_index), i64::from(*epoch)).await?;
+                db::jobs::set_progress(
+                    &self.pool,
+                    job_id,
+                    *phase_index as i64,
+                    &phase_name(*phase_index),
+                    i64::from(*epoch),
+                )
+                .await?;
                 db::jobs::set_latest_metrics(&self.pool, job_id, &data.to_string()).await?;
                 (EventKind::Epoch, data)
             }

@@ -42,7 +42,11 @@ impl Jobs {
                 .await
                 .map_err(|e| JobsError::Internal(e.to_string()))?;
             if let Err(error) = checked {
-                return Err(SpecError::new("model.backbone.weights", format!("these weights do not fit the model: {error}")).into());
+                return Err(SpecError::new(
+                    "model.backbone.weights",
+                    format!("these weights do not fit the model: {error}"),
+                )
+                .into());
             }
         }
         let summary = train::summarize(&spec.model, &spec.input, &spec.phases)?;
@@ -67,8 +71,9 @@ impl Jobs {
             },
         )
         .await?;
-        let event = db::events::append(&mut *tx, &id, EventKind::State.as_str(), &json!({"state": "queued"}).to_string(), now)
-            .await?;
+        let event =
+            db::events::append(&mut *tx, &id, EventKind::State.as_str(), &json!({"state": "queued"}).to_string(), now)
+                .await?;
         // Read back inside the transaction: once committed and the workers woken, the job may
         // already be running, and the answer to the submit must show it as queued.
         let job = db::jobs::get(&mut *tx, &id).await?.ok_or_else(|| JobsError::NotFound(id.clone()))?;
@@ -81,18 +86,32 @@ impl Jobs {
 
     /// The file and format of the spec's initial backbone weights, if it names any; an unknown
     /// id is an invalid spec.
-    pub(super) async fn initial_weights_of(&self, spec: &JobSpec) -> Result<Option<(PathBuf, WeightsFormat)>, JobsError> {
+    pub(super) async fn initial_weights_of(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Option<(PathBuf, WeightsFormat)>, JobsError> {
         match &spec.model.backbone.weights {
             None => Ok(None),
-            Some(WeightsSource::Checkpoint(reference)) => match db::checkpoints::get(&self.pool, &reference.checkpoint).await? {
-                Some(row) => Ok(Some((PathBuf::from(row.path), WeightsFormat::Tanuki))),
-                None => Err(SpecError::new("model.backbone.weights.checkpoint", format!("no checkpoint with id {}", reference.checkpoint)).into()),
-            },
+            Some(WeightsSource::Checkpoint(reference)) => {
+                match db::checkpoints::get(&self.pool, &reference.checkpoint).await? {
+                    Some(row) => Ok(Some((PathBuf::from(row.path), WeightsFormat::Tanuki))),
+                    None => Err(SpecError::new(
+                        "model.backbone.weights.checkpoint",
+                        format!("no checkpoint with id {}", reference.checkpoint),
+                    )
+                    .into()),
+                }
+            }
             Some(WeightsSource::Uploaded(id)) => {
                 let Some(row) = db::backbones::get(&self.pool, id).await? else {
-                    return Err(SpecError::new("model.backbone.weights", format!("no uploaded backbone weights with id {id}")).into());
+                    return Err(SpecError::new(
+                        "model.backbone.weights",
+                        format!("no uploaded backbone weights with id {id}"),
+                    )
+                    .into());
                 };
-                let format = serde_json::from_value(json!(row.format)).map_err(|e| JobsError::Internal(format!("stored format: {e}")))?;
+                let format = serde_json::from_value(json!(row.format))
+                    .map_err(|e| JobsError::Internal(format!("stored format: {e}")))?;
                 Ok(Some((PathBuf::from(row.path), format)))
             }
         }
@@ -118,10 +137,16 @@ impl Jobs {
                     if db::jobs::transition(&self.pool, id, "queued", "canceled", Some(db::now()), None).await? {
                         self.hub.emit(&self.pool, id, EventKind::State, json!({"state": "canceled"})).await?;
                         self.hub
-                            .emit(&self.pool, id, EventKind::End, json!({"state": "canceled", "test": null, "validation": null, "error": null}))
+                            .emit(
+                                &self.pool,
+                                id,
+                                EventKind::End,
+                                json!({"state": "canceled", "test": null, "validation": null, "error": null}),
+                            )
                             .await?;
                         tracing::info!(job_id = %id, "queued job canceled");
-                        let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
+                        let job =
+                            db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
                         return Ok(CancelOutcome::Canceled(job));
                     }
                 }
@@ -148,7 +173,9 @@ fn check_head_units(units: usize, classes: usize) -> Result<(), SpecError> {
     } else {
         Err(SpecError::new(
             "model.head.units",
-            format!("the dataset has {classes} classes: use 1 unit (binary, two classes only) or {classes} units (softmax)"),
+            format!(
+                "the dataset has {classes} classes: use 1 unit (binary, two classes only) or {classes} units (softmax)"
+            ),
         ))
     }
 }

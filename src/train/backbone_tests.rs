@@ -46,28 +46,44 @@ fn keras_parity(alpha: f32, weights: &str, reference: &str) -> (f32, f32) {
     let ours = model.features(&x.contiguous().unwrap(), &mut inference()).unwrap(); // [4, 1280, 5, 5]
     let keras = reference["feature_map_nhwc"].permute((0, 3, 1, 2)).unwrap();
     assert_eq!(ours.dims(), keras.dims());
-    let diff = (ours - keras).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = reference["feature_map_nhwc"].abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff =
+        (ours - keras).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale =
+        reference["feature_map_nhwc"].abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     eprintln!("alpha {alpha}: max |ours - keras| = {diff:e}, max |keras| = {scale}");
     (diff, scale)
 }
 
 #[test]
 fn mobilenet_v2_matches_keras_at_alpha_0_35() {
-    let (diff, scale) = keras_parity(0.35, "mobilenet_v2_0.35_224_imagenet.keras.safetensors", "mobilenet_v2_0.35_160.keras_reference.safetensors");
+    let (diff, scale) = keras_parity(
+        0.35,
+        "mobilenet_v2_0.35_224_imagenet.keras.safetensors",
+        "mobilenet_v2_0.35_160.keras_reference.safetensors",
+    );
     assert!(diff < 1e-4, "max |ours - keras| = {diff} (feature maps up to {scale})");
 }
 
 #[test]
 fn mobilenet_v2_matches_keras_at_alpha_1() {
-    let (diff, scale) = keras_parity(1.0, "mobilenet_v2_1.0_224_imagenet.keras.safetensors", "mobilenet_v2_1.0_160.keras_reference.safetensors");
+    let (diff, scale) = keras_parity(
+        1.0,
+        "mobilenet_v2_1.0_224_imagenet.keras.safetensors",
+        "mobilenet_v2_1.0_160.keras_reference.safetensors",
+    );
     assert!(diff < 1e-4, "max |ours - keras| = {diff} (feature maps up to {scale})");
 }
 
 #[test]
 fn torchvision_weights_see_a_cat() {
     let spec = backbone(Architecture::MobilenetV2, None, 1000, 0.0);
-    let input = InputSpec { height: 224, width: 224, mean: Some([0.485, 0.456, 0.406]), std: Some([0.229, 0.224, 0.225]), ..InputSpec::default() };
+    let input = InputSpec {
+        height: 224,
+        width: 224,
+        mean: Some([0.485, 0.456, 0.406]),
+        std: Some([0.229, 0.224, 0.225]),
+        ..InputSpec::default()
+    };
     let path = weights_dir().join("mobilenet_v2_1.0_224_imagenet.torchvision.safetensors");
     let (tensors, convention) = weights::import(&spec, &input, WeightsFormat::Torchvision, &path, true).unwrap();
     assert_eq!(convention, Convention::Torchvision);
@@ -76,7 +92,8 @@ fn torchvision_weights_see_a_cat() {
     // Two clear cat photos (of the first ten validation cats, five get P(cat) > 0.5 with this
     // plain resize and no crop; these two get 0.95 and 0.98).
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/validation/cats");
-    let samples: Vec<Sample> = [2007, 2009].iter().map(|k| Sample { path: dir.join(format!("cat.{k}.jpg")), label: 0 }).collect();
+    let samples: Vec<Sample> =
+        [2007, 2009].iter().map(|k| Sample { path: dir.join(format!("cat.{k}.jpg")), label: 0 }).collect();
     let (ds, skipped) = data::Dataset::decode(&samples, &input);
     assert_eq!(skipped, 0);
     let batch = data::make_batch(&ds, &[0, 1], None, data::augment::Normalize::new(&input));
@@ -95,7 +112,15 @@ fn xception_counts_match_keras_at_150() {
         name: trainable.join("+"),
         trainable: trainable.iter().map(|s| s.to_string()).collect(),
         unfreeze_top_blocks: None,
-        optimizer: OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: 1e-3, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None },
+        optimizer: OptimizerSpec {
+            kind: OptimizerKind::Adam,
+            learning_rate: 1e-3,
+            learning_rates: None,
+            beta1: None,
+            beta2: None,
+            epsilon: None,
+            momentum: None,
+        },
         epochs: 1,
         batch_norm: BatchNormMode::Inference,
         early_stopping: None,
@@ -134,15 +159,28 @@ fn xception_fine_tunes_through_its_max_pooling() {
     let mut model = Model::new(&spec, &input, 3).unwrap();
     model.set_trainable(&["all".to_string()]);
     assert_eq!(model.execution(), "full_backward");
-    let opt_spec = OptimizerSpec { kind: OptimizerKind::Sgd, learning_rate: 0.01, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None };
+    let opt_spec = OptimizerSpec {
+        kind: OptimizerKind::Sgd,
+        learning_rate: 0.01,
+        learning_rates: None,
+        beta1: None,
+        beta2: None,
+        epsilon: None,
+        momentum: None,
+    };
     let mut opt = optim::Optimizer::new(&opt_spec, &model.params).unwrap();
     let before = model.params.snapshot().unwrap();
     let x = Tensor::randn(0f32, 1f32, (2, 3, 71, 71), &Device::Cpu).unwrap();
-    let mut ctx = ForwardCtx { dropout: true, bn_training: false, grad: true, rng: rng::rng(1, rng::Stream::Dropout, 0, 0, 0) };
+    let mut ctx =
+        ForwardCtx { dropout: true, bn_training: false, grad: true, rng: rng::rng(1, rng::Stream::Dropout, 0, 0, 0) };
     let (loss, _) = fit::train_step(&model, &mut opt, loss::LossKind::Binary, &x, &[0, 1], &mut ctx).unwrap();
     assert!(loss.is_finite());
     // The stem is below every max pool: it only changes if gradients flow through all of them.
-    for name in ["backbone.block1_conv1.kernel", "backbone.block2_sepconv1.depthwise_kernel", "backbone.block14_sepconv2.pointwise_kernel"] {
+    for name in [
+        "backbone.block1_conv1.kernel",
+        "backbone.block2_sepconv1.depthwise_kernel",
+        "backbone.block14_sepconv2.pointwise_kernel",
+    ] {
         let after = model.params.get(name).unwrap().var.as_tensor();
         let changed = (after - &before[name]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(changed > 0.0, "{name} did not change");
@@ -189,7 +227,8 @@ fn check_weights_names_the_first_bad_tensor() {
     let path = write_file(dir.path(), "nan.safetensors", &[("backbone.block1.conv.kernel", nan)]);
     let err = check_weights(&small, WeightsFormat::Tanuki, &path).unwrap_err();
     assert!(matches!(err, WeightsError::NotFinite { .. }), "{err}");
-    let err = check_weights(&backbone(Architecture::Xception, None, 1, 0.2), WeightsFormat::Torchvision, &tv).unwrap_err();
+    let err =
+        check_weights(&backbone(Architecture::Xception, None, 1, 0.2), WeightsFormat::Torchvision, &tv).unwrap_err();
     assert!(matches!(err, WeightsError::Unsupported(_)), "{err}");
 }
 
@@ -235,7 +274,8 @@ fn selectors_and_blocks_follow_keras_names() {
 
 #[test]
 fn group_rates_pick_the_longest_selector() {
-    let groups: BTreeMap<String, f64> = [("all", 1.0), ("backbone", 2.0), ("backbone.block_3", 3.0)].map(|(k, v)| (k.to_string(), v)).into();
+    let groups: BTreeMap<String, f64> =
+        [("all", 1.0), ("backbone", 2.0), ("backbone.block_3", 3.0)].map(|(k, v)| (k.to_string(), v)).into();
     assert_eq!(optim::group_rate(&groups, "backbone.block_3_expand"), Some(3.0));
     assert_eq!(optim::group_rate(&groups, "backbone.block_4_expand"), Some(2.0));
     assert_eq!(optim::group_rate(&groups, "head.dense"), Some(1.0));
@@ -255,7 +295,9 @@ fn top_blocks_and_group_rates_drive_a_phase() {
     let summary = summarize(&s.model, &s.input, &s.phases).unwrap();
     let (out, rec) = run_ok(&f.job(s, "run"));
     let started = rec.events.iter().find_map(|e| match e {
-        TrainEvent::PhaseStarted { learning_rates, trainable_params, .. } => Some((learning_rates.clone(), *trainable_params)),
+        TrainEvent::PhaseStarted { learning_rates, trainable_params, .. } => {
+            Some((learning_rates.clone(), *trainable_params))
+        }
         _ => None,
     });
     let (rates, trainable) = started.unwrap();
@@ -274,7 +316,13 @@ fn a_job_from_torchvision_weights_keeps_their_numerics_through_predict() {
     let f = fixture(3);
     let mut s = spec(vec![phase("head", &["head"], 0.01, 1)]);
     s.model = backbone(Architecture::MobilenetV2, None, 1, 0.2);
-    s.input = InputSpec { height: 32, width: 32, mean: Some([0.485, 0.456, 0.406]), std: Some([0.229, 0.224, 0.225]), ..InputSpec::default() };
+    s.input = InputSpec {
+        height: 32,
+        width: 32,
+        mean: Some([0.485, 0.456, 0.406]),
+        std: Some([0.229, 0.224, 0.225]),
+        ..InputSpec::default()
+    };
     let mut job = f.job(s.clone(), "run");
     let path = weights_dir().join("mobilenet_v2_1.0_224_imagenet.torchvision.safetensors");
     job.initial_weights = Some(InitialWeights { path: path.clone(), format: WeightsFormat::Torchvision });

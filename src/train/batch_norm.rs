@@ -21,7 +21,15 @@ use super::params::ParamStore;
 /// Batch norm of `x` (`[n, c, h, w]`) with layer `name`'s parameters, then `act` (fused: the
 /// activation layer after a batch norm costs no pass of its own, forward or backward).
 #[allow(clippy::too_many_arguments)]
-pub fn forward(x: &Tensor, name: &str, c: usize, epsilon: f64, act: Act, params: &ParamStore, ctx: &ForwardCtx) -> Result<Tensor, TrainError> {
+pub fn forward(
+    x: &Tensor,
+    name: &str,
+    c: usize,
+    epsilon: f64,
+    act: Act,
+    params: &ParamStore,
+    ctx: &ForwardCtx,
+) -> Result<Tensor, TrainError> {
     if backend() == Backend::Stock || x.rank() != 4 || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
         return super::ops::stock_epilogue(stock(x, name, c, epsilon, params, ctx)?, None, act);
     }
@@ -39,7 +47,10 @@ pub fn forward(x: &Tensor, name: &str, c: usize, epsilon: f64, act: Act, params:
         }
         (mean, var)
     } else {
-        (params.tensor(name, "moving_mean", false)?.to_vec1()?, params.tensor(name, "moving_variance", false)?.to_vec1()?)
+        (
+            params.tensor(name, "moving_mean", false)?.to_vec1()?,
+            params.tensor(name, "moving_variance", false)?.to_vec1()?,
+        )
     };
     let inv_std = var.iter().map(|v| 1.0 / (v + epsilon as f32).sqrt()).collect();
     Ok(x.apply_op3(&gamma, &beta, BatchNorm { mean, inv_std, training: ctx.bn_training, act })?)
@@ -186,7 +197,8 @@ fn channel_stats(x: &[f32], dims: &[usize]) -> candle_core::Result<(Vec<f32>, Ve
     let &[n, c, h, w] = dims else { bail!("batch norm: expected NCHW, got {dims:?}") };
     let (plane, m) = (h * w, (n * h * w) as f64);
     let at = |i: usize| &x[i * plane..(i + 1) * plane];
-    let mean: Vec<f32> = per_channel(n, c, |_, i| lanes_sum(at(i), at(i), |v, _| (v, 0.0))).iter().map(|s| (s.0 / m) as f32).collect();
+    let mean: Vec<f32> =
+        per_channel(n, c, |_, i| lanes_sum(at(i), at(i), |v, _| (v, 0.0))).iter().map(|s| (s.0 / m) as f32).collect();
     let var = per_channel(n, c, |ch, i| lanes_sum(at(i), at(i), |v, _| ((v - mean[ch]) * (v - mean[ch]), 0.0)));
     Ok((mean, var.iter().map(|s| (s.0 / m) as f32).collect()))
 }
@@ -209,7 +221,15 @@ impl CustomOp3 for BatchNorm {
         "tanuki-batch-norm"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, bs: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = kernels::f32_slice(xs, xl, "batch norm input")?;
         let (gamma, beta) = (kernels::f32_slice(gs, gl, "gamma")?, kernels::f32_slice(bs, bl, "beta")?);
         let (n, c, h, w) = kernels::dims4(xl, "batch norm input")?;
@@ -219,12 +239,24 @@ impl CustomOp3 for BatchNorm {
         let chans = self.channels(gamma, beta);
         let plane = h * w;
         let y = per_plane(n, c, plane, |ch, i, out| {
-            kernels::dispatch(PlaneKernel::Apply { x: &x[i * plane..(i + 1) * plane], out, ch: chans[ch], act: self.act });
+            kernels::dispatch(PlaneKernel::Apply {
+                x: &x[i * plane..(i + 1) * plane],
+                out,
+                ch: chans[ch],
+                act: self.act,
+            });
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let (plane, m) = (h * w, (n * h * w) as f32);
         let dy = dy.contiguous()?;
@@ -240,7 +272,14 @@ impl CustomOp3 for BatchNorm {
                 }
                 // Per channel: sum(g) and sum(g * (x - mean)), g the gradient of the batch
                 // norm's own output (dy where the activation passes).
-                let sums = per_channel(n, c, |ch, i| kernels::dispatch(PlaneKernel::Sums { dy: at(dy, i, plane), x: at(x, i, plane), ch: chans[ch], gate }));
+                let sums = per_channel(n, c, |ch, i| {
+                    kernels::dispatch(PlaneKernel::Sums {
+                        dy: at(dy, i, plane),
+                        x: at(x, i, plane),
+                        ch: chans[ch],
+                        gate,
+                    })
+                });
                 let dx = want_x.then(|| {
                     per_plane(n, c, plane, |ch, i, out| {
                         // Training mode: the batch statistics depend on x too.
@@ -250,7 +289,16 @@ impl CustomOp3 for BatchNorm {
                             (0.0, 0.0)
                         };
                         let k = gamma_v[ch] * inv_std[ch];
-                        kernels::dispatch(PlaneKernel::Dx { dy: at(dy, i, plane), x: at(x, i, plane), out, ch: chans[ch], gate, k, mdy, mdyx });
+                        kernels::dispatch(PlaneKernel::Dx {
+                            dy: at(dy, i, plane),
+                            x: at(x, i, plane),
+                            out,
+                            ch: chans[ch],
+                            gate,
+                            k,
+                            mdy,
+                            mdyx,
+                        });
                     })
                 });
                 (dx, sums)
@@ -288,8 +336,8 @@ pub(super) fn stock(
             let p = params
                 .get(&format!("{name}.{stat}"))
                 .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}.{stat}")))?;
-            let moved = ((p.var.as_detached_tensor() * BN_MOMENTUM)?
-                + (batch.detach().flatten_all()? * (1.0 - BN_MOMENTUM))?)?;
+            let moved =
+                ((p.var.as_detached_tensor() * BN_MOMENTUM)? + (batch.detach().flatten_all()? * (1.0 - BN_MOMENTUM))?)?;
             p.var.set(&moved)?;
         }
         Ok(y.broadcast_mul(&gamma)?.broadcast_add(&beta)?)
@@ -334,7 +382,8 @@ mod tests {
             .collect();
         let (mean, var) = super::channel_stats(&x, &[n, c, 37, 29]).unwrap();
         for ch in 0..c {
-            let vals: Vec<f64> = (0..n).flat_map(|img| x[(img * c + ch) * plane..][..plane].iter().map(|&v| v as f64)).collect();
+            let vals: Vec<f64> =
+                (0..n).flat_map(|img| x[(img * c + ch) * plane..][..plane].iter().map(|&v| v as f64)).collect();
             let m = vals.iter().sum::<f64>() / vals.len() as f64;
             let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
             assert!((mean[ch] as f64 - m).abs() <= 1e-6 * m.abs().max(1.0), "channel {ch}: mean {} vs {m}", mean[ch]);
@@ -359,10 +408,17 @@ mod tests {
             };
             let (fused_p, stock_p) = (make(), make());
             stock_p.load(&fused_p.snapshot().unwrap(), |_| true).unwrap();
-            let x = candle_core::Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, c, 4, 7), &dev).unwrap() + 0.7).unwrap()).unwrap();
+            let x =
+                candle_core::Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, c, 4, 7), &dev).unwrap() + 0.7).unwrap())
+                    .unwrap();
             // A non-uniform upstream gradient, so every term of the backward formula shows.
             let weights = Tensor::randn(0f32, 1.0, (3, c, 4, 7), &dev).unwrap();
-            let ctx = ForwardCtx { dropout: false, bn_training: training, grad: true, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+            let ctx = ForwardCtx {
+                dropout: false,
+                bn_training: training,
+                grad: true,
+                rng: rng::rng(0, Stream::Dropout, 0, 0, 0),
+            };
             let fused = super::forward(x.as_tensor(), "bn", c, 1e-3, act, &fused_p, &ctx).unwrap();
             let stock = super::stock(x.as_tensor(), "bn", c, 1e-3, &stock_p, &ctx).unwrap();
             let stock = match act {
@@ -373,13 +429,18 @@ mod tests {
             assert!(max_diff(&fused, &stock) < 1e-5, "forward ({training}, {act:?})");
             let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             let gs = (stock * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let grad = |g: &candle_core::backprop::GradStore, p: &ParamStore, w: &str| g.get(&p.get(w).unwrap().var).unwrap().clone();
+            let grad = |g: &candle_core::backprop::GradStore, p: &ParamStore, w: &str| {
+                g.get(&p.get(w).unwrap().var).unwrap().clone()
+            };
             assert!(max_diff(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-4, "dx ({training}, {act:?})");
             for w in ["bn.gamma", "bn.beta"] {
                 assert!(max_diff(&grad(&gf, &fused_p, w), &grad(&gs, &stock_p, w)) < 1e-4, "{w} ({training})");
             }
             for s in ["bn.moving_mean", "bn.moving_variance"] {
-                assert!(max_diff(fused_p.get(s).unwrap().var.as_tensor(), stock_p.get(s).unwrap().var.as_tensor()) < 1e-6, "{s}");
+                assert!(
+                    max_diff(fused_p.get(s).unwrap().var.as_tensor(), stock_p.get(s).unwrap().var.as_tensor()) < 1e-6,
+                    "{s}"
+                );
             }
         }
     }

@@ -89,7 +89,12 @@ pub struct ReduceLrOnPlateau {
 
 impl ReduceLrOnPlateau {
     pub fn new(spec: &ReduceLrSpec) -> Self {
-        Self { tracker: Tracker::new(spec.monitor, spec.min_delta), factor: spec.factor, patience: spec.patience, min_lr: spec.min_lr }
+        Self {
+            tracker: Tracker::new(spec.monitor, spec.min_delta),
+            factor: spec.factor,
+            patience: spec.patience,
+            min_lr: spec.min_lr,
+        }
     }
 
     /// Records an epoch; returns the new learning rate when it is cut. After a cut the wait
@@ -116,7 +121,8 @@ mod tests {
 
     #[test]
     fn early_stopping_counts_epochs_without_improvement() {
-        let spec = EarlyStoppingSpec { monitor: Monitor::ValLoss, patience: 2, min_delta: 0.01, restore_best_weights: true };
+        let spec =
+            EarlyStoppingSpec { monitor: Monitor::ValLoss, patience: 2, min_delta: 0.01, restore_best_weights: true };
         let mut es = EarlyStopping::new(Some(&spec));
         assert!(es.tracker.update(&m(9.0), Some(&m(1.0))));
         assert!(!es.tracker.update(&m(9.0), Some(&m(0.995))), "within min_delta is no improvement");

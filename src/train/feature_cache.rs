@@ -93,7 +93,8 @@ pub fn compute(
     data::for_each_batch(ds, &order, batch_size, None, norm, |_, batch| {
         let x = batch.tensor(&model.device)?;
         // The rng is unused with dropout off.
-        let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+        let mut ctx =
+            ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
         parts.push(model.forward_prefix(end, &x, &mut ctx)?);
         labels.extend_from_slice(&batch.labels);
         check()
@@ -110,7 +111,12 @@ mod tests {
     use crate::train::*;
 
     /// (execution per phase, (train, validation) metrics per epoch, test metrics, final weights).
-    type Run = (Vec<String>, Vec<(Metrics, Option<Metrics>)>, Option<Metrics>, std::collections::HashMap<String, candle_core::Tensor>);
+    type Run = (
+        Vec<String>,
+        Vec<(Metrics, Option<Metrics>)>,
+        Option<Metrics>,
+        std::collections::HashMap<String, candle_core::Tensor>,
+    );
 
     fn run_both(spec: &JobSpec, feature_cache: bool) -> Run {
         let f = fixture(8);
@@ -151,7 +157,16 @@ mod tests {
         close(&cached_test.unwrap(), &plain_test.unwrap());
         // The fine-tune phase started from the real (unfolded) weights in both runs.
         for (name, t) in &plain_w {
-            let diff: f32 = (t - &cached_w[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            let diff: f32 = (t - &cached_w[name])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert!(diff < 1e-3, "{name}: {diff}");
         }
     }

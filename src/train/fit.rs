@@ -15,19 +15,17 @@ use candle_core::Tensor;
 use super::checkpoint::{self, load_weights};
 use super::data::augment::Normalize;
 use super::data::{self, AugmentFor, Dataset};
-use super::feature_cache::{self, Cached, FeatureCache};
-pub use super::step::{loss_kind, train_step, train_step_from};
-use super::step::{check_stop, Sums};
 use super::early_stopping::{EarlyStopping, ReduceLrOnPlateau};
-use super::job::{
-    Control, Metrics, Observer, ResumeFrom, ResumeState, TrainError, TrainEvent, TrainJob, TrainOutcome,
-};
+use super::feature_cache::{self, Cached, FeatureCache};
+use super::job::{Control, Metrics, Observer, ResumeFrom, ResumeState, TrainError, TrainEvent, TrainJob, TrainOutcome};
 use super::layers::ForwardCtx;
 use super::loss::LossKind;
 use super::model::{self, Model};
 use super::optim::Optimizer;
 use super::rng::{self, Stream};
 use super::spec::{BatchNormMode, PhaseSpec};
+use super::step::{check_stop, Sums};
+pub use super::step::{loss_kind, train_step, train_step_from};
 use super::weights::{self, WeightsError};
 
 /// Runs the whole job; see the module docs. Blocking: call it on a dedicated thread.
@@ -50,14 +48,23 @@ impl Default for RunOptions {
 }
 
 /// [`run`] with explicit [`RunOptions`].
-pub fn run_with(job: &TrainJob, control: &Control, observer: &mut dyn Observer, options: RunOptions) -> Result<TrainOutcome, TrainError> {
+pub fn run_with(
+    job: &TrainJob,
+    control: &Control,
+    observer: &mut dyn Observer,
+    options: RunOptions,
+) -> Result<TrainOutcome, TrainError> {
     let spec = &job.spec;
     super::validate::validate(spec)?;
     let loss_kind = loss_kind(spec.model.head.units, job.classes.len())?;
     let n_classes = job.classes.len();
     let all = job.samples.iter().chain(job.validation_samples.iter().flatten());
     if let Some(s) = all.into_iter().find(|s| s.label >= n_classes) {
-        return Err(TrainError::Data(format!("{} has label {} but there are {n_classes} classes", s.path.display(), s.label)));
+        return Err(TrainError::Data(format!(
+            "{} has label {} but there are {n_classes} classes",
+            s.path.display(),
+            s.label
+        )));
     }
 
     let splits = data::split(job)?;
@@ -80,7 +87,11 @@ pub fn run_with(job: &TrainJob, control: &Control, observer: &mut dyn Observer, 
     let mut start_phase = 0;
     if let Some(resume) = &job.resume {
         if resume.state.phase_index >= spec.phases.len() {
-            return Err(TrainError::Data(format!("resume state names phase {} of {}", resume.state.phase_index, spec.phases.len())));
+            return Err(TrainError::Data(format!(
+                "resume state names phase {} of {}",
+                resume.state.phase_index,
+                spec.phases.len()
+            )));
         }
         model.params.load(&load_weights(&resume.weights)?, |_| true)?;
         start_phase = resume.state.phase_index;
@@ -142,7 +153,6 @@ pub fn weights_metadata(model: &Model) -> HashMap<String, String> {
     HashMap::from([(weights::CONVENTION_KEY.to_string(), model.convention.as_str().to_string())])
 }
 
-
 /// The state shared by every phase of one run.
 struct Fit<'a> {
     job: &'a TrainJob,
@@ -173,7 +183,12 @@ impl Fit<'_> {
         result
     }
 
-    fn phase_inner(&mut self, index: usize, phase: &PhaseSpec, resume: Option<&ResumeFrom>) -> Result<Option<Metrics>, TrainError> {
+    fn phase_inner(
+        &mut self,
+        index: usize,
+        phase: &PhaseSpec,
+        resume: Option<&ResumeFrom>,
+    ) -> Result<Option<Metrics>, TrainError> {
         let (trainable_params, non_trainable_params) = self.model.params.counts();
         let mut optimizer = Optimizer::new(&phase.optimizer, &self.model.params)?;
         let mut progress = EarlyStopping::new(phase.early_stopping.as_ref());
@@ -308,7 +323,12 @@ impl Fit<'_> {
         let mut sums = Sums::default();
         let Fit { model, observer, control, loss_kind, global_step, norm, train, .. } = self;
         let mut step = |b: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
-            let mut ctx = ForwardCtx { dropout: true, bn_training, grad: true, rng: rng::rng(spec.seed, Stream::Dropout, index, epoch, b) };
+            let mut ctx = ForwardCtx {
+                dropout: true,
+                bn_training,
+                grad: true,
+                rng: rng::rng(spec.seed, Stream::Dropout, index, epoch, b),
+            };
             let (loss, logits) = train_step_from(model, start, optimizer, *loss_kind, x, labels, &mut ctx)?;
             *global_step += 1;
             sums.add(loss, loss_kind.correct(&logits, labels)?, labels.len());
@@ -375,11 +395,21 @@ impl Fit<'_> {
         Ok(Some(self.evaluate(&self.validation, cached)?))
     }
 
-    fn write_checkpoint(&mut self, optimizer: &Optimizer, validation: Option<Metrics>, state: ResumeState) -> Result<(), TrainError> {
+    fn write_checkpoint(
+        &mut self,
+        optimizer: &Optimizer,
+        validation: Option<Metrics>,
+        state: ResumeState,
+    ) -> Result<(), TrainError> {
         let dir = &self.job.checkpoint_dir;
-        let (weights_name, optimizer_name) = checkpoint::file_names(state.phase_index, state.epochs_done, state.global_step);
-        let weights =
-            checkpoint::write_with_metadata(dir, &weights_name, &self.model.params.snapshot()?, Some(weights_metadata(&self.model)))?;
+        let (weights_name, optimizer_name) =
+            checkpoint::file_names(state.phase_index, state.epochs_done, state.global_step);
+        let weights = checkpoint::write_with_metadata(
+            dir,
+            &weights_name,
+            &self.model.params.snapshot()?,
+            Some(weights_metadata(&self.model)),
+        )?;
         let optimizer = checkpoint::write(dir, &optimizer_name, &optimizer.export()?)?;
         self.observer.on_event(&TrainEvent::CheckpointWritten {
             phase_index: state.phase_index,

@@ -71,10 +71,13 @@ fn plan_where(layers: &[Layer], params: &ParamStore, frozen: impl Fn(&str) -> bo
     let mut folding = Folding::default();
     for pair in layers.windows(2) {
         let (conv, bn) = (&pair[0], &pair[1]);
-        let (Some((weight, has_bias)), LayerKind::BatchNorm { channels, epsilon }) = (folded_weight(&conv.kind), &bn.kind) else {
+        let (Some((weight, has_bias)), LayerKind::BatchNorm { channels, epsilon }) =
+            (folded_weight(&conv.kind), &bn.kind)
+        else {
             continue;
         };
-        if !bn.inputs.is_empty() || referenced.contains(conv.name.as_str()) || !frozen(&conv.name) || !frozen(&bn.name) {
+        if !bn.inputs.is_empty() || referenced.contains(conv.name.as_str()) || !frozen(&conv.name) || !frozen(&bn.name)
+        {
             continue;
         }
         let get = |layer: &str, w: &str| params.tensor(layer, w, false);
@@ -107,13 +110,19 @@ mod tests {
     #[test]
     fn folded_forward_matches_and_params_stay_unfolded() {
         let spec = ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::MobilenetV2, weights: None, alpha: Some(0.35), widths: None },
+            backbone: BackboneSpec {
+                architecture: Architecture::MobilenetV2,
+                weights: None,
+                alpha: Some(0.35),
+                widths: None,
+            },
             head: HeadSpec::default(),
         };
         let input = InputSpec { height: 32, width: 32, ..InputSpec::default() };
         let mut model = Model::new(&spec, &input, 3).unwrap();
         // Non-trivial statistics, so a wrong fold shows.
-        for p in model.params.iter().filter(|p| p.name.ends_with("moving_mean") || p.name.ends_with("moving_variance")) {
+        for p in model.params.iter().filter(|p| p.name.ends_with("moving_mean") || p.name.ends_with("moving_variance"))
+        {
             let n = p.elem_count();
             let t = candle_core::Tensor::rand(0.5f32, 1.5, n, &Device::Cpu).unwrap();
             p.var.set(&t).unwrap();
@@ -121,7 +130,12 @@ mod tests {
         model.set_trainable(&["head".to_string(), "backbone.block_16".to_string()]);
         let before = model.params.snapshot().unwrap();
         let x = candle_core::Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
-        let ctx = || ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+        let ctx = || ForwardCtx {
+            dropout: false,
+            bn_training: false,
+            grad: false,
+            rng: rng::rng(0, Stream::Dropout, 0, 0, 0),
+        };
         let plain = model.forward(&x, &mut ctx()).unwrap();
         let folds = model.fold_frozen_batch_norms().unwrap();
         assert!(folds > 30, "{folds} folds");

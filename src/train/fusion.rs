@@ -38,7 +38,12 @@ fn activation(kind: &LayerKind) -> Option<Act> {
 /// The steps that run `layers[range]`. `folding` is the phase's batch-norm folds when batch
 /// norm runs in inference mode (`None` in training mode: no fold applies); `referenced` the
 /// names some layer takes as a named input.
-pub fn plan<'a>(layers: &[Layer], range: Range<usize>, folding: Option<&'a Folding>, referenced: &HashSet<&str>) -> Vec<Step<'a>> {
+pub fn plan<'a>(
+    layers: &[Layer],
+    range: Range<usize>,
+    folding: Option<&'a Folding>,
+    referenced: &HashSet<&str>,
+) -> Vec<Step<'a>> {
     let end = range.end;
     // Whether `layers[i]` exists in the range, takes the previous output, and may be computed
     // without keeping its own output (nobody reads it by name).
@@ -105,7 +110,10 @@ mod tests {
     }
 
     fn with_statistics(architecture: Architecture, alpha: Option<f32>, side: u32) -> Model {
-        let spec = ModelSpec { backbone: BackboneSpec { architecture, weights: None, alpha, widths: None }, head: HeadSpec::default() };
+        let spec = ModelSpec {
+            backbone: BackboneSpec { architecture, weights: None, alpha, widths: None },
+            head: HeadSpec::default(),
+        };
         let model = Model::new(&spec, &InputSpec { height: side, width: side, ..InputSpec::default() }, 3).unwrap();
         // Statistics and scales that make the folds and the ReLU6 clipping show.
         for p in model.params.iter() {
@@ -180,7 +188,12 @@ mod tests {
         assert_same_gradients(&model, true);
         assert_same_gradients(&model, false);
         let spec = ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![4, 8]) },
+            backbone: BackboneSpec {
+                architecture: Architecture::SmallCnn,
+                weights: None,
+                alpha: None,
+                widths: Some(vec![4, 8]),
+            },
             head: HeadSpec::default(),
         };
         let mut small = Model::new(&spec, &InputSpec { height: 32, width: 32, ..InputSpec::default() }, 5).unwrap();
@@ -205,7 +218,11 @@ mod tests {
             }
             let mid = model.forward_prefix(k, &x, &mut ctx(false)).unwrap();
             let out = model.forward_from(k, &mid, &mut ctx(false)).unwrap();
-            assert!(max_diff(&out, &whole) < 1e-4, "split at {k} ({})", model.layers.get(k).map_or("end", |l| l.name.as_str()));
+            assert!(
+                max_diff(&out, &whole) < 1e-4,
+                "split at {k} ({})",
+                model.layers.get(k).map_or("end", |l| l.name.as_str())
+            );
             splits += 1;
         }
         assert!(splits > 40, "{splits} splits");
@@ -218,19 +235,30 @@ mod tests {
         model.fold_frozen_batch_norms().unwrap();
         let referenced = model.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
         let steps = super::plan(&model.layers, 0..model.layers.len(), Some(&model.folding), &referenced);
-        let names = |s: &super::Step<'_>| model.layers[s.span.clone()].iter().map(|l| l.name.trim_start_matches("backbone.")).collect::<Vec<_>>();
-        let find = |first: &str| steps.iter().find(|s| names(s)[0] == first).unwrap_or_else(|| panic!("no step starts at {first}"));
-        assert_eq!(names(find("block_1_pad")), ["block_1_pad", "block_1_depthwise", "block_1_depthwise_BN", "block_1_depthwise_relu"]);
+        let names = |s: &super::Step<'_>| {
+            model.layers[s.span.clone()].iter().map(|l| l.name.trim_start_matches("backbone.")).collect::<Vec<_>>()
+        };
+        let find = |first: &str| {
+            steps.iter().find(|s| names(s)[0] == first).unwrap_or_else(|| panic!("no step starts at {first}"))
+        };
+        assert_eq!(
+            names(find("block_1_pad")),
+            ["block_1_pad", "block_1_depthwise", "block_1_depthwise_BN", "block_1_depthwise_relu"]
+        );
         assert_eq!(find("block_1_pad").fusion.act, Act::Relu6);
         assert_eq!(names(find("block_1_expand")), ["block_1_expand", "block_1_expand_BN", "block_1_expand_relu"]);
         // The projection's batch norm is read by the residual Add: it ends its step.
         assert_eq!(names(find("block_2_project")), ["block_2_project", "block_2_project_BN"]);
-        assert!(steps.iter().all(|s| !matches!(model.layers[s.layer].kind, LayerKind::Relu6 | LayerKind::ZeroPad(_) | LayerKind::BatchNorm { .. })));
+        assert!(steps.iter().all(|s| !matches!(
+            model.layers[s.layer].kind,
+            LayerKind::Relu6 | LayerKind::ZeroPad(_) | LayerKind::BatchNorm { .. }
+        )));
 
         let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
         let fused = model.forward(&x, &mut ctx(false)).unwrap();
         let reference = unfused(&model, &x, &mut ctx(false));
-        let diff: f32 = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let diff: f32 =
+            (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
         assert!(diff < 1e-4, "{diff}");
     }
 
@@ -243,12 +271,18 @@ mod tests {
         model.fold_frozen_batch_norms().unwrap();
         let referenced = model.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
         let steps = super::plan(&model.layers, 0..model.layers.len(), Some(&model.folding), &referenced);
-        let sep_relu = steps.iter().filter(|s| matches!(model.layers[s.layer].kind, LayerKind::SeparableConv2d { .. }) && s.fusion.act == Act::Relu).count();
+        let sep_relu = steps
+            .iter()
+            .filter(|s| {
+                matches!(model.layers[s.layer].kind, LayerKind::SeparableConv2d { .. }) && s.fusion.act == Act::Relu
+            })
+            .count();
         assert!(sep_relu >= 20, "{sep_relu} separable convolutions took their ReLU");
         let x = Tensor::randn(0f32, 1.0, (1, 3, 71, 71), &Device::Cpu).unwrap();
         let fused = model.forward(&x, &mut ctx(false)).unwrap();
         let reference = unfused(&model, &x, &mut ctx(false));
-        let diff: f32 = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let diff: f32 =
+            (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
         assert!(diff < 1e-3, "{diff}");
     }
 
@@ -257,7 +291,10 @@ mod tests {
         let model = mobilenet();
         let referenced = model.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
         let steps = super::plan(&model.layers, 0..model.layers.len(), None, &referenced);
-        let bn_relu = steps.iter().filter(|s| matches!(model.layers[s.layer].kind, LayerKind::BatchNorm { .. }) && s.fusion.act == Act::Relu6).count();
+        let bn_relu = steps
+            .iter()
+            .filter(|s| matches!(model.layers[s.layer].kind, LayerKind::BatchNorm { .. }) && s.fusion.act == Act::Relu6)
+            .count();
         // Every ReLU6 of MobileNetV2 follows a batch norm: 1 + 16 * 2 + 1 (block 0 has no expand).
         assert_eq!(bn_relu, 35);
         assert!(steps.iter().all(|s| s.fusion.fold.is_none()));
@@ -267,7 +304,8 @@ mod tests {
         let fused = model.forward(&x, &mut ctx(true)).unwrap();
         model.params.load(&start, |_| true).unwrap();
         let reference = unfused(&model, &x, &mut ctx(true));
-        let diff: f32 = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let diff: f32 =
+            (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
         assert!(diff < 1e-4, "{diff}");
     }
 }

@@ -14,8 +14,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::batch_norm;
 use super::fold::Folded;
-use super::kernels::Act;
 use super::job::TrainError;
+use super::kernels::Act;
 use super::ops::{self, Pad};
 use super::params::{ParamStore, Role};
 
@@ -28,33 +28,69 @@ pub const TORCH_BN_EPSILON: f64 = 1e-5;
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
     /// Square kernel, zero padding per side (asymmetric for TensorFlow's "SAME" at stride 2).
-    Conv2d { in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: Pad, bias: bool },
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Pad,
+        bias: bool,
+    },
     /// One `kernel` x `kernel` filter per channel (Keras `DepthwiseConv2D`, depth multiplier 1).
-    DepthwiseConv2d { channels: usize, kernel: usize, stride: usize, padding: Pad, bias: bool },
+    DepthwiseConv2d {
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Pad,
+        bias: bool,
+    },
     /// Depthwise then pointwise (1x1) convolution as ONE layer, as Keras's `SeparableConv2D`.
-    SeparableConv2d { in_channels: usize, out_channels: usize, kernel: usize, padding: Pad, bias: bool },
+    SeparableConv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        padding: Pad,
+        bias: bool,
+    },
     /// Keras `ZeroPadding2D`.
     ZeroPad(Pad),
-    BatchNorm { channels: usize, epsilon: f64 },
+    BatchNorm {
+        channels: usize,
+        epsilon: f64,
+    },
     Relu,
     /// `min(max(x, 0), 6)`: Keras `ReLU(6.0)`.
     Relu6,
     /// Square window with stride equal to the window ("valid" padding).
-    MaxPool { size: usize },
+    MaxPool {
+        size: usize,
+    },
     /// Overlapping window (`size` > `stride` allowed), padding that never wins the max.
-    MaxPoolPadded { size: usize, stride: usize, padding: Pad },
+    MaxPoolPadded {
+        size: usize,
+        stride: usize,
+        padding: Pad,
+    },
     /// Elementwise sum of the layer's two `inputs` (Keras `Add`).
     Add,
     GlobalAvgPool,
-    Dropout { rate: f32 },
-    Dense { inputs: usize, units: usize },
+    Dropout {
+        rate: f32,
+    },
+    Dense {
+        inputs: usize,
+        units: usize,
+    },
 }
 
 /// How a weight starts out (Keras's defaults per layer).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     /// Uniform in ±sqrt(6 / (fan_in + fan_out)).
-    GlorotUniform { fan_in: usize, fan_out: usize },
+    GlorotUniform {
+        fan_in: usize,
+        fan_out: usize,
+    },
     Zeros,
     Ones,
 }
@@ -146,14 +182,18 @@ impl LayerKind {
             LayerKind::SeparableConv2d { in_channels, out_channels, kernel, bias, .. } => {
                 let area = kernel * kernel;
                 let mut v = vec![
-                    w("depthwise_kernel", vec![in_channels, 1, kernel, kernel], Role::Weight, Init::GlorotUniform {
-                        fan_in: area * in_channels,
-                        fan_out: area,
-                    }),
-                    w("pointwise_kernel", vec![out_channels, in_channels, 1, 1], Role::Weight, Init::GlorotUniform {
-                        fan_in: in_channels,
-                        fan_out: out_channels,
-                    }),
+                    w(
+                        "depthwise_kernel",
+                        vec![in_channels, 1, kernel, kernel],
+                        Role::Weight,
+                        Init::GlorotUniform { fan_in: area * in_channels, fan_out: area },
+                    ),
+                    w(
+                        "pointwise_kernel",
+                        vec![out_channels, in_channels, 1, 1],
+                        Role::Weight,
+                        Init::GlorotUniform { fan_in: in_channels, fan_out: out_channels },
+                    ),
                 ];
                 if bias {
                     v.push(w("bias", vec![out_channels], Role::Weight, Init::Zeros));
@@ -233,12 +273,23 @@ impl Layer {
     /// As [`Layer::forward`], with what [`super::fusion`] merged into this layer: a convolution
     /// runs with its folded kernel and bias, the padding of a `ZeroPadding2D` before it, and
     /// the activation after it; a batch norm with the activation after it.
-    pub fn forward_fused(&self, x: &Tensor, params: &ParamStore, ctx: &mut ForwardCtx, fusion: Fusion<'_>) -> Result<Tensor, TrainError> {
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        params: &ParamStore,
+        ctx: &mut ForwardCtx,
+        fusion: Fusion<'_>,
+    ) -> Result<Tensor, TrainError> {
         let name = self.name.as_str();
         let Fusion { fold, pad, act } = fusion;
         let conv = self.kind.conv_geometry().is_some();
-        if act != Act::Identity && !(conv || matches!(self.kind, LayerKind::BatchNorm { .. })) || pad != Pad::default() && !conv {
-            return Err(TrainError::Weights(format!("{name}: {} cannot take a fused activation or padding", self.kind.keras_class())));
+        if act != Act::Identity && !(conv || matches!(self.kind, LayerKind::BatchNorm { .. }))
+            || pad != Pad::default() && !conv
+        {
+            return Err(TrainError::Weights(format!(
+                "{name}: {} cannot take a fused activation or padding",
+                self.kind.keras_class()
+            )));
         }
         let weight = |w: &str| match fold {
             Some(f) if f.weight == w => Ok(f.kernel.clone()),
@@ -265,7 +316,9 @@ impl Layer {
                 ops::conv2d(&y, &pk, bias(b)?.as_ref(), act, 1, Pad::default())?
             }
             LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
-            LayerKind::BatchNorm { channels, epsilon } => batch_norm::forward(x, name, channels, epsilon, act, params, ctx)?,
+            LayerKind::BatchNorm { channels, epsilon } => {
+                batch_norm::forward(x, name, channels, epsilon, act, params, ctx)?
+            }
             LayerKind::Relu => x.relu()?,
             LayerKind::Relu6 => ops::relu6(x)?,
             LayerKind::MaxPool { size } => ops::max_pool_valid(x, size)?,

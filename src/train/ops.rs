@@ -82,7 +82,12 @@ impl Pad {
 
     /// This padding and `other` on top of it, per side.
     pub fn plus(self, other: Pad) -> Pad {
-        Pad { top: self.top + other.top, bottom: self.bottom + other.bottom, left: self.left + other.left, right: self.right + other.right }
+        Pad {
+            top: self.top + other.top,
+            bottom: self.bottom + other.bottom,
+            left: self.left + other.left,
+            right: self.right + other.right,
+        }
     }
 
     pub fn max_side(&self) -> usize {
@@ -100,7 +105,10 @@ impl Pad {
 
     /// Output `(h, w)` of a `kernel` window at `stride` over an `h` x `w` input with this padding.
     pub fn out_hw(&self, h: usize, w: usize, kernel: usize, stride: usize) -> (usize, usize) {
-        (Self::out_side(h, self.top, self.bottom, kernel, stride), Self::out_side(w, self.left, self.right, kernel, stride))
+        (
+            Self::out_side(h, self.top, self.bottom, kernel, stride),
+            Self::out_side(w, self.left, self.right, kernel, stride),
+        )
     }
 }
 
@@ -140,7 +148,9 @@ pub fn pad(x: &Tensor, p: Pad, value: f32) -> Result<Tensor, TrainError> {
 pub fn windows(x: &Tensor, kernel: usize, stride: usize, fill: f32) -> Result<Vec<Tensor>, TrainError> {
     let (n, c, h, w) = x.dims4()?;
     if h < kernel || w < kernel {
-        return Err(TrainError::Candle(candle_core::Error::Msg(format!("{h}x{w} input is smaller than a {kernel}x{kernel} window"))));
+        return Err(TrainError::Candle(candle_core::Error::Msg(format!(
+            "{h}x{w} input is smaller than a {kernel}x{kernel} window"
+        ))));
     }
     let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
     let mut views = Vec::with_capacity(kernel * kernel);
@@ -180,7 +190,14 @@ pub fn windows(x: &Tensor, kernel: usize, stride: usize, fill: f32) -> Result<Ve
 
 /// Depthwise convolution: `x` `[n, c, h, w]` (unpadded), `kernel` `[c, 1, k, k]`, then
 /// `act(y + bias)` per channel (fused into the kernel on the fast backend).
-pub fn depthwise_conv(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+pub fn depthwise_conv(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+    stride: usize,
+    p: Pad,
+) -> Result<Tensor, TrainError> {
     if backend() == Backend::Fast {
         return Ok(kernels::depthwise_conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
     }
@@ -242,7 +259,9 @@ pub fn max_pool_valid(x: &Tensor, size: usize) -> Result<Tensor, TrainError> {
 /// MobileNetV2 step. [`Relu6`] is one pass each way.
 pub fn relu6(x: &Tensor) -> Result<Tensor, TrainError> {
     match backend() {
-        Backend::Fast if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => Ok(x.contiguous()?.apply_op1(Relu6)?),
+        Backend::Fast if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => {
+            Ok(x.contiguous()?.apply_op1(Relu6)?)
+        }
         _ => Ok(x.clamp(0f32, 6f32)?),
     }
 }
@@ -254,7 +273,11 @@ impl candle_core::CustomOp1 for Relu6 {
         "tanuki-relu6"
     }
 
-    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let x = kernels::f32_slice(s, l, "relu6 input")?;
         Ok((candle_core::CpuStorage::F32(kernels::par_map(x, x, |v, _| v.clamp(0.0, 6.0))), l.shape().clone()))
     }
@@ -271,11 +294,22 @@ impl candle_core::CustomOp1 for Relu6 {
 
 /// A conv2d with explicit (possibly asymmetric) padding, then `act(y + bias)` per output
 /// channel (fused into the kernel on the fast backend).
-pub fn conv2d(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+pub fn conv2d(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+    stride: usize,
+    p: Pad,
+) -> Result<Tensor, TrainError> {
     if backend() == Backend::Fast {
         return Ok(kernels::conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
     }
-    let y = if p.is_symmetric() { x.conv2d(kernel, p.top, stride, 1, 1)? } else { pad(x, p, 0.0)?.conv2d(kernel, 0, stride, 1, 1)? };
+    let y = if p.is_symmetric() {
+        x.conv2d(kernel, p.top, stride, 1, 1)?
+    } else {
+        pad(x, p, 0.0)?.conv2d(kernel, 0, stride, 1, 1)?
+    };
     stock_epilogue(y, bias, act)
 }
 
@@ -309,7 +343,9 @@ mod tests {
     fn depthwise_matches_grouped_conv() {
         let x = ramp((2, 3, 8, 7));
         let k = (ramp((3, 1, 3, 3)) * 0.1).unwrap();
-        for (stride, p) in [(1, Pad::uniform(1)), (2, Pad { top: 0, bottom: 1, left: 0, right: 1 }), (2, Pad::uniform(1))] {
+        for (stride, p) in
+            [(1, Pad::uniform(1)), (2, Pad { top: 0, bottom: 1, left: 0, right: 1 }), (2, Pad::uniform(1))]
+        {
             let ours = depthwise_conv(&x, &k, None, Act::Identity, stride, p).unwrap();
             let reference = pad(&x, p, 0.0).unwrap().conv2d(&k, 0, stride, 1, 3).unwrap();
             assert_eq!(ours.dims(), reference.dims());

@@ -50,7 +50,8 @@ impl Optimizer {
     pub fn new(spec: &OptimizerSpec, params: &ParamStore) -> Result<Self, TrainError> {
         let groups = spec.learning_rates.clone().unwrap_or_default();
         let trainable: Vec<_> = params.iter().filter(|p| p.trainable()).collect();
-        let rate_factors = trainable.iter().map(|p| group_rate(&groups, &p.layer).map_or(1.0, |r| r / spec.learning_rate)).collect();
+        let rate_factors =
+            trainable.iter().map(|p| group_rate(&groups, &p.layer).map_or(1.0, |r| r / spec.learning_rate)).collect();
         let vars: Vec<(String, Var)> = trainable.iter().map(|p| (p.name.clone(), p.var.clone())).collect();
         let kind = match spec.kind {
             OptimizerKind::Adam => Kind::Adam {
@@ -68,7 +69,17 @@ impl Optimizer {
             Kind::Sgd { momentum } if momentum > 0.0 => (zeros(&vars)?, Vec::new()),
             Kind::Sgd { .. } => (Vec::new(), Vec::new()),
         };
-        Ok(Self { kind, vars, rate_factors, groups, base_rate: spec.learning_rate, slot_a, slot_b, step: 0, learning_rate: spec.learning_rate })
+        Ok(Self {
+            kind,
+            vars,
+            rate_factors,
+            groups,
+            base_rate: spec.learning_rate,
+            slot_a,
+            slot_b,
+            step: 0,
+            learning_rate: spec.learning_rate,
+        })
     }
 
     /// The default rate (weights outside every group).

@@ -116,9 +116,7 @@ impl ParamStore {
     /// present with the right shape; others in `tensors` are ignored.
     pub fn load(&self, tensors: &HashMap<String, Tensor>, wanted: impl Fn(&str) -> bool) -> Result<(), TrainError> {
         for p in self.params.iter().filter(|p| wanted(&p.name)) {
-            let t = tensors
-                .get(&p.name)
-                .ok_or_else(|| TrainError::Weights(format!("missing tensor {}", p.name)))?;
+            let t = tensors.get(&p.name).ok_or_else(|| TrainError::Weights(format!("missing tensor {}", p.name)))?;
             if t.dims() != p.var.dims() {
                 return Err(TrainError::Weights(format!(
                     "tensor {} has shape {:?}, the model expects {:?}",

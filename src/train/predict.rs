@@ -25,7 +25,13 @@ pub type Predictions = Vec<Result<Vec<(String, f32)>, String>>;
 /// Runs the model of `model`/`input` with the weights at `weights` (one of our checkpoints, every
 /// parameter included) on `images` (encoded JPEG or PNG). One logit means two classes (sigmoid:
 /// the probability of `classes[1]`); more means softmax over `classes`.
-pub fn predict(model: &ModelSpec, input: &InputSpec, classes: &[String], weights: &Path, images: &[Vec<u8>]) -> Result<Predictions, TrainError> {
+pub fn predict(
+    model: &ModelSpec,
+    input: &InputSpec,
+    classes: &[String],
+    weights: &Path,
+    images: &[Vec<u8>],
+) -> Result<Predictions, TrainError> {
     let kind = loss_kind(model.head.units, classes.len())?;
     let convention = weights::file_convention(weights).map_err(|e| TrainError::Weights(e.to_string()))?;
     let m = Model::with_convention(model, input, 0, convention)?;
@@ -43,7 +49,8 @@ pub fn predict(model: &ModelSpec, input: &InputSpec, classes: &[String], weights
                 .map_err(|e| format!("cannot decode image: {e}"))
         })
         .collect();
-    let ok: Vec<(usize, &Vec<u8>)> = decoded.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|p| (i, p))).collect();
+    let ok: Vec<(usize, &Vec<u8>)> =
+        decoded.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|p| (i, p))).collect();
     let mut out: Predictions = decoded.iter().map(|d| d.as_ref().map(|_| Vec::new()).map_err(Clone::clone)).collect();
 
     let folding = m.inference_folding()?;

@@ -52,7 +52,12 @@ mod tests {
 
     fn model(widths: Vec<usize>, units: usize) -> ModelSpec {
         ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(widths) },
+            backbone: BackboneSpec {
+                architecture: Architecture::SmallCnn,
+                weights: None,
+                alpha: None,
+                widths: Some(widths),
+            },
             head: HeadSpec { units, ..HeadSpec::default() },
         }
     }
@@ -61,7 +66,15 @@ mod tests {
         PhaseSpec {
             name: trainable.join("+"),
             trainable: trainable.iter().map(|s| s.to_string()).collect(),
-            optimizer: OptimizerSpec { kind: OptimizerKind::Sgd, learning_rate: 0.1, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None },
+            optimizer: OptimizerSpec {
+                kind: OptimizerKind::Sgd,
+                learning_rate: 0.1,
+                learning_rates: None,
+                beta1: None,
+                beta2: None,
+                epsilon: None,
+                momentum: None,
+            },
             epochs: 1,
             batch_norm: BatchNormMode::Inference,
             early_stopping: None,
@@ -105,7 +118,8 @@ mod tests {
     fn pooling_stops_before_a_side_drops_below_two() {
         let input = InputSpec { height: 8, width: 8, ..InputSpec::default() };
         let s = summarize(&model(vec![2, 2, 2], 1), &input, &[]).unwrap();
-        let pools: Vec<_> = s.layers.iter().filter(|l| l.kind == "MaxPooling2D").map(|l| l.output_shape.clone()).collect();
+        let pools: Vec<_> =
+            s.layers.iter().filter(|l| l.kind == "MaxPooling2D").map(|l| l.output_shape.clone()).collect();
         assert_eq!(pools, vec![vec![4, 4, 2], vec![2, 2, 2]]);
     }
 
@@ -118,7 +132,12 @@ mod tests {
         let s = summarize(&spec, &input, &[phase(&["backbone.block1"])]).unwrap();
         m.set_trainable(&["backbone.block1".to_string()]);
         assert_eq!(m.params.counts(), (s.phases[0].trainable_params, s.phases[0].non_trainable_params));
-        let bn: Vec<_> = m.params.iter().filter(|p| p.layer == "backbone.block1.bn").map(|p| (p.name.clone(), p.trainable())).collect();
+        let bn: Vec<_> = m
+            .params
+            .iter()
+            .filter(|p| p.layer == "backbone.block1.bn")
+            .map(|p| (p.name.clone(), p.trainable()))
+            .collect();
         assert_eq!(
             bn,
             [

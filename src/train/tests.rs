@@ -75,7 +75,15 @@ pub(super) fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> Pha
     PhaseSpec {
         name: name.into(),
         trainable: trainable.iter().map(|s| s.to_string()).collect(),
-        optimizer: OptimizerSpec { kind: OptimizerKind::Adam, learning_rate: lr, learning_rates: None, beta1: None, beta2: None, epsilon: None, momentum: None },
+        optimizer: OptimizerSpec {
+            kind: OptimizerKind::Adam,
+            learning_rate: lr,
+            learning_rates: None,
+            beta1: None,
+            beta2: None,
+            epsilon: None,
+            momentum: None,
+        },
         epochs,
         batch_norm: BatchNormMode::Inference,
         early_stopping: None,
@@ -93,7 +101,12 @@ pub(super) fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
         input: InputSpec { height: 16, width: 16, ..InputSpec::default() },
         augmentation: AugmentationSpec { horizontal_flip: true, rotation: 0.05 },
         model: ModelSpec {
-            backbone: BackboneSpec { architecture: Architecture::SmallCnn, weights: None, alpha: None, widths: Some(vec![4, 8]) },
+            backbone: BackboneSpec {
+                architecture: Architecture::SmallCnn,
+                weights: None,
+                alpha: None,
+                widths: Some(vec![4, 8]),
+            },
             head: HeadSpec { pooling: Pooling::Avg, dropout: 0.1, units: 1 },
         },
         batch_size: 8,
@@ -299,7 +312,8 @@ fn resume_after_interruption_matches_an_uninterrupted_run() {
     }
     let f = fixture(6);
     let mut head = phase("head", &["head"], 0.05, 2);
-    head.reduce_lr_on_plateau = Some(ReduceLrSpec { monitor: Monitor::ValLoss, factor: 0.5, patience: 1, min_delta: 0.0, min_lr: 0.0 });
+    head.reduce_lr_on_plateau =
+        Some(ReduceLrSpec { monitor: Monitor::ValLoss, factor: 0.5, patience: 1, min_delta: 0.0, min_lr: 0.0 });
     let s = spec(vec![head, phase("all", &["all"], 1e-3, 2)]);
     let (reference_out, reference) = run_ok(&f.job(s.clone(), "ref"));
 
@@ -331,14 +345,11 @@ fn resume_after_interruption_matches_an_uninterrupted_run() {
 fn early_stopping_restores_the_best_weights_of_the_phase() {
     let f = fixture(6);
     let mut p = phase("all", &["all"], 0.3, 4);
-    p.early_stopping = Some(EarlyStoppingSpec { monitor: Monitor::ValLoss, patience: 10, min_delta: 0.0, restore_best_weights: true });
+    p.early_stopping =
+        Some(EarlyStoppingSpec { monitor: Monitor::ValLoss, patience: 10, min_delta: 0.0, restore_best_weights: true });
     let (out, rec) = run_ok(&f.job(spec(vec![p]), "run"));
     let epochs = rec.epochs();
-    let best = epochs
-        .iter()
-        .min_by(|a, b| a.3.unwrap().loss.total_cmp(&b.3.unwrap().loss))
-        .map(|e| e.1)
-        .unwrap();
+    let best = epochs.iter().min_by(|a, b| a.3.unwrap().loss.total_cmp(&b.3.unwrap().loss)).map(|e| e.1).unwrap();
     let restored = rec.events.iter().find_map(|e| match e {
         TrainEvent::PhaseEnded { restored_best_epoch, .. } => Some(*restored_best_epoch),
         _ => None,
@@ -355,10 +366,14 @@ fn early_stopping_stops_when_patience_runs_out() {
     let f = fixture(4);
     let mut p = phase("all", &["all"], 1e-9, 6);
     // A learning rate this small cannot improve the loss by min_delta.
-    p.early_stopping = Some(EarlyStoppingSpec { monitor: Monitor::ValLoss, patience: 1, min_delta: 1.0, restore_best_weights: true });
+    p.early_stopping =
+        Some(EarlyStoppingSpec { monitor: Monitor::ValLoss, patience: 1, min_delta: 1.0, restore_best_weights: true });
     let (_, rec) = run_ok(&f.job(spec(vec![p]), "run"));
     assert_eq!(rec.epochs().len(), 2);
-    assert!(rec.events.iter().any(|e| matches!(e, TrainEvent::PhaseEnded { stopped_early: true, restored_best_epoch: Some(1), .. })));
+    assert!(rec
+        .events
+        .iter()
+        .any(|e| matches!(e, TrainEvent::PhaseEnded { stopped_early: true, restored_best_epoch: Some(1), .. })));
 }
 
 #[test]
@@ -369,7 +384,10 @@ fn softmax_head_with_a_test_split() {
     s.split.test = 0.25;
     let (out, rec) = run_ok(&f.job(s, "run"));
     assert!(out.test.is_some_and(|m| m.loss.is_finite()));
-    assert!(matches!(rec.events[0], TrainEvent::DataReady { train_images: 6, validation_images: 3, test_images: 3, .. }));
+    assert!(matches!(
+        rec.events[0],
+        TrainEvent::DataReady { train_images: 6, validation_images: 3, test_images: 3, .. }
+    ));
 }
 
 #[test]
@@ -389,7 +407,8 @@ fn initial_weights_take_the_backbone_and_check_names() {
     let mut s = spec(vec![phase("head", &["head"], 0.01, 1)]);
     s.seed = 99;
     let mut job = f.job(s.clone(), "second");
-    job.initial_weights = Some(InitialWeights { path: first.weights.clone().unwrap().path, format: WeightsFormat::Tanuki });
+    job.initial_weights =
+        Some(InitialWeights { path: first.weights.clone().unwrap().path, format: WeightsFormat::Tanuki });
     let (out, _) = run_ok(&job);
     let fin = final_weights(&out);
     assert!(same(&source["backbone.block2.conv.kernel"], &fin["backbone.block2.conv.kernel"]));
@@ -434,7 +453,10 @@ fn trains_on_real_photos() {
         checkpoint_dir: dir.path().to_path_buf(),
     };
     let (_, rec) = run_ok(&job);
-    assert!(matches!(rec.events[0], TrainEvent::DataReady { train_images: 6, validation_images: 2, skipped_images: 0, .. }));
+    assert!(matches!(
+        rec.events[0],
+        TrainEvent::DataReady { train_images: 6, validation_images: 2, skipped_images: 0, .. }
+    ));
     assert!(rec.epochs()[0].2.loss.is_finite());
 }
 
@@ -444,7 +466,12 @@ fn frozen_prefix_builds_no_graph() {
     let mut m = model::Model::new(&s.model, &s.input, 1).unwrap();
     m.set_trainable(&["backbone.block2".to_string(), "head".to_string()]);
     assert_eq!(m.execution(), "partial_backward");
-    let mut ctx = layers::ForwardCtx { dropout: true, bn_training: false, grad: true, rng: rng::rng(1, rng::Stream::Dropout, 0, 0, 0) };
+    let mut ctx = layers::ForwardCtx {
+        dropout: true,
+        bn_training: false,
+        grad: true,
+        rng: rng::rng(1, rng::Stream::Dropout, 0, 0, 0),
+    };
     let mut x = Tensor::zeros((2, 3, 16, 16), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     for layer in &m.layers {
         x = layer.forward(&x, &m.params, &mut ctx).unwrap();

@@ -72,7 +72,10 @@ pub fn validate_phase(phase: &PhaseSpec, model: &ModelSpec, layers: &[Layer], at
     if let Some(n) = phase.unfreeze_top_blocks {
         let blocks = model::blocks(model).len();
         if n == 0 || n > blocks {
-            return Err(SpecError::new(format!("{at}.unfreeze_top_blocks"), format!("must be between 1 and {blocks} (the backbone's blocks)")));
+            return Err(SpecError::new(
+                format!("{at}.unfreeze_top_blocks"),
+                format!("must be between 1 and {blocks} (the backbone's blocks)"),
+            ));
         }
     }
     if phase.trainable.is_empty() && phase.unfreeze_top_blocks.is_none() {
@@ -185,7 +188,10 @@ mod tests {
     #[test]
     fn errors_name_the_offending_field() {
         assert_eq!(field_of(|s| s.phases[0].trainable = vec!["backbone.block9".into()]), "phases[0].trainable[0]");
-        assert_eq!(field_of(|s| s.phases[1].trainable = vec!["head".into(), "backbone.block1.convx".into()]), "phases[1].trainable[1]");
+        assert_eq!(
+            field_of(|s| s.phases[1].trainable = vec!["head".into(), "backbone.block1.convx".into()]),
+            "phases[1].trainable[1]"
+        );
         assert_eq!(field_of(|s| s.phases[0].trainable.clear()), "phases[0].trainable");
         assert_eq!(field_of(|s| s.phases[0].trainable = vec!["head.pool".into()]), "phases[0].trainable");
         assert_eq!(field_of(|s| s.phases[1].optimizer.learning_rate = 0.0), "phases[1].optimizer.learning_rate");

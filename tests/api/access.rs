@@ -37,24 +37,49 @@ async fn with_tokens_everything_but_probes_and_the_shell_needs_one() {
 
     // A stream token opens one job's events, and nothing else.
     let archive = zip_of(&real_photos("train", 4));
-    let response = server.client.post(server.url("/v1/datasets")).bearer_auth("list-token").header("content-type", "application/zip").body(archive).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/v1/datasets"))
+        .bearer_auth("list-token")
+        .header("content-type", "application/zip")
+        .body(archive)
+        .send()
+        .await
+        .unwrap();
     let (status, dataset) = read(response).await;
     assert_eq!(status, 201, "{dataset}");
-    let response = server.client.post(server.url("/v1/jobs")).bearer_auth("list-token").json(&small_spec(dataset["id"].as_str().unwrap())).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/v1/jobs"))
+        .bearer_auth("list-token")
+        .json(&small_spec(dataset["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     let (_, job) = read(response).await;
     let id = job["id"].as_str().unwrap();
-    let response = server.client.post(server.url("/v1/stream-tokens")).json(&json!({"job_id": id})).send().await.unwrap();
+    let response =
+        server.client.post(server.url("/v1/stream-tokens")).json(&json!({"job_id": id})).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 401, "a stream token needs a bearer token");
-    let response = server.client.post(server.url("/v1/stream-tokens")).bearer_auth("file-token").json(&json!({"job_id": id})).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/v1/stream-tokens"))
+        .bearer_auth("file-token")
+        .json(&json!({"job_id": id}))
+        .send()
+        .await
+        .unwrap();
     let (status, issued) = read(response).await;
     assert_eq!(status, 201, "{issued}");
     let token = issued["token"].as_str().unwrap();
-    let response = server.client.get(server.url(&format!("/v1/jobs/{id}/events?access_token={token}"))).send().await.unwrap();
+    let response =
+        server.client.get(server.url(&format!("/v1/jobs/{id}/events?access_token={token}"))).send().await.unwrap();
     let first = read_sse(response, |_| true).await;
     assert_eq!(first[0].event, "state", "the queued job's first event");
     let response = server.client.get(server.url(&format!("/v1/jobs/{id}?access_token={token}"))).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 401, "only the events endpoint takes it");
-    let response = server.client.get(server.url(&format!("/v1/jobs/{id}/events?access_token={token}x"))).send().await.unwrap();
+    let response =
+        server.client.get(server.url(&format!("/v1/jobs/{id}/events?access_token={token}x"))).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 401, "a tampered token");
 
     // CORS: a preflight from the configured origin is answered without a token.
@@ -69,7 +94,8 @@ async fn with_tokens_everything_but_probes_and_the_shell_needs_one() {
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
     assert_eq!(response.headers()["access-control-allow-origin"], "https://dash.example");
-    let response = server.client.get(server.url("/healthz")).header("origin", "https://other.example").send().await.unwrap();
+    let response =
+        server.client.get(server.url("/healthz")).header("origin", "https://other.example").send().await.unwrap();
     assert!(response.headers().get("access-control-allow-origin").is_none());
     server.stop().await;
 }
@@ -90,7 +116,11 @@ async fn readiness_and_metrics() {
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let text = response.text().await.unwrap();
     let value = |name: &str| -> f64 {
-        text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).unwrap_or_else(|| panic!("{name} in\n{text}"))[name.len() + 1..].parse().unwrap()
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))[name.len() + 1..]
+            .parse()
+            .unwrap()
     };
     assert_eq!(value("tanuki_jobs{state=\"succeeded\"}"), 1.0);
     assert_eq!(value("tanuki_jobs{state=\"queued\"}"), 0.0);

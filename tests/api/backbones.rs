@@ -53,13 +53,15 @@ async fn xception_summary_matches_keras_counts() {
 async fn uploads_are_checked_against_the_architecture() {
     let server = TestServer::start_with(|c| c.workers = 0).await;
     let keras = weights_file("mobilenet_v2_0.35_224_imagenet.keras.safetensors");
-    let (status, backbone) = upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=keras", keras.clone()).await;
+    let (status, backbone) =
+        upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=keras", keras.clone()).await;
     assert_eq!(status, 201, "{backbone}");
     assert_eq!(backbone["architecture"], "mobilenet_v2");
     assert_eq!(backbone["tensors"], 260);
 
     // Right file, wrong width multiplier: names the first tensor that does not fit.
-    let (status, body) = upload_weights(&server, "architecture=mobilenet_v2&alpha=1.0&format=keras", keras.clone()).await;
+    let (status, body) =
+        upload_weights(&server, "architecture=mobilenet_v2&alpha=1.0&format=keras", keras.clone()).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "weights_mismatch");
     assert!(body["detail"].as_str().unwrap().contains('`'), "{body}");
@@ -67,13 +69,15 @@ async fn uploads_are_checked_against_the_architecture() {
     let torchvision = weights_file("mobilenet_v2_1.0_224_imagenet.torchvision.safetensors");
     let (status, body) = upload_weights(&server, "architecture=mobilenet_v2&alpha=1.0&format=keras", torchvision).await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=keras", b"garbage".to_vec()).await;
+    let (status, body) =
+        upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=keras", b"garbage".to_vec()).await;
     assert_eq!(status, 422, "{body}");
     // Bad parameters are refused before the body is read: send a small one, since a large body
     // may still be on its way when the answer closes the connection.
     let (status, body) = upload_weights(&server, "architecture=resnet&format=keras", b"x".to_vec()).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=onnx", b"x".to_vec()).await;
+    let (status, body) =
+        upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=onnx", b"x".to_vec()).await;
     assert_eq!(status, 400, "{body}");
 
     let (status, list) = server.get("/v1/backbones").await;
@@ -111,7 +115,12 @@ async fn uploads_are_checked_against_the_architecture() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_on_pretrained_mobilenet_predicts() {
     let server = TestServer::start().await;
-    let (status, backbone) = upload_weights(&server, "architecture=mobilenet_v2&alpha=0.35&format=keras", weights_file("mobilenet_v2_0.35_224_imagenet.keras.safetensors")).await;
+    let (status, backbone) = upload_weights(
+        &server,
+        "architecture=mobilenet_v2&alpha=0.35&format=keras",
+        weights_file("mobilenet_v2_0.35_224_imagenet.keras.safetensors"),
+    )
+    .await;
     assert_eq!(status, 201, "{backbone}");
     let dataset = upload_photos(&server, 8).await;
     let mut spec = small_spec(&dataset);
@@ -122,13 +131,28 @@ async fn a_job_on_pretrained_mobilenet_predicts() {
     let (status, job) = server.post_json("/v1/jobs", &spec).await;
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    let (status, body) = server.client.post(server.url(&format!("/v1/jobs/{id}/predict"))).body(vec![1, 2, 3]).send().await.map(|r| r.status().as_u16()).map(|s| (s, ())).unwrap();
+    let (status, body) = server
+        .client
+        .post(server.url(&format!("/v1/jobs/{id}/predict")))
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map(|s| (s, ()))
+        .unwrap();
     assert!(status == 409 || status == 400, "{status} {body:?}");
     let job = server.wait_for_end(&id, Duration::from_secs(600)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
 
     let photos = real_photos("validation", 1);
-    let response = server.client.post(server.url(&format!("/v1/jobs/{id}/predict"))).header("content-type", "image/jpeg").body(photos[0].1.clone()).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url(&format!("/v1/jobs/{id}/predict")))
+        .header("content-type", "image/jpeg")
+        .body(photos[0].1.clone())
+        .send()
+        .await
+        .unwrap();
     let (status, answer) = read(response).await;
     assert_eq!(status, 200, "{answer}");
     let predictions = answer["predictions"].as_array().unwrap();
@@ -139,14 +163,28 @@ async fn a_job_on_pretrained_mobilenet_predicts() {
 
     let mut files = photos.clone();
     files.push(("notes.txt".into(), b"not an image".to_vec()));
-    let response = server.client.post(server.url(&format!("/v1/jobs/{id}/predict"))).header("content-type", "application/zip").body(zip_of(&files)).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url(&format!("/v1/jobs/{id}/predict")))
+        .header("content-type", "application/zip")
+        .body(zip_of(&files))
+        .send()
+        .await
+        .unwrap();
     let (status, answer) = read(response).await;
     assert_eq!(status, 200, "{answer}");
     let results = answer["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     assert!(results[2]["error"].is_string() && results[0]["predictions"].is_array(), "{answer}");
 
-    let response = server.client.post(server.url(&format!("/v1/jobs/{id}/predict"))).header("content-type", "image/png").body(b"not a png".to_vec()).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url(&format!("/v1/jobs/{id}/predict")))
+        .header("content-type", "image/png")
+        .body(b"not a png".to_vec())
+        .send()
+        .await
+        .unwrap();
     let (status, body) = read(response).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "invalid_image");

@@ -22,7 +22,8 @@ pub struct Browser {
 
 /// The Chromium binary, `None` when absent and skipping was asked for; panics otherwise.
 pub fn chromium_or_skip() -> Option<PathBuf> {
-    let path = std::env::var_os("TANUKI_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let path =
+        std::env::var_os("TANUKI_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
     if path.exists() {
         return Some(path);
     }
@@ -69,7 +70,8 @@ impl Browser {
             std::fs::read_to_string(&port_file).ok()?.lines().next()?.trim().parse().ok()
         })
         .await;
-        let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await.unwrap().json().await.unwrap();
+        let targets: Value =
+            reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await.unwrap().json().await.unwrap();
         let page = targets.as_array().unwrap().iter().find(|t| t["type"] == "page").expect("a page target");
         let ws_url = page["webSocketDebuggerUrl"].as_str().unwrap();
         let path = ws_url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap();

@@ -102,7 +102,8 @@ pub fn real_photos(split: &str, per_class: usize) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     for class in ["cats", "dogs"] {
         let dir = shared_data().join(split).join(class);
-        let mut names: Vec<_> = std::fs::read_dir(&dir).expect("shared data present").map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> =
+            std::fs::read_dir(&dir).expect("shared data present").map(|e| e.unwrap().file_name()).collect();
         names.sort();
         for name in names.into_iter().take(per_class) {
             let bytes = std::fs::read(dir.join(&name)).unwrap();

@@ -45,7 +45,9 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     let page = server.client.get(server.url("/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    for asset in ["/assets/app.js", "/assets/app.css", "/assets/vendor/uPlot.iife.min.js", "/assets/vendor/uPlot.LICENSE"] {
+    for asset in
+        ["/assets/app.js", "/assets/app.css", "/assets/vendor/uPlot.iife.min.js", "/assets/vendor/uPlot.LICENSE"]
+    {
         assert_eq!(server.client.get(server.url(asset)).send().await.unwrap().status().as_u16(), 200, "{asset}");
     }
 
@@ -65,7 +67,8 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     }
     for attempt in ["first load", "reload"] {
         let stored = stored_events(&server, &long_id).await;
-        let (last_stored, epochs_stored) = (stored.len() as i64, stored.iter().filter(|e| e["event"] == "epoch").count() as i64);
+        let (last_stored, epochs_stored) =
+            (stored.len() as i64, stored.iter().filter(|e| e["event"] == "epoch").count() as i64);
         if attempt == "first load" {
             browser.navigate(&server.url(&format!("/?job={long_id}"))).await;
         } else {
@@ -77,16 +80,33 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
         .await;
         assert_eq!(view["jobState"], "running", "{attempt}: {view}");
         assert!(number(&view, "epochPoints") >= epochs_stored, "{attempt}: every stored epoch is charted: {view}");
-        assert_eq!(number(&view, "events"), number(&view, "lastEventId"), "{attempt}: events 1..=last, each once: {view}");
+        assert_eq!(
+            number(&view, "events"),
+            number(&view, "lastEventId"),
+            "{attempt}: events 1..=last, each once: {view}"
+        );
         // And it keeps following live.
-        let view = wait_for_view(&mut browser, Duration::from_secs(20), "live events", |v| number(v, "lastEventId") > last_stored + 5).await;
-        assert_eq!(number(&view, "events"), number(&view, "lastEventId"), "{attempt}: no duplicates while live: {view}");
+        let view = wait_for_view(&mut browser, Duration::from_secs(20), "live events", |v| {
+            number(v, "lastEventId") > last_stored + 5
+        })
+        .await;
+        assert_eq!(
+            number(&view, "events"),
+            number(&view, "lastEventId"),
+            "{attempt}: no duplicates while live: {view}"
+        );
     }
     // Cancel from the page's button; the page sees the end and stops.
     browser.eval("document.getElementById('cancel').click()").await;
-    let view = wait_for_view(&mut browser, Duration::from_secs(30), "the canceled state", |v| v["jobState"] == "canceled").await;
+    let view =
+        wait_for_view(&mut browser, Duration::from_secs(30), "the canceled state", |v| v["jobState"] == "canceled")
+            .await;
     assert_eq!(number(&view, "events"), number(&view, "lastEventId"), "{view}");
-    assert_eq!(number(&view, "lastEventId"), stored_events(&server, &long_id).await.len() as i64, "the page has every event");
+    assert_eq!(
+        number(&view, "lastEventId"),
+        stored_events(&server, &long_id).await.len() as i64,
+        "the page has every event"
+    );
     assert_eq!(browser.eval("document.getElementById('conn').textContent").await, "ended");
 
     // A short job from start to end: two phases, three epochs, test metrics, checkpoints, model.
@@ -119,7 +139,9 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let counts = loop {
         let counts: Value = serde_json::from_str(browser.eval(counts).await.as_str().unwrap()).unwrap();
-        if counts["checkpoints"].as_u64() >= Some(2) && counts["layers"].as_u64() > Some(0) || tokio::time::Instant::now() > deadline {
+        if counts["checkpoints"].as_u64() >= Some(2) && counts["layers"].as_u64() > Some(0)
+            || tokio::time::Instant::now() > deadline
+        {
             break counts;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -106,7 +106,14 @@ fn tar_gz_of_raw(files: &[(String, Vec<u8>)]) -> Vec<u8> {
 async fn unknown_ids_are_404_and_a_dataset_in_use_cannot_be_deleted() {
     // No workers: the job stays queued.
     let server = TestServer::start_with(|c| c.workers = 0).await;
-    for path in ["/v1/datasets/nope", "/v1/jobs/nope", "/v1/jobs/nope/events", "/v1/jobs/nope/checkpoints", "/v1/checkpoints/nope/weights", "/v1/nothing"] {
+    for path in [
+        "/v1/datasets/nope",
+        "/v1/jobs/nope",
+        "/v1/jobs/nope/events",
+        "/v1/jobs/nope/checkpoints",
+        "/v1/checkpoints/nope/weights",
+        "/v1/nothing",
+    ] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 404, "{path}: {body}");
     }

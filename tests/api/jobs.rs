@@ -71,7 +71,14 @@ async fn invalid_specs_are_422_naming_the_field() {
     expect_invalid(&server, spec, "phases[0].epochs").await;
 
     // Not JSON at all, and not declared as JSON.
-    let response = server.client.post(server.url("/v1/jobs")).header("content-type", "application/json").body("{\"dataset_id\": ").send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body("{\"dataset_id\": ")
+        .send()
+        .await
+        .unwrap();
     let (status, body) = read(response).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "malformed_json");
@@ -110,7 +117,10 @@ async fn queued_jobs_list_summarise_and_cancel() {
     assert_eq!(phases.len(), 2);
     let total = summary["total_params"].as_u64().unwrap();
     for phase in phases {
-        assert_eq!(phase["trainable_params"].as_u64().unwrap() + phase["non_trainable_params"].as_u64().unwrap(), total);
+        assert_eq!(
+            phase["trainable_params"].as_u64().unwrap() + phase["non_trainable_params"].as_u64().unwrap(),
+            total
+        );
     }
     // Head only: a dense layer on 16 channels with 1 unit has 16 + 1 weights.
     assert_eq!(phases[0]["trainable_params"], 17);

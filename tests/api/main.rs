@@ -2,8 +2,8 @@
 //! temp directory, real training on a few real photos.
 
 mod access;
-mod browser;
 mod backbones;
+mod browser;
 mod common;
 mod dashboard;
 mod datasets;

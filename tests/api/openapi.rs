@@ -18,7 +18,14 @@ async fn committed_openapi_matches_the_server() {
         "openapi/openapi.json is out of date: run `UPDATE_OPENAPI=1 cargo test --test api openapi` (or `cargo run -- openapi > openapi/openapi.json`)"
     );
     let doc: serde_json::Value = serde_json::from_str(&served).unwrap();
-    for path in ["/v1/datasets", "/v1/jobs", "/v1/jobs/{id}/events", "/v1/jobs/{id}/model", "/v1/checkpoints/{id}/weights", "/healthz"] {
+    for path in [
+        "/v1/datasets",
+        "/v1/jobs",
+        "/v1/jobs/{id}/events",
+        "/v1/jobs/{id}/model",
+        "/v1/checkpoints/{id}/weights",
+        "/healthz",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
     let (status, body) = server.get("/healthz").await;

@@ -54,7 +54,13 @@ async fn a_killed_server_resumes_the_job_from_its_last_checkpoint() {
     let server = spawn_server(dir.path(), port).await;
 
     let archive = zip_of(&real_photos("train", 10));
-    let response = client.post(format!("{}/v1/datasets?name=pets", server.base)).header("content-type", "application/zip").body(archive).send().await.unwrap();
+    let response = client
+        .post(format!("{}/v1/datasets?name=pets", server.base))
+        .header("content-type", "application/zip")
+        .body(archive)
+        .send()
+        .await
+        .unwrap();
     let (status, dataset) = read(response).await;
     assert_eq!(status, 201, "{dataset}");
     let mut spec = small_spec(dataset["id"].as_str().unwrap());
@@ -78,24 +84,40 @@ async fn a_killed_server_resumes_the_job_from_its_last_checkpoint() {
     assert_eq!(end.data["state"], "succeeded", "{:?}", end.data);
 
     let states: Vec<_> = events.iter().filter(|e| e.event == "state").map(|e| e.data.clone()).collect();
-    assert!(states.iter().any(|s| s["state"] == "queued" && s["reason"].as_str().is_some_and(|r| r.contains("interrupted"))), "{states:?}");
+    assert!(
+        states
+            .iter()
+            .any(|s| s["state"] == "queued" && s["reason"].as_str().is_some_and(|r| r.contains("interrupted"))),
+        "{states:?}"
+    );
     let resumed = states.iter().rev().find(|s| s["state"] == "running" && s["attempt"] == 2).expect("a second attempt");
     assert_eq!(resumed["resumed_from"]["phase_index"], 0, "{resumed}");
     assert!(resumed["resumed_from"]["epoch"].as_u64().unwrap() >= 1, "{resumed}");
 
     // Every epoch of the spec ran exactly once after the resume point: no epoch was redone
     // from scratch and none is missing.
-    let first_epoch_after_resume = events.iter().skip_while(|e| !(e.event == "state" && e.data["attempt"] == 2))
-        .find(|e| e.event == "epoch").expect("an epoch after resuming");
+    let first_epoch_after_resume = events
+        .iter()
+        .skip_while(|e| !(e.event == "state" && e.data["attempt"] == 2))
+        .find(|e| e.event == "epoch")
+        .expect("an epoch after resuming");
     let done = resumed["resumed_from"]["epoch"].as_u64().unwrap();
     // The next epoch of the phase, or the first of the next phase when the checkpoint ended one.
     let expected = if done == 20 { (1, 1) } else { (0, done + 1) };
-    let got = (first_epoch_after_resume.data["phase_index"].as_u64().unwrap(), first_epoch_after_resume.data["epoch"].as_u64().unwrap());
+    let got = (
+        first_epoch_after_resume.data["phase_index"].as_u64().unwrap(),
+        first_epoch_after_resume.data["epoch"].as_u64().unwrap(),
+    );
     assert_eq!(got, expected, "{resumed}");
     // Both phases ran to their last epoch. (An epoch that ended after the last checkpoint but
     // before the kill is run again, so its event can appear twice: at-least-once, by design.)
-    let last_epoch_of = |phase: u64| events.iter().filter(|e| e.event == "epoch" && e.data["phase_index"] == phase)
-        .filter_map(|e| e.data["epoch"].as_u64()).max();
+    let last_epoch_of = |phase: u64| {
+        events
+            .iter()
+            .filter(|e| e.event == "epoch" && e.data["phase_index"] == phase)
+            .filter_map(|e| e.data["epoch"].as_u64())
+            .max()
+    };
     assert_eq!((last_epoch_of(0), last_epoch_of(1)), (Some(20), Some(1)));
     let response = client.get(format!("{}/v1/jobs/{id}", server.base)).send().await.unwrap();
     let (_, job) = read(response).await;

@@ -71,11 +71,23 @@ async fn two_phase_job_streams_stores_and_checkpoints() {
     assert_eq!(stored, ids);
 
     let cut = ids[ids.len() / 2];
-    let response = server.client.get(server.url(&format!("/v1/jobs/{id}/events"))).header("Last-Event-ID", cut.to_string()).send().await.unwrap();
+    let response = server
+        .client
+        .get(server.url(&format!("/v1/jobs/{id}/events")))
+        .header("Last-Event-ID", cut.to_string())
+        .send()
+        .await
+        .unwrap();
     let resumed = read_sse(response, |_| false).await;
     let resumed_ids: Vec<i64> = resumed.iter().map(|e| e.id.unwrap()).collect();
     assert_eq!(resumed_ids, ((cut + 1)..=ids.len() as i64).collect::<Vec<_>>());
-    let response = server.client.get(server.url(&format!("/v1/jobs/{id}/events"))).header("Last-Event-ID", "abc").send().await.unwrap();
+    let response = server
+        .client
+        .get(server.url(&format!("/v1/jobs/{id}/events")))
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read(response).await.0, 400);
 
     // Checkpoints: best and last of each phase, downloadable, intact, loadable.
@@ -95,7 +107,8 @@ async fn two_phase_job_streams_stores_and_checkpoints() {
         assert_eq!(bytes.len() as u64, checkpoint["size"].as_u64().unwrap());
         assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), checkpoint["sha256"].as_str().unwrap());
         let file = safetensors::SafeTensors::deserialize(&bytes).expect("a safetensors file");
-        let tensors: HashMap<String, Vec<u8>> = file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
+        let tensors: HashMap<String, Vec<u8>> =
+            file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
         assert!(tensors.contains_key("head.dense.kernel"), "{:?}", tensors.keys());
         tensors_by_checkpoint.push((checkpoint["phase_index"].as_u64().unwrap(), tensors));
     }
@@ -149,8 +162,10 @@ async fn a_running_job_cancels_at_a_batch_boundary() {
     assert_eq!(status, 202, "{body}");
 
     let after = seen.last().unwrap().id.unwrap();
-    let response = server.client.get(server.url(&format!("/v1/jobs/{id}/events?last_event_id={after}"))).send().await.unwrap();
-    let rest = tokio::time::timeout(Duration::from_secs(120), read_sse(response, |_| false)).await.expect("stops promptly");
+    let response =
+        server.client.get(server.url(&format!("/v1/jobs/{id}/events?last_event_id={after}"))).send().await.unwrap();
+    let rest =
+        tokio::time::timeout(Duration::from_secs(120), read_sse(response, |_| false)).await.expect("stops promptly");
     let end = rest.last().unwrap();
     assert_eq!(end.event, "end");
     assert_eq!(end.data["state"], "canceled");
@@ -176,8 +191,13 @@ async fn the_same_spec_and_data_give_the_same_metrics() {
         let job = server.wait_for_end(&id, Duration::from_secs(600)).await;
         assert_eq!(job["state"], "succeeded", "{job}");
         let (_, history) = server.get(&format!("/v1/jobs/{id}/metrics")).await;
-        let epochs: Vec<_> = history["events"].as_array().unwrap().iter().filter(|e| e["event"] == "epoch")
-            .map(|e| (e["data"]["train"].clone(), e["data"]["validation"].clone())).collect();
+        let epochs: Vec<_> = history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "epoch")
+            .map(|e| (e["data"]["train"].clone(), e["data"]["validation"].clone()))
+            .collect();
         metrics.push((epochs, job["test_metrics"].clone()));
     }
     assert_eq!(metrics[0], metrics[1]);

@@ -24,13 +24,13 @@ use super::direct;
 use super::winograd;
 #[cfg(target_arch = "x86_64")]
 mod direct_path;
-#[cfg(target_arch = "x86_64")]
-use direct_path::{backward_direct, forward_direct, forward_winograd, winograd_plan};
-use super::phase;
 use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
 use super::par::{par_items, par_items_zeroed, threads};
+use super::phase;
 use super::{dims4, f32_slice, Axis, Padding};
+#[cfg(target_arch = "x86_64")]
+use direct_path::{backward_direct, forward_direct, forward_winograd, winograd_plan};
 
 /// Fewest input and output channels for [`Geom::winograd`].
 #[cfg(target_arch = "x86_64")]
@@ -81,7 +81,19 @@ impl Geom {
     }
     /// One input plane's geometry, for [`phase::phase_pad_2d_into`].
     fn plane_geom(&self) -> phase::Geom {
-        phase::Geom { n: self.n, c: self.ci, h: self.h, w: self.w, kh: self.kh, kw: self.kw, s: self.s, pt: self.pt, pl: self.pl, ho: self.ho, wo: self.wo }
+        phase::Geom {
+            n: self.n,
+            c: self.ci,
+            h: self.h,
+            w: self.w,
+            kh: self.kh,
+            kw: self.kw,
+            s: self.s,
+            pt: self.pt,
+            pl: self.pl,
+            ho: self.ho,
+            wo: self.wo,
+        }
     }
     /// Whether the direct kernel (`direct.rs`) runs this convolution: on AVX-512 CPUs, unless
     /// the image is its own im2col matrix (1x1, stride 1) or `K` is too short to amortise a
@@ -95,7 +107,9 @@ impl Geom {
     /// transforms cost more than the products they save).
     #[cfg(target_arch = "x86_64")]
     fn winograd(&self) -> Option<pulp::x86::V4> {
-        winograd::simd().filter(|_| self.kh == 3 && self.kw == 3 && self.s == 1 && self.ci >= WINOGRAD_MIN && self.co >= WINOGRAD_MIN)
+        winograd::simd().filter(|_| {
+            self.kh == 3 && self.kw == 3 && self.s == 1 && self.ci >= WINOGRAD_MIN && self.co >= WINOGRAD_MIN
+        })
     }
     /// Whether Winograd computes this convolution's dW too (see [`WINOGRAD_DW_MIN_CI`]).
     #[cfg(target_arch = "x86_64")]
@@ -111,7 +125,11 @@ impl Geom {
     fn tile(&self) -> usize {
         static KB: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         let kb = *KB.get_or_init(|| {
-            std::env::var("TANUKI_CONV_TILE_KB").ok().and_then(|v| v.parse().ok()).filter(|&v: &usize| v > 0).unwrap_or(1024)
+            std::env::var("TANUKI_CONV_TILE_KB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&v: &usize| v > 0)
+                .unwrap_or(1024)
         });
         (kb * 256 / self.k()).max(16).min(self.p())
     }
@@ -221,7 +239,15 @@ fn col2im_add(g: &Geom, dcol: &[f32], p0: usize, len: usize, dximg: &mut [f32]) 
 /// Output rows `rows` (output channels) of one image: `yrows` is `rows.len() x P`, the epilogue
 /// applied tile by tile while the tile is in cache.
 #[allow(clippy::too_many_arguments)]
-fn fwd_rows(g: &Geom, ximg: &[f32], w: &[f32], rows: std::ops::Range<usize>, yrows: &mut [f32], b: &mut Bufs, ep: &Epilogue<'_>) {
+fn fwd_rows(
+    g: &Geom,
+    ximg: &[f32],
+    w: &[f32],
+    rows: std::ops::Range<usize>,
+    yrows: &mut [f32],
+    b: &mut Bufs,
+    ep: &Epilogue<'_>,
+) {
     let (k, p) = (g.k(), g.p());
     let m = rows.len();
     let wmat = Mat { data: &w[rows.start * k..rows.end * k], rs: k, cs: 1 };
@@ -314,7 +340,15 @@ impl Bufs {
     }
 }
 
-fn bwd_image(g: &Geom, ximg: &[f32], w: &[f32], dyimg: &[f32], dximg: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, b: &mut Bufs) {
+fn bwd_image(
+    g: &Geom,
+    ximg: &[f32],
+    w: &[f32],
+    dyimg: &[f32],
+    dximg: Option<&mut [f32]>,
+    mut dw: Option<&mut [f32]>,
+    b: &mut Bufs,
+) {
     let (k, p, co) = (g.k(), g.p(), g.co);
     let wt = Mat { data: w, rs: 1, cs: k };
     if g.direct() {
@@ -350,7 +384,15 @@ fn bwd_image(g: &Geom, ximg: &[f32], w: &[f32], dyimg: &[f32], dximg: Option<&mu
 
 /// Returns dX (`N x Ci x H x W`, with room for `extra` more values after it) if `want_dx`, else
 /// an empty `Vec` with that room; adds dW (`Co x K`) into `dw` if given.
-fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, dw: Option<&mut [f32]>, extra: usize) -> Vec<f32> {
+fn backward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+    dw: Option<&mut [f32]>,
+    extra: usize,
+) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = g.direct_kernel() {
         return backward_direct(simd, g, x, w, dy, want_dx, dw, extra);
@@ -359,7 +401,15 @@ fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, dw: Optio
 }
 
 /// [`backward`] by im2col + GEMM and col2im.
-fn backward_gemm(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, dw: Option<&mut [f32]>, extra: usize) -> Vec<f32> {
+fn backward_gemm(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+    dw: Option<&mut [f32]>,
+    extra: usize,
+) -> Vec<f32> {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     let want_dw = dw.is_some();
     let (dx, partials) = par_items_zeroed(g.n, if want_dx { img_in } else { 0 }, extra, |imgs| {
@@ -391,7 +441,14 @@ pub(crate) struct Conv2d {
 }
 
 impl Conv2d {
-    fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+    fn run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1, l2, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "conv2d input")?;
         let w = f32_slice(s2, l2, "conv2d kernel")?;
@@ -402,9 +459,21 @@ impl Conv2d {
     }
 
     /// The gradients of `x`, `w` and `bias` (each only if it tracks one).
-    fn grads(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, dy: &Tensor) -> Result<[Option<Tensor>; 3]> {
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<[Option<Tensor>; 3]> {
         let (stride, padding) = (self.stride, self.padding);
-        epilogue::fused_grads(self.act, x, w, bias, y, dy, |want_x, want_w| Conv2dBackward { stride, padding, want_x, want_w })
+        epilogue::fused_grads(self.act, x, w, bias, y, dy, |want_x, want_w| Conv2dBackward {
+            stride,
+            padding,
+            want_x,
+            want_w,
+        })
     }
 }
 
@@ -428,11 +497,26 @@ impl CustomOp3 for Conv2d {
         "tanuki-conv2d-bias"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3, "conv2d bias")?))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [dx, dw, db] = self.grads(x, w, Some(b), res, dy)?;
         Ok((dx, dw, db))
     }
@@ -451,7 +535,15 @@ impl CustomOp3 for Conv2dBackward {
         "tanuki-conv2d-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1, l2, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "conv2d input")?;
         let w = f32_slice(s2, l2, "conv2d kernel")?;

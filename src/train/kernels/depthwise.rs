@@ -14,9 +14,9 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 
 use super::epilogue::{self, Act, Epilogue};
 use super::par::{par_items_zeroed, Items};
+use super::phase::{phase_pad, phase_pad_2d, Geom, Phased, LANES};
 use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
-use super::phase::{phase_pad, phase_pad_2d, Geom, Phased, LANES};
 use super::{dims4, f32_slice, Padding};
 
 /// Planes narrower than this run "flat" (3x3 kernels): rows are swept as one long vector
@@ -37,7 +37,17 @@ fn flat_offsets(g: &Geom) -> [usize; 9] {
 /// `wide` (scratch) gets `ho` rows of `wq`, whose first `wo` columns are the output.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn plane_fwd_flat<const FMA: bool>(ahead: &mut Ahead<'_>, q: &[f32], offsets: &[usize; 9], w: &[f32], ho: usize, wo: usize, wq: usize, wide: &mut Vec<f32>, out: &mut [f32]) {
+fn plane_fwd_flat<const FMA: bool>(
+    ahead: &mut Ahead<'_>,
+    q: &[f32],
+    offsets: &[usize; 9],
+    w: &[f32],
+    ho: usize,
+    wo: usize,
+    wq: usize,
+    wide: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let n = ho * wq;
     wide.resize(n, 0.0);
     let w9: &[f32; 9] = w.try_into().expect("9 taps");
@@ -124,7 +134,16 @@ fn taps_dw<const T: usize, const FMA: bool>(acc: &mut [f32], dy: &[f32], src: &[
 /// One output plane (`ho x wo`) from a phased padded input plane.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn plane_fwd<const FMA: bool>(v: Phased<'_>, kh: usize, kw: usize, s: usize, w: &[f32], out: &mut [f32], wo: usize, ahead: &mut Ahead<'_>) {
+pub(crate) fn plane_fwd<const FMA: bool>(
+    v: Phased<'_>,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    w: &[f32],
+    out: &mut [f32],
+    wo: usize,
+    ahead: &mut Ahead<'_>,
+) {
     for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
         ahead.step();
         if kh == 3 && kw == 3 {
@@ -170,7 +189,17 @@ impl Kernel for Fwd<'_, '_> {
             let next = next_plane(self.x, pin, pi, &planes);
             if flat {
                 phase_pad_2d(g, plane, 0.0, &mut q, &mut row);
-                plane_fwd_flat::<FMA>(&mut Ahead::new(next, (g.ho * g.wq()).div_ceil(SEG)), &q, &offsets, w, g.ho, g.wo, g.wq(), &mut wide, out);
+                plane_fwd_flat::<FMA>(
+                    &mut Ahead::new(next, (g.ho * g.wq()).div_ceil(SEG)),
+                    &q,
+                    &offsets,
+                    w,
+                    g.ho,
+                    g.wo,
+                    g.wq(),
+                    &mut wide,
+                    out,
+                );
             } else {
                 phase_pad(g, plane, 0.0, &mut q, &mut row);
                 let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
@@ -219,7 +248,8 @@ impl Kernel for Bwd<'_, '_> {
         while let Some((pi, dx)) = self.dx.next_zeroed() {
             let c = pi % g.c;
             let dyp = &self.dy[pi * pout..][..pout];
-            let mut ahead = Ahead::pair(next_plane(self.x, pin, pi, &planes), next_plane(self.dy, pout, pi, &planes), steps);
+            let mut ahead =
+                Ahead::pair(next_plane(self.x, pin, pi, &planes), next_plane(self.dy, pout, pi, &planes), steps);
             if self.want_w && flat_w {
                 // dW[t] = sum over the plane of dY * the tap's view, as one dot product per tap
                 // over the flat layout: dY spread to rows of wq with zeros in the garbage columns.
@@ -291,7 +321,10 @@ fn geom(xl: &Layout, wl: &Layout, stride: usize, padding: Padding) -> Result<Geo
     let (n, c, h, w) = dims4(xl, "depthwise input")?;
     let (wc, one, kh, kw) = dims4(wl, "depthwise kernel")?;
     if wc != c || one != 1 {
-        bail!("depthwise_conv2d: kernel shape {:?} does not match {c} input channels (expected [{c}, 1, kh, kw])", wl.dims())
+        bail!(
+            "depthwise_conv2d: kernel shape {:?} does not match {c} input channels (expected [{c}, 1, kh, kw])",
+            wl.dims()
+        )
     }
     Geom::new(n, c, h, w, kh, kw, stride, padding)
 }
@@ -305,7 +338,14 @@ pub(crate) struct Depthwise {
 }
 
 impl Depthwise {
-    fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+    fn run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = geom(l1, l2, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "depthwise input")?;
         let w = f32_slice(s2, l2, "depthwise kernel")?;
@@ -316,9 +356,21 @@ impl Depthwise {
     }
 
     /// The gradients of `x`, `w` and `bias` (each only if it tracks one).
-    fn grads(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, dy: &Tensor) -> Result<[Option<Tensor>; 3]> {
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<[Option<Tensor>; 3]> {
         let (stride, padding) = (self.stride, self.padding);
-        epilogue::fused_grads(self.act, x, w, bias, y, dy, |want_x, want_w| DepthwiseBackward { stride, padding, want_x, want_w })
+        epilogue::fused_grads(self.act, x, w, bias, y, dy, |want_x, want_w| DepthwiseBackward {
+            stride,
+            padding,
+            want_x,
+            want_w,
+        })
     }
 }
 
@@ -342,11 +394,26 @@ impl CustomOp3 for Depthwise {
         "tanuki-depthwise-conv2d-bias"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3, "depthwise bias")?))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [dx, dw, db] = self.grads(x, w, Some(b), res, dy)?;
         Ok((dx, dw, db))
     }
@@ -364,19 +431,32 @@ impl CustomOp3 for DepthwiseBackward {
         "tanuki-depthwise-conv2d-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = geom(l1, l2, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "depthwise input")?;
         let w = f32_slice(s2, l2, "depthwise kernel")?;
         let dy = f32_slice(s3, l3, "depthwise output gradient")?;
         if l3.dims() != [g.n, g.c, g.ho, g.wo] {
-            bail!("depthwise backward: output gradient has shape {:?}, expected {:?}", l3.dims(), [g.n, g.c, g.ho, g.wo])
+            bail!(
+                "depthwise backward: output gradient has shape {:?}, expected {:?}",
+                l3.dims(),
+                [g.n, g.c, g.ho, g.wo]
+            )
         }
         let dx_len = if self.want_x { g.n * g.c * g.plane_in() } else { 0 };
         let dw_len = if self.want_w { g.c * g.kh * g.kw } else { 0 };
         let (want_x, want_w) = (self.want_x, self.want_w);
         let dx_plane = if want_x { g.plane_in() } else { 0 };
-        let (mut out, parts) = par_items_zeroed(g.n * g.c, dx_plane, dw_len, |dx| dispatch(Bwd { g: &g, x, w, dy, dx, want_x, want_w }));
+        let (mut out, parts) =
+            par_items_zeroed(g.n * g.c, dx_plane, dw_len, |dx| dispatch(Bwd { g: &g, x, w, dy, dx, want_x, want_w }));
         out.resize(dx_len + dw_len, 0.0);
         let dw = &mut out[dx_len..];
         if want_w {

@@ -39,7 +39,8 @@ pub(super) const TILE_C: usize = TILE_NV * LANES;
 /// (`TANUKI_CONV_DIRECT=0` falls back to im2col + GEMM).
 pub(super) fn simd() -> Option<V4> {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("TANUKI_CONV_DIRECT").map_or(true, |v| v != "0") && super::simd::has_avx512());
+    let on =
+        *ON.get_or_init(|| std::env::var("TANUKI_CONV_DIRECT").map_or(true, |v| v != "0") && super::simd::has_avx512());
     if on {
         V4::try_new()
     } else {
@@ -123,7 +124,19 @@ impl Packed {
         // Every read stays inside its channel's phased plane: the last output of a tap reads
         // (hq - 1) * wq + wq - 1 past its phase's start at most.
         let xq_len = ci * per;
-        Self { co, k, wn: Vec::new(), cpad, offs, ho: g.ho, wo: g.wo, wq, xq_len, bias: vec![0.0; cpad], act: Act::Identity }
+        Self {
+            co,
+            k,
+            wn: Vec::new(),
+            cpad,
+            offs,
+            ho: g.ho,
+            wo: g.wo,
+            wq,
+            xq_len,
+            bias: vec![0.0; cpad],
+            act: Act::Identity,
+        }
     }
 
     pub(super) fn xq_len(&self) -> usize {
@@ -189,7 +202,8 @@ impl Packed {
         }
         // The epilogue in registers (channels in the lanes: one bias vector per 16), then
         // transposed into the output's rows (channel-major).
-        let bias: [f32x16; TILE_NV] = pulp::cast(*<&[f32; TILE_C]>::try_from(&self.bias[at.c..][..TILE_C]).expect("32 biases"));
+        let bias: [f32x16; TILE_NV] =
+            pulp::cast(*<&[f32; TILE_C]>::try_from(&self.bias[at.c..][..TILE_C]).expect("32 biases"));
         let f = simd.avx512f;
         let (zero, six) = (pulp::cast(simd.splat_f32x16(0.0)), pulp::cast(simd.splat_f32x16(6.0)));
         // By value (no `iter_mut` over `acc`): with its address taken, LLVM kept the
@@ -210,10 +224,12 @@ impl Packed {
         let valid = TILE_C.min(at.chans.end - at.c);
         for (v, block) in (0..TILE_NV).zip((0..valid).step_by(LANES)) {
             // This vector's 16 channels x M pixels, transposed: one vector per channel.
-            let rows: [f32x16; LANES] = std::array::from_fn(|i| if i < M { pulp::cast(vals[i][v]) } else { pulp::cast(zero) });
+            let rows: [f32x16; LANES] =
+                std::array::from_fn(|i| if i < M { pulp::cast(vals[i][v]) } else { pulp::cast(zero) });
             let cols = transpose16(simd, rows);
             for (j, col) in cols.iter().enumerate().take(valid - block) {
-                let row: &mut [f32; M] = (&mut y[(at.c + block + j - c0) * at.plane + at.p..][..M]).try_into().expect("M outputs");
+                let row: &mut [f32; M] =
+                    (&mut y[(at.c + block + j - c0) * at.plane + at.p..][..M]).try_into().expect("M outputs");
                 let col: [f32; LANES] = pulp::cast(*col);
                 *row = *<&[f32; M]>::try_from(&col[..M]).expect("M <= 16");
             }
@@ -258,7 +274,11 @@ pub(super) fn transpose16(simd: V4, r: [f32x16; LANES]) -> [f32x16; LANES] {
     let r: [__m512; LANES] = r.map(pulp::cast);
     let t: [__m512; LANES] = std::array::from_fn(|i| {
         let (a, b) = (r[i & !1], r[i | 1]);
-        if i % 2 == 0 { f._mm512_unpacklo_ps(a, b) } else { f._mm512_unpackhi_ps(a, b) }
+        if i % 2 == 0 {
+            f._mm512_unpacklo_ps(a, b)
+        } else {
+            f._mm512_unpackhi_ps(a, b)
+        }
     });
     let pd = |x: __m512| -> __m512d { pulp::cast(x) };
     let u: [__m512; LANES] = std::array::from_fn(|i| {
@@ -269,7 +289,11 @@ pub(super) fn transpose16(simd: V4, r: [f32x16; LANES]) -> [f32x16; LANES] {
     let v: [__m512; LANES] = std::array::from_fn(|i| {
         let (half, m) = (i / 8 * 8, i % 4);
         let (a, b) = (u[half + m], u[half + 4 + m]);
-        if i % 8 < 4 { f._mm512_shuffle_f32x4::<0x88>(a, b) } else { f._mm512_shuffle_f32x4::<0xdd>(a, b) }
+        if i % 8 < 4 {
+            f._mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            f._mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
     });
     std::array::from_fn(|i| {
         let m = i % 8;

@@ -21,7 +21,16 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 /// If any view reaches past the end of its slice.
 #[allow(clippy::too_many_arguments)]
 #[expect(unsafe_code, reason = "the gemm crate's only entry point is an unsafe fn over raw pointers")]
-pub(super) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: Mat<'_>, rhs: Mat<'_>) {
+pub(super) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+) {
     if m == 0 || n == 0 {
         return;
     }

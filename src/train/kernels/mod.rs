@@ -30,8 +30,8 @@ mod epilogue;
 mod gemm;
 mod par;
 mod phase;
-mod prefetch;
 mod pool;
+mod prefetch;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
@@ -44,10 +44,10 @@ use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 
 pub use epilogue::Act;
 pub(crate) use epilogue::{gated, Epilogue};
-pub(crate) use simd::{dispatch, Kernel};
 pub use par::threads;
 pub(crate) use par::{par_items_zeroed, par_map};
 pub use simd::has_avx512;
+pub(crate) use simd::{dispatch, Kernel};
 
 /// Spatial padding of a convolution or pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,9 @@ impl Padding {
     /// `(before, after)` along the height (`vertical`) or the width, for explicit padding.
     fn explicit(&self, vertical: bool) -> Option<(usize, usize)> {
         match *self {
-            Padding::Explicit { top, bottom, left, right } => Some(if vertical { (top, bottom) } else { (left, right) }),
+            Padding::Explicit { top, bottom, left, right } => {
+                Some(if vertical { (top, bottom) } else { (left, right) })
+            }
             _ => None,
         }
     }
@@ -200,7 +202,11 @@ pub(crate) fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usiz
 }
 
 /// Splits the flat output of a fused backward op into the gradients it holds.
-pub(crate) fn split_grads(flat: Tensor, first: Option<&Tensor>, second: Option<&Tensor>) -> Result<(Option<Tensor>, Option<Tensor>)> {
+pub(crate) fn split_grads(
+    flat: Tensor,
+    first: Option<&Tensor>,
+    second: Option<&Tensor>,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let n1 = first.map_or(0, |t| t.elem_count());
     let g1 = match first {
         Some(t) => Some(flat.narrow(0, 0, n1)?.reshape(t.shape())?),
@@ -222,7 +228,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding) -> Result
 
 /// [`conv2d`] followed by `act(y + bias[channel])` in the same pass (`bias` `[Co]`), with the
 /// gradients of all three inputs.
-pub fn conv2d_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, padding: Padding) -> Result<Tensor> {
+pub fn conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
     let op = conv::Conv2d { stride, padding, act };
     match bias {
         Some(b) => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
@@ -238,7 +251,14 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding)
 }
 
 /// [`depthwise_conv2d`] followed by `act(y + bias[channel])` in the same pass (`bias` `[C]`).
-pub fn depthwise_conv2d_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Act, stride: usize, padding: Padding) -> Result<Tensor> {
+pub fn depthwise_conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
     let op = depthwise::Depthwise { stride, padding, act };
     match bias {
         Some(b) => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op),

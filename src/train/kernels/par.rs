@@ -20,7 +20,11 @@ pub fn threads() -> usize {
 /// Splits `n_items` items, and `out` (which holds `out.len() / n_items` values per item, possibly
 /// none), into at most [`threads`] contiguous pieces and runs `f(items, out_piece)` on each in
 /// parallel. Returns the results in item order.
-pub(super) fn par_items<R: Send>(n_items: usize, out: &mut [f32], f: impl Fn(Range<usize>, &mut [f32]) -> R + Sync) -> Vec<R> {
+pub(super) fn par_items<R: Send>(
+    n_items: usize,
+    out: &mut [f32],
+    f: impl Fn(Range<usize>, &mut [f32]) -> R + Sync,
+) -> Vec<R> {
     if n_items == 0 {
         return Vec::new();
     }
@@ -63,7 +67,12 @@ pub(super) fn par_items<R: Send>(n_items: usize, out: &mut [f32], f: impl Fn(Ran
 /// serial pass through memory before any thread started (0.6-1 ms of a 17 ms convolution, a
 /// tenth of a memory-bound depthwise or pooling pass).
 #[expect(unsafe_code, reason = "an output written by several threads before it becomes a Vec's contents (set_len)")]
-pub(crate) fn par_items_zeroed<R: Send>(n_items: usize, item_len: usize, extra: usize, f: impl Fn(&mut Items<'_>) -> R + Sync) -> (Vec<f32>, Vec<R>) {
+pub(crate) fn par_items_zeroed<R: Send>(
+    n_items: usize,
+    item_len: usize,
+    extra: usize,
+    f: impl Fn(&mut Items<'_>) -> R + Sync,
+) -> (Vec<f32>, Vec<R>) {
     let len = n_items.checked_mul(item_len).expect("output size overflows usize");
     let mut out: Vec<f32> = Vec::with_capacity(len + extra);
     if n_items == 0 {
@@ -132,7 +141,10 @@ impl<'a> Items<'a> {
 }
 
 /// `v`, zeroed, as initialised values.
-#[expect(unsafe_code, reason = "viewing a slice of MaybeUninit<f32> that has just been initialised as f32 (slice_assume_init_mut is unstable)")]
+#[expect(
+    unsafe_code,
+    reason = "viewing a slice of MaybeUninit<f32> that has just been initialised as f32 (slice_assume_init_mut is unstable)"
+)]
 fn zeroed(v: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     v.fill(MaybeUninit::new(0.0));
     // SAFETY: every element was initialised by the fill above, and MaybeUninit<f32> has the

@@ -30,7 +30,16 @@ pub(crate) struct Geom {
 
 impl Geom {
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(n: usize, c: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, padding: Padding) -> Result<Self> {
+    pub(crate) fn new(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        padding: Padding,
+    ) -> Result<Self> {
         let ay = Axis::along(true, h, kh, stride, padding)?;
         let ax = Axis::along(false, w, kw, stride, padding)?;
         Ok(Self { n, c, h, w, kh, kw, s: stride, pt: ay.pad, pl: ax.pad, ho: ay.out, wo: ax.out })
@@ -236,7 +245,6 @@ pub(crate) fn phase_pad_2d_into(g: &Geom, plane: &[f32], fill: f32, q: &mut [f32
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::phase::{phase_pad, Geom, Phased};
 use super::par::{par_items_zeroed, Items};
+use super::phase::{phase_pad, Geom, Phased};
 use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
 use super::{dims4, f32_slice, Padding};
@@ -118,7 +118,10 @@ impl Kernel for Bwd<'_, '_> {
                     ahead.step();
                     let (r0, r1) = (&plane[2 * oy * g.w..][..g.w], &plane[(2 * oy + 1) * g.w..][..g.w]);
                     let (d0, d1) = dxp[2 * oy * g.w..][..2 * g.w].split_at_mut(g.w);
-                    let (xs, ds) = (r0.chunks_exact(2).zip(r1.chunks_exact(2)), d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)));
+                    let (xs, ds) = (
+                        r0.chunks_exact(2).zip(r1.chunks_exact(2)),
+                        d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)),
+                    );
                     for (((a, b), (da, db)), &gy) in xs.zip(ds).zip(dyrow) {
                         let t = window_max([a[0], a[1], b[0], b[1]]).1;
                         da[0] = if t == 0 { gy } else { 0.0 };
@@ -149,7 +152,9 @@ impl Kernel for Bwd<'_, '_> {
                 best.copy_from_slice(v.tap_row(oy * s, 0, wo));
                 arg.fill(0);
                 for t in 1..kk {
-                    for ((b, a), v) in best.iter_mut().zip(arg.iter_mut()).zip(v.tap_row(oy * s + t / g.kw, t % g.kw, wo)) {
+                    for ((b, a), v) in
+                        best.iter_mut().zip(arg.iter_mut()).zip(v.tap_row(oy * s + t / g.kw, t % g.kw, wo))
+                    {
                         // Branch-free, so that it vectorises.
                         let gt = *v > *b;
                         *b = if gt { *v } else { *b };
@@ -236,7 +241,11 @@ impl candle_core::CustomOp2 for MaxPoolBackward {
         let x = f32_slice(s1, l1, "max_pool2d input")?;
         let dy = f32_slice(s2, l2, "max_pool2d output gradient")?;
         if l2.dims() != [g.n, g.c, g.ho, g.wo] {
-            candle_core::bail!("max_pool2d backward: output gradient has shape {:?}, expected {:?}", l2.dims(), [g.n, g.c, g.ho, g.wo])
+            candle_core::bail!(
+                "max_pool2d backward: output gradient has shape {:?}, expected {:?}",
+                l2.dims(),
+                [g.n, g.c, g.ho, g.wo]
+            )
         }
         let dx = backward(&g, x, dy);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))

@@ -52,7 +52,11 @@ fn grads(f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, x: &Tensor, w: &Tensor)
     try_grads(f, x, w).unwrap()
 }
 
-fn try_grads(f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+fn try_grads(
+    f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    w: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (xv, wv) = (Var::from_tensor(x)?, Var::from_tensor(w)?);
     let y = f(xv.as_tensor(), wv.as_tensor())?;
     let g = loss(&y, 99).backward()?;
@@ -62,7 +66,16 @@ fn try_grads(f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, x: &Tensor, w: &Ten
 
 /// Naive grouped convolution with explicit top/left padding and output size.
 #[allow(clippy::too_many_arguments)]
-fn naive_conv(x: &Tensor, w: &Tensor, stride: usize, groups: usize, pt: usize, pl: usize, ho: usize, wo: usize) -> Tensor {
+fn naive_conv(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    groups: usize,
+    pt: usize,
+    pl: usize,
+    ho: usize,
+    wo: usize,
+) -> Tensor {
     let (n, ci, h, wd) = x.dims4().unwrap();
     let (co, cig, kh, kw) = w.dims4().unwrap();
     assert_eq!(cig * groups, ci);
@@ -144,7 +157,11 @@ fn check_fd(f: &dyn Fn(&Tensor) -> Tensor, t: &Tensor, analytic: &Tensor, what: 
         v[i] = base[i] - eps;
         let down = eval(&v);
         let num = ((up - down) / (2.0 * eps as f64)) as f32;
-        assert!((num - an[i]).abs() <= 2e-2 * (1.0 + an[i].abs()), "{what}[{i}]: finite difference {num}, analytic {}", an[i]);
+        assert!(
+            (num - an[i]).abs() <= 2e-2 * (1.0 + an[i].abs()),
+            "{what}[{i}]: finite difference {num}, analytic {}",
+            an[i]
+        );
     }
 }
 
@@ -190,8 +207,15 @@ fn conv2d_matches_candle_forward_and_gradients() {
 #[test]
 fn conv2d_tf_same_matches_explicit_padding() {
     // (batch, in, h, w, out, kernel, stride)
-    for (i, &(n, ci, h, w, co, k, s)) in
-        [(2, 3, 8, 8, 4, 3, 2), (1, 3, 7, 9, 5, 3, 2), (2, 4, 6, 5, 3, 3, 1), (2, 3, 8, 6, 4, 1, 2), (1, 2, 9, 8, 3, 5, 2)].iter().enumerate()
+    for (i, &(n, ci, h, w, co, k, s)) in [
+        (2, 3, 8, 8, 4, 3, 2),
+        (1, 3, 7, 9, 5, 3, 2),
+        (2, 4, 6, 5, 3, 3, 1),
+        (2, 3, 8, 6, 4, 1, 2),
+        (1, 2, 9, 8, 3, 5, 2),
+    ]
+    .iter()
+    .enumerate()
     {
         let x = rand_t(&[n, ci, h, w], 10 + i as u64);
         let wt = rand_t(&[co, ci, k, k], 20 + i as u64);
@@ -206,7 +230,12 @@ fn conv2d_tf_same_matches_explicit_padding() {
         let (y, dx, dw) = grads(&|x, w| conv2d(x, w, s, Padding::TfSame), &x, &wt);
         let (yr, dxr, dwr) = grads(&explicit, &x, &wt);
         assert_close(&y, &yr, 1e-5, &format!("same case {i} forward"));
-        assert_close(&y, &naive_conv(&x, &wt, s, 1, ay.pad, ax.pad, ay.out, ax.out), 1e-5, &format!("same case {i} naive"));
+        assert_close(
+            &y,
+            &naive_conv(&x, &wt, s, 1, ay.pad, ax.pad, ay.out, ax.out),
+            1e-5,
+            &format!("same case {i} naive"),
+        );
         assert_close(&dx, &dxr, 1e-4, &format!("same case {i} dx"));
         assert_close(&dw, &dwr, 1e-4, &format!("same case {i} dw"));
     }
@@ -258,7 +287,8 @@ fn depthwise_matches_grouped_conv_forward_and_gradients() {
         let x = rand_t(&[n, c, h, w], 30 + i as u64);
         let wt = rand_t(&[c, 1, k, k], 40 + i as u64);
         let (y, dx, dw) = grads(&|x, w| depthwise_conv2d(x, w, s, Padding::Symmetric(p)), &x, &wt);
-        let (ay, ax) = (Axis::new(h, k, s, Padding::Symmetric(p)).unwrap(), Axis::new(w, k, s, Padding::Symmetric(p)).unwrap());
+        let (ay, ax) =
+            (Axis::new(h, k, s, Padding::Symmetric(p)).unwrap(), Axis::new(w, k, s, Padding::Symmetric(p)).unwrap());
         assert_close(&y, &naive_conv(&x, &wt, s, c, p, p, ay.out, ax.out), 1e-5, &format!("dw case {i} naive"));
         let f = |x: &Tensor, w: &Tensor| depthwise_conv2d(x, w, s, Padding::Symmetric(p));
         check_fd(&|x| f(x, &wt).unwrap(), &x, &dx, &format!("dw case {i} dx (finite differences)"));
@@ -276,13 +306,20 @@ fn depthwise_matches_grouped_conv_forward_and_gradients() {
 
 #[test]
 fn depthwise_tf_same_matches_naive_and_finite_differences() {
-    for (i, &(n, c, h, w, k, s)) in [(2, 3, 8, 8, 3, 2), (1, 2, 7, 10, 3, 2), (2, 3, 9, 6, 3, 1), (1, 2, 6, 7, 5, 2)].iter().enumerate() {
+    for (i, &(n, c, h, w, k, s)) in
+        [(2, 3, 8, 8, 3, 2), (1, 2, 7, 10, 3, 2), (2, 3, 9, 6, 3, 1), (1, 2, 6, 7, 5, 2)].iter().enumerate()
+    {
         let x = rand_t(&[n, c, h, w], 50 + i as u64);
         let wt = rand_t(&[c, 1, k, k], 60 + i as u64);
         let (ay, ax) = (Axis::new(h, k, s, Padding::TfSame).unwrap(), Axis::new(w, k, s, Padding::TfSame).unwrap());
         let f = |x: &Tensor, w: &Tensor| depthwise_conv2d(x, w, s, Padding::TfSame);
         let (y, dx, dw) = grads(&f, &x, &wt);
-        assert_close(&y, &naive_conv(&x, &wt, s, c, ay.pad, ax.pad, ay.out, ax.out), 1e-5, &format!("dw same {i} forward"));
+        assert_close(
+            &y,
+            &naive_conv(&x, &wt, s, c, ay.pad, ax.pad, ay.out, ax.out),
+            1e-5,
+            &format!("dw same {i} forward"),
+        );
         check_fd(&|x| f(x, &wt).unwrap(), &x, &dx, &format!("dw same {i} dx"));
         check_fd(&|w| f(&x, w).unwrap(), &wt, &dw, &format!("dw same {i} dw"));
     }
@@ -333,12 +370,16 @@ fn max_pool_matches_naive_and_finite_differences() {
 /// general one (3x3 windows).
 #[test]
 fn max_pool_ties_go_to_the_first_maximum() {
-    for (k, expected) in [(2, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), (3, {
-        let mut v = vec![0.0; 16];
-        v[0] = 1.0;
-        v
-    })] {
-        let xv = Var::from_tensor(&Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    for (k, expected) in [
+        (2, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+        (3, {
+            let mut v = vec![0.0; 16];
+            v[0] = 1.0;
+            v
+        }),
+    ] {
+        let xv =
+            Var::from_tensor(&Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
         let y = max_pool2d(xv.as_tensor(), k, k, Padding::Symmetric(0)).unwrap();
         let dx = y.sum_all().unwrap().backward().unwrap().get(xv.as_tensor()).unwrap().clone();
         assert_eq!(to_vec(&dx), expected, "{k}x{k}");
@@ -357,7 +398,12 @@ fn explicit_padding_matches_padded_reference() {
     check_fd(&|x| f(x, &w).unwrap(), &x, &dx, "explicit conv dx");
     check_fd(&|w| f(&x, w).unwrap(), &w, &dw, "explicit conv dw");
     let wd = rand_t(&[3, 1, 3, 3], 92);
-    assert_close(&depthwise_conv2d(&x, &wd, 1, p).unwrap(), &padded.conv2d(&wd, 0, 1, 1, 3).unwrap(), 1e-5, "explicit depthwise");
+    assert_close(
+        &depthwise_conv2d(&x, &wd, 1, p).unwrap(),
+        &padded.conv2d(&wd, 0, 1, 1, 3).unwrap(),
+        1e-5,
+        "explicit depthwise",
+    );
     let f = |x: &Tensor, w: &Tensor| depthwise_conv2d(x, w, 2, p);
     let (_, dx, dw) = grads(&f, &x, &wd);
     check_fd(&|x| f(x, &wd).unwrap(), &x, &dx, "explicit depthwise dx");
@@ -406,7 +452,8 @@ fn fused_bias_and_activation_match_separate_ops() {
         for act in [Act::Identity, Act::Relu, Act::Relu6] {
             for with_bias in [true, false] {
                 let what = format!("{name} {act:?} bias {with_bias}");
-                let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+                let (xv, wv, bv) =
+                    (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
                 let bias = with_bias.then(|| bv.as_tensor());
                 let fused = if depthwise {
                     depthwise_conv2d_fused(xv.as_tensor(), wv.as_tensor(), bias, act, stride, padding)
@@ -429,10 +476,20 @@ fn fused_bias_and_activation_match_separate_ops() {
                 let gf = loss(&fused, 7).backward().unwrap();
                 let gs = loss(&separate, 7).backward().unwrap();
                 for (v, label) in [(&xv, "dx"), (&wv, "dw")] {
-                    assert_close(gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap(), 1e-4, &format!("{what} {label}"));
+                    assert_close(
+                        gf.get(v.as_tensor()).unwrap(),
+                        gs.get(v.as_tensor()).unwrap(),
+                        1e-4,
+                        &format!("{what} {label}"),
+                    );
                 }
                 if with_bias {
-                    assert_close(gf.get(bv.as_tensor()).unwrap(), gs.get(bv.as_tensor()).unwrap(), 1e-4, &format!("{what} dbias"));
+                    assert_close(
+                        gf.get(bv.as_tensor()).unwrap(),
+                        gs.get(bv.as_tensor()).unwrap(),
+                        1e-4,
+                        &format!("{what} dbias"),
+                    );
                 }
             }
         }
@@ -461,7 +518,8 @@ fn zero_width_planes_with_padding_run_forward_and_backward() {
     // Enough channels for Winograd (dX and dW) and the direct kernel, and a batch smaller than
     // the core count, where they split each image's output channels across the threads.
     for (h, w, stride) in [(0, 8, 1), (8, 0, 1), (0, 0, 1), (0, 8, 2), (8, 0, 2)] {
-        let x = Var::from_tensor(&Tensor::zeros((1, 32, h, w), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let x =
+            Var::from_tensor(&Tensor::zeros((1, 32, h, w), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
         let cw = Var::from_tensor(&rand_t(&[32, 32, 3, 3], 3)).unwrap();
         let y = conv2d(x.as_tensor(), cw.as_tensor(), stride, Padding::Symmetric(2)).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();

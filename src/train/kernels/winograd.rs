@@ -23,8 +23,8 @@ use std::ops::Range;
 
 use pulp::{f32x16, x86::V4};
 
-use super::epilogue::{Act, Epilogue};
 use super::direct::load16;
+use super::epilogue::{Act, Epilogue};
 use super::phase;
 
 /// `$body` with `R` a constant: `$n` itself from 1 to 13, else [`R_MAX`] (a microkernel's rows
@@ -32,20 +32,62 @@ use super::phase;
 macro_rules! with_rows {
     ($n:expr, $body:expr) => {
         match $n {
-            1 => { const R: usize = 1; $body }
-            2 => { const R: usize = 2; $body }
-            3 => { const R: usize = 3; $body }
-            4 => { const R: usize = 4; $body }
-            5 => { const R: usize = 5; $body }
-            6 => { const R: usize = 6; $body }
-            7 => { const R: usize = 7; $body }
-            8 => { const R: usize = 8; $body }
-            9 => { const R: usize = 9; $body }
-            10 => { const R: usize = 10; $body }
-            11 => { const R: usize = 11; $body }
-            12 => { const R: usize = 12; $body }
-            13 => { const R: usize = 13; $body }
-            _ => { const R: usize = R_MAX; $body }
+            1 => {
+                const R: usize = 1;
+                $body
+            }
+            2 => {
+                const R: usize = 2;
+                $body
+            }
+            3 => {
+                const R: usize = 3;
+                $body
+            }
+            4 => {
+                const R: usize = 4;
+                $body
+            }
+            5 => {
+                const R: usize = 5;
+                $body
+            }
+            6 => {
+                const R: usize = 6;
+                $body
+            }
+            7 => {
+                const R: usize = 7;
+                $body
+            }
+            8 => {
+                const R: usize = 8;
+                $body
+            }
+            9 => {
+                const R: usize = 9;
+                $body
+            }
+            10 => {
+                const R: usize = 10;
+                $body
+            }
+            11 => {
+                const R: usize = 11;
+                $body
+            }
+            12 => {
+                const R: usize = 12;
+                $body
+            }
+            13 => {
+                const R: usize = 13;
+                $body
+            }
+            _ => {
+                const R: usize = R_MAX;
+                $body
+            }
         }
     };
 }
@@ -106,7 +148,12 @@ impl Plan {
     /// `g`: one input plane's geometry under the 3x3 stride-1 kernel (its `c` is `ci`); `w(o,
     /// i, ky, kx)`: the kernel's weight from input channel `i` to output channel `o`; `ep`:
     /// what the output gets.
-    pub(super) fn new(g: &phase::Geom, co: usize, w: impl Fn(usize, usize, usize, usize) -> f32, ep: &Epilogue<'_>) -> Self {
+    pub(super) fn new(
+        g: &phase::Geom,
+        co: usize,
+        w: impl Fn(usize, usize, usize, usize) -> f32,
+        ep: &Epilogue<'_>,
+    ) -> Self {
         let mut p = Self::layout(g, co);
         let ci = g.c;
         p.u = vec![0.0f32; XI * ci * co];
@@ -142,7 +189,8 @@ impl Plan {
         let tiles = phase::Geom { kh: 4, kw: 4, s: 2, ho: th, wo: tw, ..*g };
         let offs = std::array::from_fn(|k| tiles.tap_offset(k / 4, k % 4));
         let nt = th * tiles.wq();
-        let band = (BAND_BYTES / (4 * XI * (ci + co)) / TILE_T * TILE_T).clamp(TILE_T, nt.next_multiple_of(TILE_T).max(TILE_T));
+        let band = (BAND_BYTES / (4 * XI * (ci + co)) / TILE_T * TILE_T)
+            .clamp(TILE_T, nt.next_multiple_of(TILE_T).max(TILE_T));
         Self { ci, co, u: Vec::new(), bias: vec![0.0; co], act: Act::Identity, tiles, offs, ho: g.ho, wo: g.wo, band }
     }
 
@@ -241,7 +289,16 @@ impl Plan {
     /// output planes (junk tiles, and rows and columns past the output's edge, dropped).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn transform_output(&self, simd: V4, m: &[f32], f0: usize, bt: usize, nb: usize, chans: Range<usize>, y: &mut [f32]) {
+    fn transform_output(
+        &self,
+        simd: V4,
+        m: &[f32],
+        f0: usize,
+        bt: usize,
+        nb: usize,
+        chans: Range<usize>,
+        y: &mut [f32],
+    ) {
         let (wq, tw, no, ms) = (self.tiles.wq(), self.tiles.wo, chans.len(), stride(chans.len(), bt));
         let (ho, wo) = (self.ho, self.wo);
         let zero = simd.splat_f32x16(0.0);
@@ -345,9 +402,16 @@ struct Rows<'a> {
 /// go in and out by value (with their address taken, LLVM kept them in memory; see
 /// `direct.rs`).
 #[inline(always)]
-fn fma_pass<const R: usize>(simd: V4, a: &Rows<'_>, b: &Rows<'_>, k: usize, mut acc: [[f32x16; 2]; R]) -> [[f32x16; 2]; R] {
+fn fma_pass<const R: usize>(
+    simd: V4,
+    a: &Rows<'_>,
+    b: &Rows<'_>,
+    k: usize,
+    mut acc: [[f32x16; 2]; R],
+) -> [[f32x16; 2]; R] {
     for kk in 0..k {
-        let av: [f32x16; 2] = pulp::cast(*<&[f32; TILE_T]>::try_from(&a.s[a.at + kk * a.stride..][..TILE_T]).expect("32 values"));
+        let av: [f32x16; 2] =
+            pulp::cast(*<&[f32; TILE_T]>::try_from(&a.s[a.at + kk * a.stride..][..TILE_T]).expect("32 values"));
         let bs: &[f32; R] = b.s[b.at + kk * b.stride..][..R].try_into().expect("R values");
         for r in 0..R {
             let bv = simd.splat_f32x16(bs[r]);

@@ -93,9 +93,21 @@ pub fn layers(alpha: Option<f32>, height: u32, width: u32, convention: Conventio
         let in_c = c;
         if id > 0 {
             c *= expansion;
-            let expand = LayerKind::Conv2d { in_channels: in_c, out_channels: c, kernel: 1, stride: 1, padding: Pad::default(), bias: false };
+            let expand = LayerKind::Conv2d {
+                in_channels: in_c,
+                out_channels: c,
+                kernel: 1,
+                stride: 1,
+                padding: Pad::default(),
+                bias: false,
+            };
             push(&mut out, format!("{prefix}_expand"), expand, vec![h, w, c]);
-            push(&mut out, format!("{prefix}_expand_BN"), LayerKind::BatchNorm { channels: c, epsilon: eps }, vec![h, w, c]);
+            push(
+                &mut out,
+                format!("{prefix}_expand_BN"),
+                LayerKind::BatchNorm { channels: c, epsilon: eps },
+                vec![h, w, c],
+            );
             push(&mut out, format!("{prefix}_expand_relu"), LayerKind::Relu6, vec![h, w, c]);
         }
         let padding = if stride == 2 {
@@ -109,12 +121,29 @@ pub fn layers(alpha: Option<f32>, height: u32, width: u32, convention: Conventio
         (h, w) = padding.out_hw(h, w, 3, stride);
         let dw = LayerKind::DepthwiseConv2d { channels: c, kernel: 3, stride, padding, bias: false };
         push(&mut out, format!("{prefix}_depthwise"), dw, vec![h, w, c]);
-        push(&mut out, format!("{prefix}_depthwise_BN"), LayerKind::BatchNorm { channels: c, epsilon: eps }, vec![h, w, c]);
+        push(
+            &mut out,
+            format!("{prefix}_depthwise_BN"),
+            LayerKind::BatchNorm { channels: c, epsilon: eps },
+            vec![h, w, c],
+        );
         push(&mut out, format!("{prefix}_depthwise_relu"), LayerKind::Relu6, vec![h, w, c]);
-        let project = LayerKind::Conv2d { in_channels: c, out_channels: out_c, kernel: 1, stride: 1, padding: Pad::default(), bias: false };
+        let project = LayerKind::Conv2d {
+            in_channels: c,
+            out_channels: out_c,
+            kernel: 1,
+            stride: 1,
+            padding: Pad::default(),
+            bias: false,
+        };
         c = out_c;
         push(&mut out, format!("{prefix}_project"), project, vec![h, w, c]);
-        push(&mut out, format!("{prefix}_project_BN"), LayerKind::BatchNorm { channels: c, epsilon: eps }, vec![h, w, c]);
+        push(
+            &mut out,
+            format!("{prefix}_project_BN"),
+            LayerKind::BatchNorm { channels: c, epsilon: eps },
+            vec![h, w, c],
+        );
         if in_c == out_c && stride == 1 {
             let bn = format!("backbone.{prefix}_project_BN");
             let add = Layer::new(format!("backbone.{prefix}_add"), LayerKind::Add, vec![h, w, c]);
@@ -123,7 +152,14 @@ pub fn layers(alpha: Option<f32>, height: u32, width: u32, convention: Conventio
     }
 
     let last = if alpha > 1.0 { make_divisible(1280.0 * alpha, 8) } else { 1280 };
-    let top = LayerKind::Conv2d { in_channels: c, out_channels: last, kernel: 1, stride: 1, padding: Pad::default(), bias: false };
+    let top = LayerKind::Conv2d {
+        in_channels: c,
+        out_channels: last,
+        kernel: 1,
+        stride: 1,
+        padding: Pad::default(),
+        bias: false,
+    };
     push(&mut out, "Conv_1".into(), top, vec![h, w, last]);
     push(&mut out, "Conv_1_bn".into(), LayerKind::BatchNorm { channels: last, epsilon: eps }, vec![h, w, last]);
     push(&mut out, "out_relu".into(), LayerKind::Relu6, vec![h, w, last]);

@@ -21,10 +21,10 @@ use std::ops::Range;
 
 use candle_core::{Device, Tensor};
 
-use super::job::TrainError;
-use super::layers::{ForwardCtx, Layer, LayerKind, BN_EPSILON, TORCH_BN_EPSILON};
 use super::fold::{self, Folding};
 use super::fusion;
+use super::job::TrainError;
+use super::layers::{ForwardCtx, Layer, LayerKind, BN_EPSILON, TORCH_BN_EPSILON};
 use super::ops::SamePadding;
 use super::params::ParamStore;
 use super::rng::{self, Stream};
@@ -162,7 +162,12 @@ impl Model {
     }
 
     /// As [`Model::new`], with the numerics of weights trained under `convention`.
-    pub fn with_convention(model: &ModelSpec, input: &InputSpec, seed: u64, convention: Convention) -> Result<Self, TrainError> {
+    pub fn with_convention(
+        model: &ModelSpec,
+        input: &InputSpec,
+        seed: u64,
+        convention: Convention,
+    ) -> Result<Self, TrainError> {
         let layers = plan_with(model, input, convention)?;
         let device = Device::Cpu;
         let mut params = ParamStore::new();
@@ -216,7 +221,8 @@ impl Model {
     /// [`Model::inference_folding`]: each batch norm runs inside its convolution's epilogue.
     pub fn forward_inference(&self, start: usize, x: &Tensor, folding: &Folding) -> Result<Tensor, TrainError> {
         // The rng is unused with dropout off; any seed will do.
-        let mut ctx = ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+        let mut ctx =
+            ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
         self.run_layers(start..self.layers.len(), x, &mut ctx, Some(folding))
     }
 
@@ -250,7 +256,13 @@ impl Model {
     /// Only outputs referenced later are kept: with detached (frozen) weights nothing else holds
     /// an activation, so a frozen prefix keeps just the tensor the trainable part starts from.
     /// `folding` replaces the phase's own (`self.folding`) when given.
-    fn run_layers(&self, range: Range<usize>, x: &Tensor, ctx: &mut ForwardCtx, folding: Option<&Folding>) -> Result<Tensor, TrainError> {
+    fn run_layers(
+        &self,
+        range: Range<usize>,
+        x: &Tensor,
+        ctx: &mut ForwardCtx,
+        folding: Option<&Folding>,
+    ) -> Result<Tensor, TrainError> {
         let referenced: HashSet<&str> = self.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
         let folds = if ctx.bn_training { None } else { Some(folding.unwrap_or(&self.folding)) };
         let mut saved: HashMap<&str, Tensor> = HashMap::new();
@@ -258,7 +270,9 @@ impl Model {
         for step in fusion::plan(&self.layers, range, folds, &referenced) {
             let layer = &self.layers[step.layer];
             let input = |name: &String| {
-                saved.get(name.as_str()).ok_or_else(|| TrainError::Weights(format!("{}: no output named {name}", layer.name)))
+                saved
+                    .get(name.as_str())
+                    .ok_or_else(|| TrainError::Weights(format!("{}: no output named {name}", layer.name)))
             };
             x = match (&layer.kind, layer.inputs.as_slice()) {
                 // Folded into the convolution before it: the identity.

@@ -36,7 +36,14 @@ pub fn layers(widths: Option<&[usize]>, height: u32, width: u32) -> Result<Vec<L
         let layer = |name: &str, kind, shape: Vec<usize>| Layer::new(format!("{block}.{name}"), kind, shape);
         out.push(layer(
             "conv",
-            LayerKind::Conv2d { in_channels: c, out_channels: width_i, kernel: 3, stride: 1, padding: Pad::uniform(1), bias: false },
+            LayerKind::Conv2d {
+                in_channels: c,
+                out_channels: width_i,
+                kernel: 3,
+                stride: 1,
+                padding: Pad::uniform(1),
+                bias: false,
+            },
             vec![h, w, width_i],
         ));
         c = width_i;

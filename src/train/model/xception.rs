@@ -55,7 +55,13 @@ impl Builder {
 
     /// SeparableConv2D 3x3, "same", no bias, then its batch norm `{name}_bn`.
     fn sepconv_bn(&mut self, name: &str, filters: usize) {
-        let kind = LayerKind::SeparableConv2d { in_channels: self.c, out_channels: filters, kernel: 3, padding: Pad::uniform(1), bias: false };
+        let kind = LayerKind::SeparableConv2d {
+            in_channels: self.c,
+            out_channels: filters,
+            kernel: 3,
+            padding: Pad::uniform(1),
+            bias: false,
+        };
         self.c = filters;
         self.push(name, kind);
         self.bn(&format!("{name}_bn"));
@@ -79,11 +85,23 @@ impl Builder {
 
         let (out_h, out_w) = (self.h, self.w);
         (self.h, self.w, self.c) = (out_h, out_w, f2);
-        let shortcut = LayerKind::Conv2d { in_channels: in_c, out_channels: f2, kernel: 1, stride: 2, padding: Pad::same(1, 2, in_h, in_w, same), bias: false };
-        self.out.push(Layer::new(format!("backbone.block{n}_shortcut"), shortcut, vec![out_h, out_w, f2]).with_inputs(&[&input]));
+        let shortcut = LayerKind::Conv2d {
+            in_channels: in_c,
+            out_channels: f2,
+            kernel: 1,
+            stride: 2,
+            padding: Pad::same(1, 2, in_h, in_w, same),
+            bias: false,
+        };
+        self.out.push(
+            Layer::new(format!("backbone.block{n}_shortcut"), shortcut, vec![out_h, out_w, f2]).with_inputs(&[&input]),
+        );
         self.bn(&format!("block{n}_shortcut_bn"));
         let shortcut_bn = self.last();
-        self.out.push(Layer::new(format!("backbone.block{n}_add"), LayerKind::Add, vec![out_h, out_w, f2]).with_inputs(&[&pooled, &shortcut_bn]));
+        self.out.push(
+            Layer::new(format!("backbone.block{n}_add"), LayerKind::Add, vec![out_h, out_w, f2])
+                .with_inputs(&[&pooled, &shortcut_bn]),
+        );
     }
 }
 
@@ -100,7 +118,14 @@ pub fn layers(height: u32, width: u32, convention: Convention) -> Result<Vec<Lay
     // Block 1: two "valid" 3x3 convs, the first at stride 2.
     for (i, (filters, stride)) in [(32, 2), (64, 1)].into_iter().enumerate() {
         let name = format!("block1_conv{}", i + 1);
-        let kind = LayerKind::Conv2d { in_channels: b.c, out_channels: filters, kernel: 3, stride, padding: Pad::default(), bias: false };
+        let kind = LayerKind::Conv2d {
+            in_channels: b.c,
+            out_channels: filters,
+            kernel: 3,
+            stride,
+            padding: Pad::default(),
+            bias: false,
+        };
         (b.h, b.w) = Pad::default().out_hw(b.h, b.w, 3, stride);
         b.c = filters;
         b.push(&name, kind);
@@ -118,7 +143,10 @@ pub fn layers(height: u32, width: u32, convention: Convention) -> Result<Vec<Lay
             b.sepconv_bn(&format!("block{n}_sepconv{k}"), 728);
         }
         let bn = b.last();
-        b.out.push(Layer::new(format!("backbone.block{n}_add"), LayerKind::Add, vec![b.h, b.w, b.c]).with_inputs(&[&bn, &input]));
+        b.out.push(
+            Layer::new(format!("backbone.block{n}_add"), LayerKind::Add, vec![b.h, b.w, b.c])
+                .with_inputs(&[&bn, &input]),
+        );
     }
     b.down_block(13, 728, 1024, true, same);
     // Block 14: sepconv-bn-relu twice, no residual.

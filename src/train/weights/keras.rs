@@ -14,7 +14,9 @@ pub fn names(layer: &Layer, weight: &str) -> (Vec<String>, Layout) {
     let keras_layer = xception::keras_shortcut_name(ours).unwrap_or_else(|| ours.to_string());
     let layout = match (&layer.kind, weight) {
         (LayerKind::Conv2d { .. }, "kernel") | (LayerKind::SeparableConv2d { .. }, "pointwise_kernel") => Layout::Hwio,
-        (LayerKind::DepthwiseConv2d { .. } | LayerKind::SeparableConv2d { .. }, "depthwise_kernel") => Layout::Depthwise,
+        (LayerKind::DepthwiseConv2d { .. } | LayerKind::SeparableConv2d { .. }, "depthwise_kernel") => {
+            Layout::Depthwise
+        }
         _ => Layout::Same,
     };
     let mut spellings = vec![weight.to_string()];

@@ -134,7 +134,12 @@ pub struct Expected {
 
 /// The parameters `format` provides for `layers` (the backbone's; the head's too with
 /// `with_head`, where the format has one).
-fn expected(model: &ModelSpec, layers: &[Layer], format: WeightsFormat, with_head: bool) -> Result<Vec<Expected>, WeightsError> {
+fn expected(
+    model: &ModelSpec,
+    layers: &[Layer],
+    format: WeightsFormat,
+    with_head: bool,
+) -> Result<Vec<Expected>, WeightsError> {
     let mut out = Vec::new();
     for layer in layers {
         let head = layer.name.starts_with("head.");
@@ -169,7 +174,11 @@ fn convention_of(format: WeightsFormat, bytes: &[u8]) -> Result<Convention, Weig
         WeightsFormat::Torchvision => Convention::Torchvision,
         WeightsFormat::Tanuki => {
             let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Unreadable(e.to_string()))?;
-            meta.metadata().as_ref().and_then(|m| m.get(CONVENTION_KEY)).and_then(|s| Convention::parse(s)).unwrap_or_default()
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get(CONVENTION_KEY))
+                .and_then(|s| Convention::parse(s))
+                .unwrap_or_default()
         }
     })
 }
@@ -183,7 +192,11 @@ fn load_expected(st: &SafeTensors<'_>, expected: &[Expected]) -> Result<HashMap<
             return Err(WeightsError::Missing { tensor: e.names[0].clone(), expected: file_shape });
         };
         if view.shape() != file_shape.as_slice() {
-            return Err(WeightsError::Shape { tensor: name.clone(), found: view.shape().to_vec(), expected: file_shape });
+            return Err(WeightsError::Shape {
+                tensor: name.clone(),
+                found: view.shape().to_vec(),
+                expected: file_shape,
+            });
         }
         let dtype = match view.dtype() {
             Dtype::F32 => DType::F32,
@@ -224,7 +237,11 @@ pub fn check_weights(model: &ModelSpec, format: WeightsFormat, path: &Path) -> R
 }
 
 /// [`check_weights`] on a file's bytes.
-pub fn check_weights_bytes(model: &ModelSpec, format: WeightsFormat, bytes: &[u8]) -> Result<WeightsReport, WeightsError> {
+pub fn check_weights_bytes(
+    model: &ModelSpec,
+    format: WeightsFormat,
+    bytes: &[u8],
+) -> Result<WeightsReport, WeightsError> {
     let convention = convention_of(format, bytes)?;
     let st = parse(bytes)?;
     let layers = model::plan_with(model, &any_input(), convention)?;

@@ -53,14 +53,17 @@ pub fn names(model: &ModelSpec, layer: &Layer, weight: &str) -> Result<(Vec<Stri
         )));
     }
     let ours = layer.name.strip_prefix("backbone.").unwrap_or(&layer.name);
-    let m = module(ours).ok_or_else(|| WeightsError::Unsupported(format!("no torchvision counterpart for layer {}", layer.name)))?;
+    let m = module(ours)
+        .ok_or_else(|| WeightsError::Unsupported(format!("no torchvision counterpart for layer {}", layer.name)))?;
     let (w, layout) = match weight {
         "kernel" if ours == "head.dense" => ("weight", Layout::Transposed),
         "kernel" | "depthwise_kernel" | "gamma" => ("weight", Layout::Same),
         "beta" | "bias" => ("bias", Layout::Same),
         "moving_mean" => ("running_mean", Layout::Same),
         "moving_variance" => ("running_var", Layout::Same),
-        other => return Err(WeightsError::Unsupported(format!("no torchvision counterpart for {}.{other}", layer.name))),
+        other => {
+            return Err(WeightsError::Unsupported(format!("no torchvision counterpart for {}.{other}", layer.name)))
+        }
     };
     Ok((vec![format!("{m}.{w}")], layout))
 }

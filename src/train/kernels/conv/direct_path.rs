@@ -3,11 +3,20 @@
 
 use std::ops::Range;
 
-use super::{backward_gemm, direct, winograd, par_items, par_items_zeroed, phase_image, phase_image_into, threads, zeroed_with_room, Bufs, Geom};
+use super::{
+    backward_gemm, direct, par_items, par_items_zeroed, phase_image, phase_image_into, threads, winograd,
+    zeroed_with_room, Bufs, Geom,
+};
 
 /// [`forward`] by the direct kernel.
 /// Returns the output with room for `extra` more values after it.
-pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &direct::Packed, extra: usize) -> Vec<f32> {
+pub(super) fn forward_direct(
+    simd: pulp::x86::V4,
+    g: &Geom,
+    x: &[f32],
+    packed: &direct::Packed,
+    extra: usize,
+) -> Vec<f32> {
     // A thread given 4 channels would still compute a tile of 32: whole tiles per thread.
     forward_split(g, x, extra, direct::TILE_C, |ximg, chans, yrows, b: &mut Bufs| {
         phase_image(g, ximg, &mut b.xq, &mut b.row, packed.xq_len());
@@ -17,7 +26,13 @@ pub(super) fn forward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], packed: &
 
 /// [`forward`] by Winograd's F(2x2, 3x3) (3x3 stride-1 convolutions).
 /// Returns the output with room for `extra` more values after it.
-pub(super) fn forward_winograd(simd: pulp::x86::V4, g: &Geom, x: &[f32], plan: &winograd::Plan, extra: usize) -> Vec<f32> {
+pub(super) fn forward_winograd(
+    simd: pulp::x86::V4,
+    g: &Geom,
+    x: &[f32],
+    plan: &winograd::Plan,
+    extra: usize,
+) -> Vec<f32> {
     forward_split(g, x, extra, 1, |ximg, chans, yrows, b: &mut winograd::Bufs| plan.image(simd, ximg, chans, yrows, b))
 }
 
@@ -31,7 +46,13 @@ pub(super) fn winograd_plan(g: &Geom, w: &[f32], ep: &super::Epilogue<'_>) -> wi
 /// across the cores, or, when the batch is smaller than the core count, each image's output
 /// channels in pieces of whole `block`s.
 /// Returns the output with room for `extra` more values after it.
-fn forward_split<S: Default>(g: &Geom, x: &[f32], extra: usize, block: usize, run: impl Fn(&[f32], Range<usize>, &mut [f32], &mut S) + Sync) -> Vec<f32> {
+fn forward_split<S: Default>(
+    g: &Geom,
+    x: &[f32],
+    extra: usize,
+    block: usize,
+    run: impl Fn(&[f32], Range<usize>, &mut [f32], &mut S) + Sync,
+) -> Vec<f32> {
     let (img_in, img_out) = (g.img_in(), g.img_out());
     if img_out == 0 {
         // No output values (dX of an empty plane): nothing to split, nor to compute.
@@ -65,24 +86,53 @@ fn forward_split<S: Default>(g: &Geom, x: &[f32], extra: usize, block: usize, ru
 fn transposed(g: &Geom) -> Geom {
     debug_assert_eq!(g.s, 1);
     let (kh, kw) = (g.kh, g.kw);
-    Geom { n: g.n, ci: g.co, h: g.ho, w: g.wo, co: g.ci, kh, kw, s: 1, pt: kh - 1 - g.pt, pl: kw - 1 - g.pl, ho: g.h, wo: g.w }
+    Geom {
+        n: g.n,
+        ci: g.co,
+        h: g.ho,
+        w: g.wo,
+        co: g.ci,
+        kh,
+        kw,
+        s: 1,
+        pt: kh - 1 - g.pt,
+        pl: kw - 1 - g.pl,
+        ho: g.h,
+        wo: g.w,
+    }
 }
 
 /// [`backward`] by the direct kernel: dX at stride 1 as the forward kernel on dY (col2im at
 /// stride 2), dW as [`dw_direct`].
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, dw: Option<&mut [f32]>, extra: usize) -> Vec<f32> {
+pub(super) fn backward_direct(
+    simd: pulp::x86::V4,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+    dw: Option<&mut [f32]>,
+    extra: usize,
+) -> Vec<f32> {
     // At stride 1, dX is a forward convolution of dY, where its own K qualifies.
     let gt = (g.s == 1).then(|| transposed(g)).filter(|gt| gt.direct_kernel().is_some());
     let dx = match (want_dx, gt) {
         (true, Some(gt)) if gt.winograd().is_some() => {
             let (ci, co) = (g.ci, g.co);
             // Output channel o of dX reads dY's channel i through w[i][o] flipped.
-            let plan = winograd::Plan::new(&gt.plane_geom(), ci, |o, i, ky, kx| w[((i * ci + o) * 3 + 2 - ky) * 3 + 2 - kx], &super::Epilogue::default());
+            let plan = winograd::Plan::new(
+                &gt.plane_geom(),
+                ci,
+                |o, i, ky, kx| w[((i * ci + o) * 3 + 2 - ky) * 3 + 2 - kx],
+                &super::Epilogue::default(),
+            );
             debug_assert_eq!(gt.ci, co);
             forward_winograd(simd, &gt, dy, &plan, extra)
         }
-        (true, Some(gt)) => forward_direct(simd, &gt, dy, &direct::Packed::transposed(w, g.ci, &gt.plane_geom()), extra),
+        (true, Some(gt)) => {
+            forward_direct(simd, &gt, dy, &direct::Packed::transposed(w, g.ci, &gt.plane_geom()), extra)
+        }
         (true, None) => backward_gemm(g, x, w, dy, true, None, extra),
         (false, _) => Vec::with_capacity(extra),
     };
@@ -151,4 +201,3 @@ fn dw_direct(simd: pulp::x86::V4, g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32
         }
     }
 }
-

@@ -104,7 +104,16 @@ fn winograd_matches_gemm() {
         (2, 40, 22, 21, 20, Padding::Symmetric(1), Act::Relu6, "odd width, 'same'"),
         (3, 16, 15, 16, 33, Padding::Symmetric(0), Act::Relu, "'valid', odd output"),
         (1, 24, 9, 13, 17, Padding::TfSame, Act::Identity, "batch 1 split by channels"),
-        (2, 16, 7, 40, 16, Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 }, Act::Identity, "asymmetric padding"),
+        (
+            2,
+            16,
+            7,
+            40,
+            16,
+            Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 },
+            Act::Identity,
+            "asymmetric padding",
+        ),
         (2, 64, 30, 30, 64, Padding::Symmetric(1), Act::Relu, "64 channels, several bands"),
         (2, 300, 14, 14, 20, Padding::Symmetric(1), Act::Identity, "a band of one microkernel pass"),
         (2, 16, 1, 2, 16, Padding::Symmetric(1), Act::Relu6, "a plane smaller than a tile"),
@@ -127,4 +136,3 @@ fn winograd_matches_gemm() {
         close(&dww, &dwg, &format!("{what}: dw"));
     }
 }
-

@@ -67,11 +67,20 @@ impl Packed {
     /// `dwt[k0 + j][c0 + 16 v..][..16] += sum xq[off[k0 + j] + q] * dyt[q][c0 + 16 v..][..16]`
     /// over the images and the real pixels of rows `at.rows`.
     #[inline(always)]
-    fn dw_block<const NK: usize, const NV: usize>(&self, simd: V4, xq: &[f32], dyt: &[f32], at: &DwAt, dwt: &mut [f32]) {
+    fn dw_block<const NK: usize, const NV: usize>(
+        &self,
+        simd: V4,
+        xq: &[f32],
+        dyt: &[f32],
+        at: &DwAt,
+        dwt: &mut [f32],
+    ) {
         let (wo, wq, cp) = (self.wo, self.wq, at.cp);
-        let mut acc: [[f32x16; NV]; NK] = std::array::from_fn(|j| std::array::from_fn(|v| load16(dwt, (at.k0 + j) * cp + at.c0 + v * LANES)));
+        let mut acc: [[f32x16; NV]; NK] =
+            std::array::from_fn(|j| std::array::from_fn(|v| load16(dwt, (at.k0 + j) * cp + at.c0 + v * LANES)));
         for img in 0..at.n {
-            let (xq, dyt) = (&xq[img * self.xq_len..][..self.xq_len], &dyt[img * self.wide() * cp..][..self.wide() * cp]);
+            let (xq, dyt) =
+                (&xq[img * self.xq_len..][..self.xq_len], &dyt[img * self.wide() * cp..][..self.wide() * cp]);
             for oy in at.rows.clone() {
                 let q0 = oy * wq;
                 // Each operand cut to exactly wo steps, so that the loop's indexing needs no checks.
@@ -120,7 +129,8 @@ impl Packed {
                         vec_or_zero(&dy[(c + j) * plane + oy * wo + ox..][..np])
                     });
                     for (i, col) in transpose16(simd, rows).iter().enumerate().take(np) {
-                        let dst: &mut [f32; LANES] = (&mut dyt[(oy * wq + ox + i) * cp + c..][..LANES]).try_into().expect("16 channels");
+                        let dst: &mut [f32; LANES] =
+                            (&mut dyt[(oy * wq + ox + i) * cp + c..][..LANES]).try_into().expect("16 channels");
                         *dst = pulp::cast(*col);
                     }
                 }

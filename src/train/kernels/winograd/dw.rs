@@ -14,7 +14,7 @@ use pulp::{f32x16, x86::V4};
 
 use super::super::direct::{transpose16, vec_or_zero};
 use super::super::prefetch;
-use super::{fma_pass, input_points, load16, stride, store, Plan, Rows, LANES, R_MAX, TILE_T, XI};
+use super::{fma_pass, input_points, load16, store, stride, Plan, Rows, LANES, R_MAX, TILE_T, XI};
 
 /// Per-thread scratch for dW: the padded image and dY channels-last, and `Vᵀ` and `dZᵀ` of one
 /// band.
@@ -61,7 +61,16 @@ impl Plan {
     /// The image padded so that every tile's 4x4 input lies inside it.
     fn x_layout(&self) -> Layout {
         let g = &self.tiles;
-        Layout { c: self.ci, h: g.h, w: g.w, pt: g.pt, pl: g.pl, hp: 2 * g.ho + 2, wp: 2 * g.wo + 2, cpad: self.ci_pad() }
+        Layout {
+            c: self.ci,
+            h: g.h,
+            w: g.w,
+            pt: g.pt,
+            pl: g.pl,
+            hp: 2 * g.ho + 2,
+            wp: 2 * g.wo + 2,
+            cpad: self.ci_pad(),
+        }
     }
 
     /// dY padded to whole 2x2 tiles (a zero row and column for odd sizes).
@@ -72,7 +81,14 @@ impl Plan {
 
     /// Adds one image's `dU` into `du` ([`Plan::du_len`] long): `ximg` the image, `dyimg` its
     /// output gradient (`co x ho x wo`).
-    pub(in crate::train::kernels) fn dw_image(&self, simd: V4, ximg: &[f32], dyimg: &[f32], b: &mut DwBufs, du: &mut [f32]) {
+    pub(in crate::train::kernels) fn dw_image(
+        &self,
+        simd: V4,
+        ximg: &[f32],
+        dyimg: &[f32],
+        b: &mut DwBufs,
+        du: &mut [f32],
+    ) {
         if self.ho * self.wo == 0 {
             return;
         }
@@ -257,7 +273,8 @@ fn dw_pass<const R: usize>(simd: V4, vtx: &[f32], dzx: &[f32], at: &DwPass, i0: 
     let (v, z) = (Rows { s: vtx, stride: cip, at: i0 }, Rows { s: dzx, stride: at.cop, at: at.o0 });
     let acc = fma_pass::<R>(simd, &v, &z, at.bt, acc);
     for (r, a) in acc.into_iter().enumerate() {
-        *<&mut [f32; TILE_T]>::try_from(&mut dux[(at.o0 + r) * cip + i0..][..TILE_T]).expect("32 values") = pulp::cast(a);
+        *<&mut [f32; TILE_T]>::try_from(&mut dux[(at.o0 + r) * cip + i0..][..TILE_T]).expect("32 values") =
+            pulp::cast(a);
     }
 }
 
@@ -265,7 +282,9 @@ fn dw_pass<const R: usize>(simd: V4, vtx: &[f32], dzx: &[f32], at: &DwPass, i0: 
 /// 0 -1]`, as `[i * 4 + j]`.
 #[inline(always)]
 fn dy_points(simd: V4, [[p, q], [r, s]]: [[f32x16; 2]; 2]) -> [f32x16; XI] {
-    let a = |u: f32x16, w: f32x16| [u, simd.add_f32x16(u, w), simd.sub_f32x16(u, w), simd.sub_f32x16(simd.splat_f32x16(0.0), w)];
+    let a = |u: f32x16, w: f32x16| {
+        [u, simd.add_f32x16(u, w), simd.sub_f32x16(u, w), simd.sub_f32x16(simd.splat_f32x16(0.0), w)]
+    };
     let (c0, c1) = (a(p, r), a(q, s));
     let (r0, r1, r2, r3) = (a(c0[0], c1[0]), a(c0[1], c1[1]), a(c0[2], c1[2]), a(c0[3], c1[3]));
     [r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3], r2[0], r2[1], r2[2], r2[3], r3[0], r3[1], r3[2], r3[3]]
