@@ -86,20 +86,14 @@ impl From<BackboneRow> for BackboneView {
 }
 
 fn architectures() -> Vec<ArchitectureView> {
-    let arch = |name: &str, description: &str, formats: &[&str]| ArchitectureView {
-        name: name.to_owned(),
-        description: description.to_owned(),
-        formats: formats.iter().map(|f| (*f).to_owned()).collect(),
-    };
-    vec![
-        arch("small_cnn", "A few conv-batch-norm-ReLU blocks; trains from scratch quickly on CPU", &["tanuki"]),
-        arch(
-            "mobilenet_v2",
-            "MobileNetV2 (width multiplier alpha), ImageNet weights in Keras or torchvision format",
-            &["keras", "torchvision", "tanuki"],
-        ),
-        arch("xception", "Xception, the guide's base (Keras-identical parameter counts)", &["keras", "tanuki"]),
-    ]
+    train::Architecture::ALL
+        .into_iter()
+        .map(|a| ArchitectureView {
+            name: a.name().to_owned(),
+            description: a.description().to_owned(),
+            formats: train::weight_formats(a).iter().map(|f| f.name().to_owned()).collect(),
+        })
+        .collect()
 }
 
 /// The model spec the uploaded file must fit.

@@ -46,4 +46,4 @@ pub use predict::predict;
 pub use spec::*;
 pub use summary::summarize;
 pub use validate::validate;
-pub use weights::{check_weights, WeightsError, WeightsFormat, WeightsReport};
+pub use weights::{check_weights, formats as weight_formats, WeightsError, WeightsFormat, WeightsReport};

@@ -119,6 +119,31 @@ pub enum Architecture {
     Xception,
 }
 
+impl Architecture {
+    /// Every architecture a job can name, in the order the API lists them.
+    pub const ALL: [Architecture; 3] = [Architecture::SmallCnn, Architecture::MobilenetV2, Architecture::Xception];
+
+    /// The name in specs and URLs (`small_cnn`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::SmallCnn => "small_cnn",
+            Architecture::MobilenetV2 => "mobilenet_v2",
+            Architecture::Xception => "xception",
+        }
+    }
+
+    /// One line for people choosing a backbone.
+    pub fn description(self) -> &'static str {
+        match self {
+            Architecture::SmallCnn => "A few conv-batch-norm-ReLU blocks; trains from scratch quickly on CPU",
+            Architecture::MobilenetV2 => {
+                "MobileNetV2 (width multiplier alpha), ImageNet weights in Keras or torchvision format"
+            }
+            Architecture::Xception => "Xception, the guide's base (Keras-identical parameter counts)",
+        }
+    }
+}
+
 /// Initial backbone weights: an uploaded weights file by id, or a checkpoint of an earlier job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use super::layers::Layer;
 use super::model::{self, Convention};
-use super::spec::{InputSpec, ModelSpec, SpecError};
+use super::spec::{Architecture, InputSpec, ModelSpec, SpecError};
 
 /// The metadata key under which our checkpoints record the numerics of their weights.
 pub const CONVENTION_KEY: &str = "tanuki.convention";
@@ -39,6 +39,26 @@ pub enum WeightsFormat {
     /// torchvision's module paths (`features.2.conv.1.0.weight`), PyTorch layouts (OIHW);
     /// torchvision numerics (batch-norm epsilon 1e-5, symmetric padding).
     Torchvision,
+}
+
+impl WeightsFormat {
+    /// The name in the API (`keras`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightsFormat::Tanuki => "tanuki",
+            WeightsFormat::Keras => "keras",
+            WeightsFormat::Torchvision => "torchvision",
+        }
+    }
+}
+
+/// The weights formats a file for `architecture` may be in: the one place this matrix is written.
+pub fn formats(architecture: Architecture) -> &'static [WeightsFormat] {
+    match architecture {
+        Architecture::SmallCnn => &[WeightsFormat::Tanuki],
+        Architecture::MobilenetV2 => &[WeightsFormat::Keras, WeightsFormat::Torchvision, WeightsFormat::Tanuki],
+        Architecture::Xception => &[WeightsFormat::Keras, WeightsFormat::Tanuki],
+    }
 }
 
 /// What a file that fits the architecture holds.
@@ -140,6 +160,15 @@ fn expected(
     format: WeightsFormat,
     with_head: bool,
 ) -> Result<Vec<Expected>, WeightsError> {
+    let architecture = model.backbone.architecture;
+    if !formats(architecture).contains(&format) {
+        return Err(WeightsError::Unsupported(format!(
+            "{} weights are not supported for {} (supported: {})",
+            format.name(),
+            architecture.name(),
+            formats(architecture).iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+        )));
+    }
     let mut out = Vec::new();
     for layer in layers {
         let head = layer.name.starts_with("head.");
