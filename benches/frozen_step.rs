@@ -5,13 +5,8 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use tanuki::train::fit::train_step;
-use tanuki::train::layers::ForwardCtx;
-use tanuki::train::loss::LossKind;
-use tanuki::train::model::Model;
-use tanuki::train::optim::Optimizer;
-use tanuki::train::rng::{self, Stream};
-use tanuki::train::spec::*;
+use tanuki::train::bench::{rng, train_step, ForwardCtx, LossKind, Model, Optimizer, Stream};
+use tanuki::train::*;
 
 const BATCH: usize = 32;
 const SIDE: u32 = 96;
@@ -34,6 +29,7 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    tanuki::train::configure_kernels(tanuki::config::KernelArgs::from_env().settings()).expect("first kernel settings");
     let model_spec = ModelSpec {
         backbone: BackboneSpec {
             architecture: Architecture::SmallCnn,
@@ -45,11 +41,11 @@ fn main() {
     };
     let input = InputSpec { height: SIDE, width: SIDE, ..InputSpec::default() };
     let mut model = Model::new(&model_spec, &input, 1).expect("model");
-    let mut rng = rng::rng(1, Stream::Augment, 0, 0, 0);
+    let mut draws = rng(1, Stream::Augment, 0, 0, 0);
     let x = {
         use rand::Rng;
         let n = BATCH * 3 * (SIDE * SIDE) as usize;
-        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let v: Vec<f32> = (0..n).map(|_| draws.gen_range(-1.0f32..1.0)).collect();
         Tensor::from_vec(v, (BATCH, 3, SIDE as usize, SIDE as usize), &Device::Cpu).expect("input")
     };
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
@@ -62,7 +58,7 @@ fn main() {
         epsilon: None,
         momentum: None,
     };
-    let ctx = |grad| ForwardCtx { dropout: grad, bn_training: false, grad, rng: rng::rng(1, Stream::Dropout, 0, 0, 0) };
+    let ctx = |grad| ForwardCtx::new(grad, false, grad, rng(1, Stream::Dropout, 0, 0, 0));
 
     let forward = median_ms(|| {
         model.forward(&x, &mut ctx(false)).expect("forward");

@@ -3,14 +3,15 @@
 //! `cargo bench --bench kernels` (about two minutes). Prints, per case, the median milliseconds
 //! per call of ours and of candle's stock op, and their ratio. `benches/keras_kernels.py` times
 //! the same cases in TensorFlow/Keras. Environment: `TANUKI_KERNEL_THREADS`,
-//! `TANUKI_KERNEL_NO_AVX512=1`, `TANUKI_CONV_TILE_KB`, and `BENCH_QUICK=1` (fewer runs), `BENCH_FILTER=substring` (only those cases),
+//! `TANUKI_KERNEL_NO_AVX512=1`, `TANUKI_CONV_TILE_KIB`, `TANUKI_CONV_NO_DIRECT=1`, `TANUKI_CONV_NO_WINOGRAD=1` (as the service reads them, `tanuki --help`), and `BENCH_QUICK=1` (fewer runs), `BENCH_FILTER=substring` (only those cases),
 //! `BENCH_NO_STOCK=1` (skip candle's ops, e.g. to profile ours), `BENCH_DEFAULT_MALLOC=1` (run
 //! without `tanuki::process_env::TUNED_ENV`).
 
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Result, Tensor, Var};
-use tanuki::train::kernels::{self, Padding};
+use tanuki::train::bench as kernels;
+use tanuki::train::bench::Padding;
 
 fn rand_t(dims: &[usize]) -> Tensor {
     Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap()
@@ -84,6 +85,7 @@ fn gemm_gflops(n: usize) -> f64 {
 }
 
 fn main() {
+    tanuki::train::configure_kernels(tanuki::config::KernelArgs::from_env().settings()).expect("first kernel settings");
     // The service's allocator and thread-pool settings (read at start-up only), as it runs with
     // them: re-run with them unless told not to.
     if std::env::var_os("BENCH_DEFAULT_MALLOC").is_none() {

@@ -11,21 +11,15 @@
 //!
 //! Steps run as the fit loop runs them: frozen phases with batch norm in inference mode and
 //! folded into the frozen convolutions, trainable ones with batch norm in training mode (as
-//! Keras's `fit`). Only the convolution/pooling ops differ between the two columns
-//! ([`ops::set_backend`]).
+//! Keras's `fit`). Only the convolution/pooling ops differ between the two columns (the
+//! forward context's [`Backend`]).
 
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
-use tanuki::train::fit::{train_step, train_step_from};
-use tanuki::train::layers::ForwardCtx;
-use tanuki::train::loss::LossKind;
-use tanuki::train::model::Model;
-use tanuki::train::ops::{self, Backend};
-use tanuki::train::optim::Optimizer;
-use tanuki::train::rng::{self, Stream};
-use tanuki::train::spec::*;
+use tanuki::train::bench::{rng, train_step, train_step_from, Backend, ForwardCtx, LossKind, Model, Optimizer, Stream};
+use tanuki::train::*;
 
 const BATCH: usize = 32;
 /// Images in the epoch of the feature-cache comparison.
@@ -54,16 +48,13 @@ impl Bench {
     }
 
     /// Times `f` under both backends and prints one table row.
-    fn row(&self, name: &str, mut f: impl FnMut()) {
+    fn row(&self, name: &str, mut f: impl FnMut(Backend)) {
         if !self.filter.is_empty() && !name.contains(&self.filter) {
             return;
         }
-        ops::set_backend(Backend::Fast);
-        let fast = self.time_ms(&mut f);
+        let fast = self.time_ms(|| f(Backend::Fast));
         if self.stock {
-            ops::set_backend(Backend::Stock);
-            let stock = self.time_ms(&mut f);
-            ops::set_backend(Backend::Fast);
+            let stock = self.time_ms(|| f(Backend::Stock));
             println!("| {name:<46} | {fast:>9.1} | {stock:>9.1} | {:>7.1}x |", stock / fast);
         } else {
             println!("| {name:<46} | {fast:>9.1} | {:>9} | {:>8} |", "-", "-");
@@ -72,13 +63,13 @@ impl Bench {
 }
 
 fn images(side: usize) -> Tensor {
-    let mut rng = rng::rng(1, Stream::Augment, 0, 0, 0);
+    let mut rng = rng(1, Stream::Augment, 0, 0, 0);
     let v: Vec<f32> = (0..BATCH * 3 * side * side).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
     Tensor::from_vec(v, (BATCH, 3, side, side), &Device::Cpu).expect("input")
 }
 
-fn ctx(grad: bool, bn_training: bool) -> ForwardCtx {
-    ForwardCtx { dropout: grad, bn_training, grad, rng: rng::rng(1, Stream::Dropout, 0, 0, 0) }
+fn ctx(backend: Backend, grad: bool, bn_training: bool) -> ForwardCtx {
+    ForwardCtx { backend, ..ForwardCtx::new(grad, bn_training, grad, rng(1, Stream::Dropout, 0, 0, 0)) }
 }
 
 /// Sets the phase's trainable set as the fit loop does (folds only with inference-mode BN).
@@ -107,6 +98,7 @@ fn model(backbone: BackboneSpec, side: u32) -> Model {
 }
 
 fn main() {
+    tanuki::train::configure_kernels(tanuki::config::KernelArgs::from_env().settings()).expect("first kernel settings");
     // The service's allocator and thread-pool settings (read at start-up only), as it runs with
     // them: re-run with them unless told not to.
     if std::env::var_os("BENCH_DEFAULT_MALLOC").is_none() {
@@ -119,10 +111,7 @@ fn main() {
         stock: std::env::var_os("BENCH_NO_STOCK").is_none(),
         filter: std::env::var("BENCH_FILTER").unwrap_or_default(),
     };
-    println!(
-        "batch {BATCH}, f32; milliseconds per step, median; kernel threads: {}",
-        tanuki::train::kernels::threads()
-    );
+    println!("batch {BATCH}, f32; milliseconds per step, median; kernel threads: {}", tanuki::train::bench::threads());
     println!("| {:<46} | {:>9} | {:>9} | {:>8} |", "case", "tanuki", "stock", "speed-up");
     println!("|{:-<48}|{:-<11}|{:-<11}|{:-<10}|", "", "", "", "");
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
@@ -139,12 +128,12 @@ fn main() {
     // Inference, as Keras's `model(x, training=False)`: batch norms folded into the convolutions
     // (TensorFlow's graph optimiser fuses them too), as evaluation and prediction run.
     let folding = cnn.inference_folding().expect("fold");
-    bench.row("(c) small CNN 96x96, forward", || {
-        cnn.forward_inference(0, &x, &folding).expect("forward");
+    bench.row("(c) small CNN 96x96, forward", |backend| {
+        cnn.forward_inference_on(backend, 0, &x, &folding).expect("forward");
     });
     let mut opt = phase(&mut cnn, &["all"], true);
-    bench.row("(c) small CNN 96x96, training step", || {
-        train_step(&cnn, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(true, true)).expect("step");
+    bench.row("(c) small CNN 96x96, training step", |backend| {
+        train_step(&cnn, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, true)).expect("step");
     });
     drop(cnn);
 
@@ -154,12 +143,12 @@ fn main() {
     let mut net = model(mobilenet, 160);
     let x = images(160);
     let mut opt = phase(&mut net, &["head"], false);
-    bench.row("(d) MobileNetV2 160, step, backbone frozen", || {
-        train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(true, false)).expect("step");
+    bench.row("(d) MobileNetV2 160, step, backbone frozen", |backend| {
+        train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, false)).expect("step");
     });
     let mut opt = phase(&mut net, &["all"], true);
-    bench.row("(d) MobileNetV2 160, step, all trainable", || {
-        train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(true, true)).expect("step");
+    bench.row("(d) MobileNetV2 160, step, all trainable", |backend| {
+        train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, true)).expect("step");
     });
 
     // A frozen-backbone epoch: the backbone every step vs the head on cached features (the
@@ -172,12 +161,13 @@ fn main() {
     let steps = EPOCH_IMAGES / BATCH;
     let mut backbone_epoch = || {
         for _ in 0..steps {
-            train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(true, false)).expect("step");
+            train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(Backend::Fast, true, false))
+                .expect("step");
         }
     };
     let plain = bench.time_ms(&mut backbone_epoch);
     let t = Instant::now();
-    let feats = net.forward_prefix(end, &x, &mut ctx(false, false)).expect("features");
+    let feats = net.forward_prefix(end, &x, &mut ctx(Backend::Fast, false, false)).expect("features");
     let cache_batch_ms = t.elapsed().as_secs_f64() * 1e3;
     let cached = Tensor::cat(&vec![feats; steps], 0).expect("cache"); // [EPOCH_IMAGES, 1280]
     let order: Vec<u32> = (0..EPOCH_IMAGES as u32).rev().collect();
@@ -186,7 +176,8 @@ fn main() {
         for chunk in order.chunks(BATCH) {
             let idx = Tensor::new(chunk, &Device::Cpu).expect("idx");
             let f = cached.index_select(&idx, 0).expect("select");
-            train_step_from(&net, end, &mut opt, LossKind::Binary, &f, &labels, &mut ctx(true, false)).expect("step");
+            train_step_from(&net, end, &mut opt, LossKind::Binary, &f, &labels, &mut ctx(Backend::Fast, true, false))
+                .expect("step");
         }
     });
     println!(

@@ -44,6 +44,14 @@ pub async fn run(config: Config, signal: impl Future<Output = ()> + Send + 'stat
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
     let tokens = config.load_api_tokens().map_err(|e| anyhow::anyhow!("reading TANUKI_API_TOKENS_FILE: {e}"))?;
     let auth = Auth::new(&tokens);
+    let kernels = config.kernels.settings();
+    // Several servers in one process (the tests) share the kernels; the first one's settings stand.
+    if let Err(active) = crate::train::configure_kernels(kernels) {
+        if active != kernels {
+            tracing::warn!(?active, requested = ?kernels, "kernel settings already installed in this process; keeping them");
+        }
+    }
+    tracing::info!(?kernels, avx512 = crate::train::kernels_use_avx512(), "CPU kernels");
     tracing::info!(api_tokens = tokens.len(), cors_origins = ?config.cors_origins, "access control");
     for dir in [config.data_dir.clone(), config.datasets_dir(), config.checkpoints_dir()] {
         std::fs::create_dir_all(&dir)?;

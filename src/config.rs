@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::train::KernelSettings;
+
 #[derive(Debug, Parser)]
 #[command(name = "tanuki", version, about = "A training-job service for transfer learning and fine-tuning")]
 pub struct Cli {
@@ -65,6 +67,48 @@ pub struct Config {
     /// Empty (the default) sends no CORS headers.
     #[arg(long, env = "TANUKI_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
+    #[command(flatten)]
+    pub kernels: KernelArgs,
+}
+
+/// The CPU kernels' settings (one value for the process, installed at start-up). The defaults
+/// are the fastest paths this CPU has; the switches are there to compare paths or to work around
+/// one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KernelArgs {
+    /// Threads per kernel call (default: the available parallelism).
+    #[arg(long, env = "TANUKI_KERNEL_THREADS", value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub kernel_threads: Option<u16>,
+    /// Never take the AVX-512 paths, even where the CPU has AVX-512 (the portable path).
+    #[arg(long, env = "TANUKI_KERNEL_NO_AVX512", global = true)]
+    pub kernel_no_avx512: bool,
+    /// Run every dense convolution as im2col + GEMM instead of the direct AVX-512 kernel.
+    #[arg(long, env = "TANUKI_CONV_NO_DIRECT", global = true)]
+    pub conv_no_direct: bool,
+    /// Run 3x3 stride-1 convolutions on the direct kernel instead of Winograd F(2x2, 3x3).
+    #[arg(long, env = "TANUKI_CONV_NO_WINOGRAD", global = true)]
+    pub conv_no_winograd: bool,
+    /// Size of an im2col tile of the GEMM convolution path, in KiB.
+    #[arg(long, env = "TANUKI_CONV_TILE_KIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20), global = true)]
+    pub conv_tile_kib: u32,
+}
+
+impl KernelArgs {
+    /// The settings from the environment alone (benchmarks, which have no command line of ours).
+    pub fn from_env() -> Self {
+        Cli::parse_from(["tanuki"]).config.kernels
+    }
+
+    pub fn settings(&self) -> KernelSettings {
+        KernelSettings {
+            threads: self.kernel_threads.map(usize::from),
+            avx512: !self.kernel_no_avx512,
+            direct_conv: !self.conv_no_direct,
+            winograd: !self.conv_no_winograd,
+            conv_tile_kib: self.conv_tile_kib as usize,
+        }
+    }
 }
 
 impl Config {

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::layers::ForwardCtx;
-use super::model::{Convention, Model};
-use super::*;
+use crate::train::fit::{loss, optim};
+use crate::train::model::{Convention, Model};
+use crate::train::nn::ForwardCtx;
+use crate::train::*;
 
 fn weights_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/weights")
@@ -28,7 +29,7 @@ fn side(n: u32) -> InputSpec {
 }
 
 fn inference() -> ForwardCtx {
-    ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, rng::Stream::Dropout, 0, 0, 0) }
+    ForwardCtx::new(false, false, false, rng::rng(0, rng::Stream::Dropout, 0, 0, 0))
 }
 
 /// The largest absolute difference between our feature map and Keras's, for one width.
@@ -171,8 +172,7 @@ fn xception_fine_tunes_through_its_max_pooling() {
     let mut opt = optim::Optimizer::new(&opt_spec, &model.params).unwrap();
     let before = model.params.snapshot().unwrap();
     let x = Tensor::randn(0f32, 1f32, (2, 3, 71, 71), &Device::Cpu).unwrap();
-    let mut ctx =
-        ForwardCtx { dropout: true, bn_training: false, grad: true, rng: rng::rng(1, rng::Stream::Dropout, 0, 0, 0) };
+    let mut ctx = ForwardCtx::new(true, false, true, rng::rng(1, rng::Stream::Dropout, 0, 0, 0));
     let (loss, _) = fit::train_step(&model, &mut opt, loss::LossKind::Binary, &x, &[0, 1], &mut ctx).unwrap();
     assert!(loss.is_finite());
     // The stem is below every max pool: it only changes if gradients flow through all of them.
@@ -234,7 +234,7 @@ fn check_weights_names_the_first_bad_tensor() {
 
 #[test]
 fn selectors_and_blocks_follow_keras_names() {
-    use super::model::{blocks, selector_matches};
+    use crate::train::model::{blocks, selector_matches};
     assert!(selector_matches("backbone.block_1", "backbone.block_1_expand_BN"));
     assert!(!selector_matches("backbone.block_1", "backbone.block_16_expand"));
     assert!(selector_matches("backbone.Conv_1", "backbone.Conv_1_bn"));
@@ -284,7 +284,7 @@ fn group_rates_pick_the_longest_selector() {
 
 #[test]
 fn top_blocks_and_group_rates_drive_a_phase() {
-    use super::tests::*;
+    use crate::train::tests::*;
     let f = fixture(4);
     let mut p = phase("top", &[], 0.05, 1);
     p.unfreeze_top_blocks = Some(1);
@@ -312,7 +312,7 @@ fn top_blocks_and_group_rates_drive_a_phase() {
 
 #[test]
 fn a_job_from_torchvision_weights_keeps_their_numerics_through_predict() {
-    use super::tests::*;
+    use crate::train::tests::*;
     let f = fixture(3);
     let mut s = spec(vec![phase("head", &["head"], 0.01, 1)]);
     s.model = backbone(Architecture::MobilenetV2, None, 1, 0.2);

@@ -12,7 +12,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use super::job::{CheckpointFile, TrainError};
+use crate::train::error::TrainError;
+use crate::train::job::CheckpointFile;
 
 /// File names for the checkpoint after `epoch` (1-based) of `phase` at `global_step`: unique
 /// per checkpoint, so a reader of an older one never sees it replaced.
@@ -36,7 +37,7 @@ pub fn write_with_metadata(
 ) -> Result<CheckpointFile, TrainError> {
     fs::create_dir_all(dir)?;
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)
-        .map_err(|e| TrainError::Weights(format!("serialising {name}: {e}")))?;
+        .map_err(|source| TrainError::CheckpointEncode { name: name.to_string(), source })?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     {
@@ -57,5 +58,5 @@ pub fn load_weights(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>, T
     let path = path.as_ref();
     let bytes = fs::read(path)?;
     candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .map_err(|e| TrainError::Weights(format!("{}: {e}", path.display())))
+        .map_err(|source| TrainError::CheckpointRead { path: path.to_path_buf(), source })
 }

@@ -1,6 +1,6 @@
 //! The narrow interface between the training code and whoever runs it: what goes in
 //! ([`TrainJob`], [`Control`]), what comes out while it runs ([`TrainEvent`] through an
-//! [`Observer`]) and at the end ([`TrainOutcome`] or [`TrainError`]).
+//! [`Observer`]) and at the end ([`TrainOutcome`] or a [`TrainError`](crate::train::error::TrainError)).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::spec::JobSpec;
+use crate::train::spec::{JobSpec, WeightsFormat};
 
 /// One labelled image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub struct TrainJob {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitialWeights {
     pub path: PathBuf,
-    pub format: super::weights::WeightsFormat,
+    pub format: WeightsFormat,
 }
 
 /// Where an interrupted job picks up.
@@ -173,7 +173,7 @@ pub enum TrainEvent {
         learning_rates: std::collections::BTreeMap<String, f64>,
         trainable_params: usize,
         non_trainable_params: usize,
-        batch_norm: super::spec::BatchNormMode,
+        batch_norm: crate::train::spec::BatchNormMode,
         /// How the frozen part runs, e.g. `"backbone_forward"` or `"full_backward"`.
         execution: String,
         /// Set when this phase continues from a checkpoint after an interruption.
@@ -232,23 +232,6 @@ pub struct TrainOutcome {
     /// The final model weights (after any restore of best weights), every parameter included.
     #[serde(default)]
     pub weights: Option<CheckpointFile>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// Stopped at a batch boundary because [`Control`] asked.
-    #[error("stopped: {0:?}")]
-    Stopped(StopReason),
-    #[error("invalid spec: {0}")]
-    Spec(#[from] super::spec::SpecError),
-    #[error("data: {0}")]
-    Data(String),
-    #[error("weights: {0}")]
-    Weights(String),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("tensor: {0}")]
-    Candle(#[from] candle_core::Error),
 }
 
 /// Keras's `model.summary(show_trainable=True)`, as data.

@@ -9,30 +9,27 @@
 //! `model.summary(show_trainable=True)`), [`check_weights`] (does a pretrained weights file fit
 //! an architecture?), [`run`] (the whole job) and [`predict`] (class probabilities of images
 //! from a trained model).
+//!
+//! Inside, each layer imports only the ones below it (docs/architecture.md draws the order):
+//! `spec`, `job`, `error`, `rng` and `kernels` at the bottom; `nn` (layers, params, ops, batch
+//! norm); `graph` (folding, fusion, the forward pass); `model` (the layer plans, one file per
+//! architecture, and the summary); `weights` (pretrained files); `data` (decoding, augmentation,
+//! the feature cache); `checkpoint`; `fit` (the loop); and the entry points on top.
 
-pub mod batch_norm;
-pub mod checkpoint;
-pub mod data;
-pub mod early_stopping;
-pub mod feature_cache;
-pub mod fit;
-pub mod fold;
-pub mod fusion;
-pub mod job;
-pub mod kernels;
-pub mod layers;
-pub mod loss;
-pub mod model;
-pub mod ops;
-pub mod optim;
-pub mod params;
-pub mod predict;
-pub mod rng;
-pub mod spec;
-pub mod step;
-pub mod summary;
-pub mod validate;
-pub mod weights;
+mod checkpoint;
+mod data;
+mod error;
+mod fit;
+mod graph;
+mod job;
+mod kernels;
+mod model;
+mod nn;
+mod predict;
+mod rng;
+mod spec;
+mod validate;
+mod weights;
 
 #[cfg(test)]
 mod backbone_tests;
@@ -40,10 +37,23 @@ mod backbone_tests;
 mod tests;
 
 pub use checkpoint::load_weights;
+pub use error::{TrainError, WeightsError};
 pub use fit::run;
 pub use job::*;
+pub use kernels::{configure as configure_kernels, has_avx512 as kernels_use_avx512, KernelSettings};
+pub use model::summarize;
 pub use predict::predict;
 pub use spec::*;
-pub use summary::summarize;
 pub use validate::validate;
-pub use weights::{check_weights, formats as weight_formats, WeightsError, WeightsFormat, WeightsReport};
+pub use weights::{check_weights, formats as weight_formats, WeightsReport};
+
+/// The internals the benchmarks in `benches/` time: not part of the service's interface, and
+/// free to change with the code they expose.
+#[doc(hidden)]
+pub mod bench {
+    pub use super::fit::{loss_kind, train_step, train_step_from, LossKind, Optimizer};
+    pub use super::kernels::{conv2d, depthwise_conv2d, has_avx512, max_pool2d, threads, Padding};
+    pub use super::model::Model;
+    pub use super::nn::{Backend, ForwardCtx};
+    pub use super::rng::{rng, Stream};
+}

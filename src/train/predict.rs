@@ -6,15 +6,15 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
-use super::checkpoint::load_weights;
-use super::data::augment::{self, Normalize};
-use super::data::decode;
-use super::fit::loss_kind;
-use super::job::TrainError;
-use super::loss::LossKind;
-use super::model::Model;
-use super::spec::{InputSpec, ModelSpec};
-use super::weights;
+use crate::train::checkpoint::load_weights;
+use crate::train::data::augment::{self, Normalize};
+use crate::train::data::decode;
+use crate::train::error::TrainError;
+use crate::train::fit::loss::LossKind;
+use crate::train::fit::loss_kind;
+use crate::train::model::Model;
+use crate::train::spec::{InputSpec, ModelSpec};
+use crate::train::weights;
 
 /// Images per forward pass (bounds memory whatever the number of images).
 const BATCH: usize = 16;
@@ -33,7 +33,7 @@ pub fn predict(
     images: &[Vec<u8>],
 ) -> Result<Predictions, TrainError> {
     let kind = loss_kind(model.head.units, classes.len())?;
-    let convention = weights::file_convention(weights).map_err(|e| TrainError::Weights(e.to_string()))?;
+    let convention = weights::file_convention(weights)?;
     let m = Model::with_convention(model, input, 0, convention)?;
     m.params.load(&load_weights(weights)?, |_| true)?;
     let (h, w) = (input.height as usize, input.width as usize);

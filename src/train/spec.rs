@@ -368,3 +368,29 @@ fn default_factor() -> f64 {
 fn default_true() -> bool {
     true
 }
+
+/// How a weights file names and lays out its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsFormat {
+    /// Our own checkpoints: `<layer>.<weight>` (`backbone.block_3_depthwise.depthwise_kernel`),
+    /// candle layouts; the numerics come from the file's metadata (Keras's when absent).
+    Tanuki,
+    /// `LAYER/WEIGHT` (`block_3_depthwise/depthwise_kernel`), TensorFlow layouts (HWIO;
+    /// depthwise `(h, w, c, 1)`); Keras numerics.
+    Keras,
+    /// torchvision's module paths (`features.2.conv.1.0.weight`), PyTorch layouts (OIHW);
+    /// torchvision numerics (batch-norm epsilon 1e-5, symmetric padding).
+    Torchvision,
+}
+
+impl WeightsFormat {
+    /// The name in the API (`keras`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightsFormat::Tanuki => "tanuki",
+            WeightsFormat::Keras => "keras",
+            WeightsFormat::Torchvision => "torchvision",
+        }
+    }
+}

@@ -1,9 +1,9 @@
 //! Spec validation: everything that can be checked without a database or the data, each error
 //! naming the JSON path of the offending field.
 
-use super::layers::Layer;
-use super::model::{self, selector_matches};
-use super::spec::{JobSpec, ModelSpec, PhaseSpec, SpecError};
+use crate::train::model::{self, selector_matches};
+use crate::train::nn::Layer;
+use crate::train::spec::{JobSpec, ModelSpec, PhaseSpec, SpecError};
 
 /// The largest input side accepted (memory for one batch grows with its square).
 const MAX_SIDE: u32 = 2048;
@@ -136,13 +136,6 @@ pub fn validate_phase(phase: &PhaseSpec, model: &ModelSpec, layers: &[Layer], at
         }
     }
     Ok(())
-}
-
-impl JobSpec {
-    /// See [`validate`].
-    pub fn validate(&self) -> Result<(), SpecError> {
-        validate(self)
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod decode;
+pub mod feature_cache;
 
 use std::sync::mpsc;
 
@@ -14,9 +15,10 @@ use rand::seq::SliceRandom;
 
 use self::augment::Normalize;
 use self::decode::Image;
-use super::job::{Sample, TrainError, TrainJob};
-use super::rng::{self, Stream};
-use super::spec::{AugmentationSpec, InputSpec};
+use crate::train::error::TrainError;
+use crate::train::job::{Sample, TrainJob};
+use crate::train::rng::{self, Stream};
+use crate::train::spec::{AugmentationSpec, InputSpec};
 
 /// How many prepared batches may wait for the trainer.
 const PREFETCH: usize = 2;
@@ -87,10 +89,6 @@ pub struct Batch {
 impl Batch {
     pub fn len(&self) -> usize {
         self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
     }
 
     /// `[n, 3, h, w]`

@@ -120,18 +120,12 @@ impl Geom {
     fn direct(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.s == 1 && self.pt == 0 && self.pl == 0
     }
-    /// Output pixels per im2col tile: the tile (K x pixels) takes about `TANUKI_CONV_TILE_KB`
-    /// (default 1 MiB) so that it stays in L2 next to the GEMM's packed panels.
+    /// Output pixels per im2col tile: the tile (K x pixels) takes about
+    /// [`KernelSettings::conv_tile_kib`](super::KernelSettings) (default 1 MiB) so that it stays
+    /// in L2 next to the GEMM's packed panels.
     fn tile(&self) -> usize {
-        static KB: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let kb = *KB.get_or_init(|| {
-            std::env::var("TANUKI_CONV_TILE_KB")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&v: &usize| v > 0)
-                .unwrap_or(1024)
-        });
-        (kb * 256 / self.k()).max(16).min(self.p())
+        let kib = super::settings::settings().conv_tile_kib.max(1);
+        (kib * 256 / self.k()).max(16).min(self.p())
     }
 }
 

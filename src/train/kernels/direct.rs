@@ -36,12 +36,9 @@ const TILE_NV: usize = 2;
 pub(super) const TILE_C: usize = TILE_NV * LANES;
 
 /// The AVX-512 token when this CPU has it and the direct path is not switched off
-/// (`TANUKI_CONV_DIRECT=0` falls back to im2col + GEMM).
+/// ([`KernelSettings::direct_conv`](super::KernelSettings) off falls back to im2col + GEMM).
 pub(super) fn simd() -> Option<V4> {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on =
-        *ON.get_or_init(|| std::env::var("TANUKI_CONV_DIRECT").map_or(true, |v| v != "0") && super::simd::has_avx512());
-    if on {
+    if super::settings::settings().direct_conv && super::simd::has_avx512() {
         V4::try_new()
     } else {
         None

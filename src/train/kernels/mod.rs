@@ -32,6 +32,7 @@ mod par;
 mod phase;
 mod pool;
 mod prefetch;
+mod settings;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
@@ -46,6 +47,7 @@ pub use epilogue::Act;
 pub(crate) use epilogue::{gated, Epilogue};
 pub use par::threads;
 pub(crate) use par::{par_items_zeroed, par_map};
+pub use settings::{configure, KernelSettings};
 pub use simd::has_avx512;
 pub(crate) use simd::{dispatch, Kernel};
 

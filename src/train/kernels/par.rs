@@ -5,14 +5,14 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-/// Threads the kernels use: `TANUKI_KERNEL_THREADS` if set, else the available parallelism.
+/// Threads the kernels use: [`KernelSettings::threads`](super::KernelSettings) if set, else the
+/// available parallelism.
 pub fn threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| {
-        std::env::var("TANUKI_KERNEL_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
+        super::settings::settings()
+            .threads
+            .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     })
 }

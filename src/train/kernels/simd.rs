@@ -19,13 +19,13 @@ fn run_avx512<K: Kernel>(k: K) -> K::Out {
 }
 
 /// Whether [`dispatch`] takes the AVX-512 path on this CPU.
-/// `TANUKI_KERNEL_NO_AVX512=1` turns it off (to compare, or to test the portable path).
+/// [`KernelSettings::avx512`](super::KernelSettings) off turns it off.
 pub fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::env::var_os("TANUKI_KERNEL_NO_AVX512").is_none()
+            super::settings::settings().avx512
                 && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512dq")

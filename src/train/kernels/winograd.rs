@@ -106,12 +106,10 @@ const R_MAX: usize = 14;
 const BAND_BYTES: usize = 512 << 10;
 
 /// The AVX-512 token when this CPU has it and neither the direct kernels nor Winograd is
-/// switched off (`TANUKI_CONV_WINOGRAD=0` takes 3x3 stride-1 convolutions back to the direct
-/// kernel).
+/// switched off ([`KernelSettings::winograd`](super::KernelSettings) off takes 3x3 stride-1
+/// convolutions back to the direct kernel).
 pub(super) fn simd() -> Option<V4> {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("TANUKI_CONV_WINOGRAD").map_or(true, |v| v != "0"));
-    super::direct::simd().filter(|_| on)
+    super::direct::simd().filter(|_| super::settings::settings().winograd)
 }
 
 /// A 3x3 stride-1 convolution's transformed weights and tile geometry.

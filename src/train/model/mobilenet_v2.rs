@@ -8,9 +8,9 @@
 //! `Conv_1_bn`, `out_relu`. Under the torchvision convention the pads are symmetric and batch
 //! norm's epsilon is 1e-5; shapes and counts do not change.
 
-use crate::train::layers::{Layer, LayerKind};
 use crate::train::model::Convention;
-use crate::train::ops::Pad;
+use crate::train::nn::Pad;
+use crate::train::nn::{Layer, LayerKind};
 use crate::train::spec::SpecError;
 
 /// The smallest input side Keras accepts.
@@ -177,7 +177,7 @@ mod tests {
         for w in weights {
             let n: usize = w.shape.iter().product();
             total += n;
-            if w.role == crate::train::params::Role::Stat {
+            if w.role == crate::train::nn::Role::Stat {
                 stats += n;
             }
         }

@@ -14,21 +14,22 @@
 
 pub mod mobilenet_v2;
 pub mod small_cnn;
+mod summary;
 pub mod xception;
 
-use std::collections::{HashMap, HashSet};
-use std::ops::Range;
+pub use summary::summarize;
+
+use std::collections::HashSet;
 
 use candle_core::{Device, Tensor};
 
-use super::fold::{self, Folding};
-use super::fusion;
-use super::job::TrainError;
-use super::layers::{ForwardCtx, Layer, LayerKind, BN_EPSILON, TORCH_BN_EPSILON};
-use super::ops::SamePadding;
-use super::params::ParamStore;
-use super::rng::{self, Stream};
-use super::spec::{Architecture, InputSpec, ModelSpec, PhaseSpec, SpecError};
+use crate::train::error::TrainError;
+use crate::train::graph::{self, Folding};
+use crate::train::nn::{
+    Backend, ForwardCtx, Layer, LayerKind, ParamStore, Role, SamePadding, BN_EPSILON, TORCH_BN_EPSILON,
+};
+use crate::train::rng::{self, Stream};
+use crate::train::spec::{Architecture, InputSpec, ModelSpec, PhaseSpec, SpecError};
 
 /// The numerics the weights were trained with, which the forward pass must reproduce: batch-norm
 /// epsilon and how "same" padding splits at stride 2. Shapes and parameter counts are the same
@@ -190,40 +191,49 @@ impl Model {
 
     /// `[batch, 3, h, w]` → logits `[batch, units]`.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(0..self.layers.len(), x, ctx, None)
+        graph::run(&self.layers, &self.params, 0..self.layers.len(), x, ctx, &self.folding)
     }
 
     /// `[batch, 3, h, w]` → the backbone's feature map `[batch, c, h', w']` (head not run).
     pub fn features(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
         let backbone = self.layers.iter().take_while(|l| l.name.starts_with("backbone.")).count();
-        self.run_layers(0..backbone, x, ctx, None)
+        graph::run(&self.layers, &self.params, 0..backbone, x, ctx, &self.folding)
     }
 
     /// The output of the first `end` layers (see [`Model::cacheable_prefix`]).
     pub fn forward_prefix(&self, end: usize, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(0..end, x, ctx, None)
+        graph::run(&self.layers, &self.params, 0..end, x, ctx, &self.folding)
     }
 
     /// Logits from the output of the first `start` layers, running the rest.
     pub fn forward_from(&self, start: usize, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor, TrainError> {
-        self.run_layers(start..self.layers.len(), x, ctx, None)
+        graph::run(&self.layers, &self.params, start..self.layers.len(), x, ctx, &self.folding)
     }
 
     /// Every conv → BN pair folded from the current weights, trainable or not (see
-    /// [`fold::plan_inference`]), for [`Model::forward_inference`]. Valid until the weights
+    /// [`graph::fold_inference`]), for [`Model::forward_inference`]. Valid until the weights
     /// change.
     pub fn inference_folding(&self) -> Result<Folding, TrainError> {
-        fold::plan_inference(&self.layers, &self.params)
+        graph::fold_inference(&self.layers, &self.params)
     }
 
     /// Logits from the output of the first `start` layers, in inference mode (batch norm on its
     /// moving statistics, no dropout, no graph), with the folds of
     /// [`Model::inference_folding`]: each batch norm runs inside its convolution's epilogue.
     pub fn forward_inference(&self, start: usize, x: &Tensor, folding: &Folding) -> Result<Tensor, TrainError> {
-        // The rng is unused with dropout off; any seed will do.
-        let mut ctx =
-            ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
-        self.run_layers(start..self.layers.len(), x, &mut ctx, Some(folding))
+        self.forward_inference_on(Backend::Fast, start, x, folding)
+    }
+
+    /// [`Model::forward_inference`] on the ops of `backend` (benchmarks compare the two).
+    pub fn forward_inference_on(
+        &self,
+        backend: Backend,
+        start: usize,
+        x: &Tensor,
+        folding: &Folding,
+    ) -> Result<Tensor, TrainError> {
+        let mut ctx = ForwardCtx { backend, ..ForwardCtx::inference() };
+        graph::run(&self.layers, &self.params, start..self.layers.len(), x, &mut ctx, folding)
     }
 
     /// How many leading layers compute a fixed function of the image in the current phase (no
@@ -239,11 +249,11 @@ impl Model {
         (end >= backbone && !reads_inside).then_some(end)
     }
 
-    /// Folds every frozen conv → BN pair (see [`fold`]) from the current weights; returns how
+    /// Folds every frozen conv → BN pair (see [`graph::fold_frozen`]) from the current weights; returns how
     /// many. Only forward passes with batch norm in inference mode use the folds. Call at the
     /// start of a phase and [`Model::unfold`] at its end.
     pub fn fold_frozen_batch_norms(&mut self) -> Result<usize, TrainError> {
-        self.folding = fold::plan(&self.layers, &self.params)?;
+        self.folding = graph::fold_frozen(&self.layers, &self.params)?;
         Ok(self.folding.convs.len())
     }
 
@@ -251,51 +261,11 @@ impl Model {
         self.folding = Folding::default();
     }
 
-    /// Runs the layers in `range`, wiring named inputs, as the steps [`fusion::plan`] makes
-    /// of them (padding, folded batch norms and activations merged into the kernel calls).
-    /// Only outputs referenced later are kept: with detached (frozen) weights nothing else holds
-    /// an activation, so a frozen prefix keeps just the tensor the trainable part starts from.
-    /// `folding` replaces the phase's own (`self.folding`) when given.
-    fn run_layers(
-        &self,
-        range: Range<usize>,
-        x: &Tensor,
-        ctx: &mut ForwardCtx,
-        folding: Option<&Folding>,
-    ) -> Result<Tensor, TrainError> {
-        let referenced: HashSet<&str> = self.layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
-        let folds = if ctx.bn_training { None } else { Some(folding.unwrap_or(&self.folding)) };
-        let mut saved: HashMap<&str, Tensor> = HashMap::new();
-        let mut x = x.clone();
-        for step in fusion::plan(&self.layers, range, folds, &referenced) {
-            let layer = &self.layers[step.layer];
-            let input = |name: &String| {
-                saved
-                    .get(name.as_str())
-                    .ok_or_else(|| TrainError::Weights(format!("{}: no output named {name}", layer.name)))
-            };
-            x = match (&layer.kind, layer.inputs.as_slice()) {
-                // Folded into the convolution before it: the identity.
-                (_, []) if folds.is_some_and(|f| f.batch_norms.contains(&layer.name)) => x,
-                (LayerKind::Add, [a, b]) => (input(a)? + input(b)?)?,
-                (_, []) => layer.forward_fused(&x, &self.params, ctx, step.fusion)?,
-                (_, [a]) => layer.forward_fused(input(a)?, &self.params, ctx, step.fusion)?,
-                _ => return Err(TrainError::Weights(format!("{}: unexpected inputs {:?}", layer.name, layer.inputs))),
-            };
-            // Only a step's last layer can be read by name (fusion keeps the others private).
-            let last = self.layers[step.span.end - 1].name.as_str();
-            if referenced.contains(last) {
-                saved.insert(last, x.clone());
-            }
-        }
-        Ok(x)
-    }
-
     /// How the current trainable set runs, for `PhaseStarted.execution`: `backbone_forward` when
     /// the backbone is entirely frozen (no graph through it), `full_backward` when every weight
     /// trains, `partial_backward` otherwise (the frozen prefix still builds no graph).
     pub fn execution(&self) -> &'static str {
-        let weights = || self.params.iter().filter(|p| p.role == super::params::Role::Weight);
+        let weights = || self.params.iter().filter(|p| p.role == Role::Weight);
         if weights().filter(|p| p.layer.starts_with("backbone.")).all(|p| !p.trainable()) {
             "backbone_forward"
         } else if weights().all(|p| p.trainable()) {

@@ -4,8 +4,8 @@
 //! conv has no bias because batch norm follows (its beta is the bias). Pooling halves the
 //! spatial size and is left out of a block once that would take a side below 2.
 
-use crate::train::layers::{Layer, LayerKind, BN_EPSILON};
-use crate::train::ops::Pad;
+use crate::train::nn::Pad;
+use crate::train::nn::{Layer, LayerKind, BN_EPSILON};
 use crate::train::spec::SpecError;
 
 /// Channel widths when the spec names none.

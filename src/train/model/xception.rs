@@ -7,9 +7,9 @@
 //! their block, and the residual sums are `block{n}_add`. Keras's ReLUs are `Activation` layers;
 //! they show as `ReLU` here.
 
-use crate::train::layers::{Layer, LayerKind};
 use crate::train::model::Convention;
-use crate::train::ops::Pad;
+use crate::train::nn::Pad;
+use crate::train::nn::{Layer, LayerKind};
 use crate::train::spec::SpecError;
 
 /// The smallest input side Keras accepts.
@@ -69,7 +69,7 @@ impl Builder {
 
     /// A downsampling block: [relu] sepconv-bn, relu, sepconv-bn, 3x3/2 max pool, plus the
     /// 1x1/2 conv-bn shortcut from the block's input.
-    fn down_block(&mut self, n: usize, f1: usize, f2: usize, first_relu: bool, same: crate::train::ops::SamePadding) {
+    fn down_block(&mut self, n: usize, f1: usize, f2: usize, first_relu: bool, same: crate::train::nn::SamePadding) {
         let input = self.last();
         let (in_h, in_w, in_c) = (self.h, self.w, self.c);
         if first_relu {

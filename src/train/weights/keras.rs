@@ -4,9 +4,9 @@
 //! Accepted spellings per weight: Keras 2's (`depthwise_kernel` for a `DepthwiseConv2D`), Keras
 //! 3's (`kernel` for it), each also with TensorFlow's `:0` suffix.
 
-use super::Layout;
-use crate::train::layers::{Layer, LayerKind};
 use crate::train::model::xception;
+use crate::train::nn::{Layer, LayerKind};
+use crate::train::weights::Layout;
 
 /// The names our weight `weight` of `layer` may have in a Keras file, and its layout there.
 pub fn names(layer: &Layer, weight: &str) -> (Vec<String>, Layout) {

@@ -19,38 +19,13 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::layers::Layer;
-use super::model::{self, Convention};
-use super::spec::{Architecture, InputSpec, ModelSpec, SpecError};
+use crate::train::error::WeightsError;
+use crate::train::model::{self, Convention};
+use crate::train::nn::Layer;
+use crate::train::spec::{Architecture, InputSpec, ModelSpec, WeightsFormat};
 
 /// The metadata key under which our checkpoints record the numerics of their weights.
 pub const CONVENTION_KEY: &str = "tanuki.convention";
-
-/// How a weights file names and lays out its tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightsFormat {
-    /// Our own checkpoints: `<layer>.<weight>` (`backbone.block_3_depthwise.depthwise_kernel`),
-    /// candle layouts; the numerics come from the file's metadata (Keras's when absent).
-    Tanuki,
-    /// `LAYER/WEIGHT` (`block_3_depthwise/depthwise_kernel`), TensorFlow layouts (HWIO;
-    /// depthwise `(h, w, c, 1)`); Keras numerics.
-    Keras,
-    /// torchvision's module paths (`features.2.conv.1.0.weight`), PyTorch layouts (OIHW);
-    /// torchvision numerics (batch-norm epsilon 1e-5, symmetric padding).
-    Torchvision,
-}
-
-impl WeightsFormat {
-    /// The name in the API (`keras`).
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightsFormat::Tanuki => "tanuki",
-            WeightsFormat::Keras => "keras",
-            WeightsFormat::Torchvision => "torchvision",
-        }
-    }
-}
 
 /// The weights formats a file for `architecture` may be in: the one place this matrix is written.
 pub fn formats(architecture: Architecture) -> &'static [WeightsFormat] {
@@ -73,38 +48,6 @@ pub struct WeightsReport {
     pub unused: Vec<String>,
     /// `keras` or `torchvision`: the numerics a model built on these weights runs with.
     pub convention: String,
-}
-
-/// Why a weights file cannot be used for an architecture.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum WeightsError {
-    #[error("not a readable safetensors file: {0}")]
-    Unreadable(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("missing tensor `{tensor}` (expected shape {expected:?})")]
-    Missing { tensor: String, expected: Vec<usize> },
-    #[error("tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
-    Shape { tensor: String, found: Vec<usize>, expected: Vec<usize> },
-    #[error("tensor `{tensor}` has dtype {dtype}, expected a float type")]
-    Dtype { tensor: String, dtype: String },
-    #[error("tensor `{tensor}` holds a NaN or infinite value")]
-    NotFinite { tensor: String },
-    #[error("invalid model: {0}")]
-    Spec(#[from] SpecError),
-}
-
-impl WeightsError {
-    /// The file's name of the offending tensor, when one is at fault.
-    pub fn tensor(&self) -> Option<&str> {
-        match self {
-            WeightsError::Missing { tensor, .. }
-            | WeightsError::Shape { tensor, .. }
-            | WeightsError::Dtype { tensor, .. }
-            | WeightsError::NotFinite { tensor } => Some(tensor),
-            _ => None,
-        }
-    }
 }
 
 /// How the file's layout becomes ours.

@@ -8,9 +8,10 @@
 //! BN, depthwise, BN, project, BN; `Conv_1` → `features.18.0`, `Conv_1_bn` → `features.18.1`;
 //! `head.dense` → `classifier.1` (only when asked for, e.g. an ImageNet check).
 
-use super::{Layout, WeightsError};
-use crate::train::layers::Layer;
+use crate::train::error::WeightsError;
+use crate::train::nn::Layer;
 use crate::train::spec::{Architecture, ModelSpec};
+use crate::train::weights::Layout;
 
 /// torchvision's module path of one of our MobileNetV2 layers (without `backbone.`).
 fn module(layer: &str) -> Option<String> {

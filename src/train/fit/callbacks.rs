@@ -6,8 +6,8 @@
 //! signal). Early stopping restores the phase's best weights when the phase ends, whether or
 //! not it stopped early (unlike Keras, see keras#12511 / #20323).
 
-use super::job::Metrics;
-use super::spec::{EarlyStoppingSpec, Monitor, ReduceLrSpec};
+use crate::train::job::Metrics;
+use crate::train::spec::{EarlyStoppingSpec, Monitor, ReduceLrSpec};
 
 /// The value a monitor watches, and whether lower is better.
 pub fn monitored(monitor: Monitor, train: &Metrics, validation: Option<&Metrics>) -> (f64, bool) {

@@ -8,13 +8,13 @@
 
 use candle_core::Tensor;
 
-use super::data::augment::Normalize;
-use super::data::{self, Dataset};
-use super::job::TrainError;
-use super::layers::ForwardCtx;
-use super::model::Model;
-use super::rng::{self, Stream};
-use super::spec::{AugmentationSpec, BatchNormMode, PhaseSpec};
+use crate::train::data::augment::Normalize;
+use crate::train::data::{self, Dataset};
+use crate::train::error::TrainError;
+use crate::train::model::Model;
+use crate::train::nn::ForwardCtx;
+
+use crate::train::spec::{AugmentationSpec, BatchNormMode, PhaseSpec};
 
 /// One set's stored features and labels.
 #[derive(Debug)]
@@ -31,14 +31,6 @@ impl Cached {
         let idx = Tensor::from_vec(idx, indices.len(), self.features.device())?;
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
         Ok((self.features.index_select(&idx, 0)?, labels))
-    }
-
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
     }
 }
 
@@ -93,8 +85,7 @@ pub fn compute(
     data::for_each_batch(ds, &order, batch_size, None, norm, |_, batch| {
         let x = batch.tensor(&model.device)?;
         // The rng is unused with dropout off.
-        let mut ctx =
-            ForwardCtx { dropout: false, bn_training: false, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) };
+        let mut ctx = ForwardCtx::inference();
         parts.push(model.forward_prefix(end, &x, &mut ctx)?);
         labels.extend_from_slice(&batch.labels);
         check()

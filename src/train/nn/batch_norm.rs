@@ -12,11 +12,10 @@
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::job::TrainError;
-use super::kernels::{self, with_f32, Act};
-use super::layers::{ForwardCtx, BN_MOMENTUM};
-use super::ops::{backend, Backend};
-use super::params::ParamStore;
+use crate::train::error::TrainError;
+use crate::train::kernels::{self, with_f32, Act};
+use crate::train::nn::ctx::{Backend, ForwardCtx, BN_MOMENTUM};
+use crate::train::nn::params::ParamStore;
 
 /// Batch norm of `x` (`[n, c, h, w]`) with layer `name`'s parameters, then `act` (fused: the
 /// activation layer after a batch norm costs no pass of its own, forward or backward).
@@ -30,8 +29,8 @@ pub fn forward(
     params: &ParamStore,
     ctx: &ForwardCtx,
 ) -> Result<Tensor, TrainError> {
-    if backend() == Backend::Stock || x.rank() != 4 || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
-        return super::ops::stock_epilogue(stock(x, name, c, epsilon, params, ctx)?, None, act);
+    if ctx.backend == Backend::Stock || x.rank() != 4 || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
+        return crate::train::nn::ops::stock_epilogue(stock(x, name, c, epsilon, params, ctx)?, None, act);
     }
     let gamma = params.tensor(name, "gamma", ctx.grad)?;
     let beta = params.tensor(name, "beta", ctx.grad)?;
@@ -41,7 +40,7 @@ pub fn forward(
         for (stat, batch) in [("moving_mean", &mean), ("moving_variance", &var)] {
             let p = params
                 .get(&format!("{name}.{stat}"))
-                .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}.{stat}")))?;
+                .ok_or_else(|| TrainError::MissingParam(format!("{name}.{stat}")))?;
             let batch = Tensor::from_slice(batch, c, x.device())?;
             p.var.set(&((p.var.as_detached_tensor() * BN_MOMENTUM)? + (batch * (1.0 - BN_MOMENTUM))?)?)?;
         }
@@ -335,7 +334,7 @@ pub(super) fn stock(
         for (stat, batch) in [("moving_mean", &mean), ("moving_variance", &var)] {
             let p = params
                 .get(&format!("{name}.{stat}"))
-                .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}.{stat}")))?;
+                .ok_or_else(|| TrainError::MissingParam(format!("{name}.{stat}")))?;
             let moved =
                 ((p.var.as_detached_tensor() * BN_MOMENTUM)? + (batch.detach().flatten_all()? * (1.0 - BN_MOMENTUM))?)?;
             p.var.set(&moved)?;
@@ -356,8 +355,8 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use crate::train::kernels::Act;
-    use crate::train::layers::ForwardCtx;
-    use crate::train::params::{ParamStore, Role};
+    use crate::train::nn::ForwardCtx;
+    use crate::train::nn::{ParamStore, Role};
     use crate::train::rng::{self, Stream};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -413,12 +412,7 @@ mod tests {
                     .unwrap();
             // A non-uniform upstream gradient, so every term of the backward formula shows.
             let weights = Tensor::randn(0f32, 1.0, (3, c, 4, 7), &dev).unwrap();
-            let ctx = ForwardCtx {
-                dropout: false,
-                bn_training: training,
-                grad: true,
-                rng: rng::rng(0, Stream::Dropout, 0, 0, 0),
-            };
+            let ctx = ForwardCtx::new(false, training, true, rng::rng(0, Stream::Dropout, 0, 0, 0));
             let fused = super::forward(x.as_tensor(), "bn", c, 1e-3, act, &fused_p, &ctx).unwrap();
             let stock = super::stock(x.as_tensor(), "bn", c, 1e-3, &stock_p, &ctx).unwrap();
             let stock = match act {

@@ -8,22 +8,16 @@
 //! `pointwise_kernel`, `gamma`, ...). A layer normally takes the previous layer's output; one
 //! with `inputs` takes named earlier outputs instead (residual connections).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::batch_norm;
-use super::fold::Folded;
-use super::job::TrainError;
-use super::kernels::Act;
-use super::ops::{self, Pad};
-use super::params::{ParamStore, Role};
-
-/// Keras's BatchNormalization defaults.
-pub const BN_MOMENTUM: f64 = 0.99;
-pub const BN_EPSILON: f64 = 1e-3;
-/// PyTorch's BatchNorm2d epsilon (torchvision weights were trained with it).
-pub const TORCH_BN_EPSILON: f64 = 1e-5;
+use crate::train::error::TrainError;
+use crate::train::kernels::Act;
+use crate::train::nn::batch_norm;
+use crate::train::nn::ctx::ForwardCtx;
+use crate::train::nn::ops::{self, Pad};
+use crate::train::nn::params::{ParamStore, Role};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
@@ -104,6 +98,18 @@ pub struct WeightSpec {
     pub init: Init,
 }
 
+/// A convolution with its following batch norm folded in.
+#[derive(Debug, Clone)]
+pub struct Folded {
+    /// Which of the layer's kernels is replaced (`kernel`, `depthwise_kernel` or, for a separable
+    /// convolution, `pointwise_kernel`: the one whose output channels the batch norm sees).
+    pub weight: &'static str,
+    /// The scaled kernel, same shape as the original (output channels first).
+    pub kernel: Tensor,
+    /// `[channels]`: replaces the convolution's bias (or adds one where it had none).
+    pub bias: Tensor,
+}
+
 /// A named layer and the shape it outputs (channels last, no batch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layer {
@@ -114,7 +120,7 @@ pub struct Layer {
     pub inputs: Vec<String>,
 }
 
-/// What [`super::fusion`] merged into a layer's call (nothing, by default).
+/// What [`crate::train::graph`] merged into a layer's call (nothing, by default).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fusion<'a> {
     /// A frozen convolution's kernel and bias with the batch norm after it folded in.
@@ -123,19 +129,6 @@ pub struct Fusion<'a> {
     pub pad: Pad,
     /// The activation layer after it.
     pub act: Act,
-}
-
-/// How a forward pass runs.
-#[derive(Debug)]
-pub struct ForwardCtx {
-    /// Dropout active (training steps only).
-    pub dropout: bool,
-    /// Batch norm uses batch statistics and updates the moving ones.
-    pub bn_training: bool,
-    /// Trainable parameters track gradients; off for evaluation so no graph is built at all.
-    pub grad: bool,
-    /// Draws dropout masks.
-    pub rng: ChaCha8Rng,
 }
 
 impl LayerKind {
@@ -270,7 +263,7 @@ impl Layer {
         self.forward_fused(x, params, ctx, Fusion::default())
     }
 
-    /// As [`Layer::forward`], with what [`super::fusion`] merged into this layer: a convolution
+    /// As [`Layer::forward`], with what [`crate::train::graph`] merged into this layer: a convolution
     /// runs with its folded kernel and bias, the padding of a `ZeroPadding2D` before it, and
     /// the activation after it; a batch norm with the activation after it.
     pub fn forward_fused(
@@ -286,7 +279,7 @@ impl Layer {
         if act != Act::Identity && !(conv || matches!(self.kind, LayerKind::BatchNorm { .. }))
             || pad != Pad::default() && !conv
         {
-            return Err(TrainError::Weights(format!(
+            return Err(TrainError::Graph(format!(
                 "{name}: {} cannot take a fused activation or padding",
                 self.kind.keras_class()
             )));
@@ -304,27 +297,33 @@ impl Layer {
         };
         Ok(match self.kind {
             LayerKind::Conv2d { stride, padding, bias: b, .. } => {
-                ops::conv2d(x, &weight("kernel")?, bias(b)?.as_ref(), act, stride, padding.plus(pad))?
+                ops::conv2d(ctx.backend, x, &weight("kernel")?, bias(b)?.as_ref(), act, stride, padding.plus(pad))?
             }
-            LayerKind::DepthwiseConv2d { stride, padding, bias: b, .. } => {
-                ops::depthwise_conv(x, &weight("depthwise_kernel")?, bias(b)?.as_ref(), act, stride, padding.plus(pad))?
-            }
+            LayerKind::DepthwiseConv2d { stride, padding, bias: b, .. } => ops::depthwise_conv(
+                ctx.backend,
+                x,
+                &weight("depthwise_kernel")?,
+                bias(b)?.as_ref(),
+                act,
+                stride,
+                padding.plus(pad),
+            )?,
             LayerKind::SeparableConv2d { padding, bias: b, .. } => {
                 let dk = weight("depthwise_kernel")?;
                 let pk = weight("pointwise_kernel")?;
-                let y = ops::depthwise_conv(x, &dk, None, Act::Identity, 1, padding.plus(pad))?;
-                ops::conv2d(&y, &pk, bias(b)?.as_ref(), act, 1, Pad::default())?
+                let y = ops::depthwise_conv(ctx.backend, x, &dk, None, Act::Identity, 1, padding.plus(pad))?;
+                ops::conv2d(ctx.backend, &y, &pk, bias(b)?.as_ref(), act, 1, Pad::default())?
             }
             LayerKind::ZeroPad(p) => ops::pad(x, p, 0.0)?,
             LayerKind::BatchNorm { channels, epsilon } => {
                 batch_norm::forward(x, name, channels, epsilon, act, params, ctx)?
             }
             LayerKind::Relu => x.relu()?,
-            LayerKind::Relu6 => ops::relu6(x)?,
-            LayerKind::MaxPool { size } => ops::max_pool_valid(x, size)?,
-            LayerKind::MaxPoolPadded { size, stride, padding } => ops::max_pool(x, size, stride, padding)?,
+            LayerKind::Relu6 => ops::relu6(ctx.backend, x)?,
+            LayerKind::MaxPool { size } => ops::max_pool_valid(ctx.backend, x, size)?,
+            LayerKind::MaxPoolPadded { size, stride, padding } => ops::max_pool(ctx.backend, x, size, stride, padding)?,
             LayerKind::Add => {
-                return Err(TrainError::Weights(format!("{name}: an Add layer needs two inputs")));
+                return Err(TrainError::Graph(format!("{name}: an Add layer needs two inputs")));
             }
             // [batch, c, h, w] -> [batch, c]
             LayerKind::GlobalAvgPool => x.mean((2, 3))?,
@@ -347,6 +346,3 @@ impl Layer {
         })
     }
 }
-
-/// f32 everywhere for now.
-pub const DTYPE: DType = DType::F32;

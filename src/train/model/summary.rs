@@ -3,10 +3,10 @@
 //! phase; totals per phase. Batch-norm moving statistics count in the total and are always
 //! non-trainable.
 
-use super::job::{LayerSummary, ModelSummary, PhaseParams};
-use super::model::{self, selector_matches};
-use super::params::Role;
-use super::spec::{InputSpec, ModelSpec, PhaseSpec, SpecError};
+use crate::train::job::{LayerSummary, ModelSummary, PhaseParams};
+use crate::train::model::{self, selector_matches};
+use crate::train::nn::Role;
+use crate::train::spec::{InputSpec, ModelSpec, PhaseSpec, SpecError};
 
 /// The summary of `model` at `input` under each of `phases`.
 pub fn summarize(model: &ModelSpec, input: &InputSpec, phases: &[PhaseSpec]) -> Result<ModelSummary, SpecError> {

@@ -7,26 +7,32 @@
 //! (docs/performance.md). After every epoch: validation (dropout off, batch norm in inference mode), the
 //! callbacks, and a checkpoint. The stop flag is checked after every batch and between epochs.
 
+mod callbacks;
+pub(crate) mod loss;
+pub(crate) mod optim;
+mod step;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::checkpoint::{self, load_weights};
-use super::data::augment::Normalize;
-use super::data::{self, AugmentFor, Dataset};
-use super::early_stopping::{EarlyStopping, ReduceLrOnPlateau};
-use super::feature_cache::{self, Cached, FeatureCache};
-use super::job::{Control, Metrics, Observer, ResumeFrom, ResumeState, TrainError, TrainEvent, TrainJob, TrainOutcome};
-use super::layers::ForwardCtx;
-use super::loss::LossKind;
-use super::model::{self, Model};
-use super::optim::Optimizer;
-use super::rng::{self, Stream};
-use super::spec::{BatchNormMode, PhaseSpec};
-use super::step::{check_stop, Sums};
-pub use super::step::{loss_kind, train_step, train_step_from};
-use super::weights::{self, WeightsError};
+use crate::train::checkpoint::{self, load_weights};
+use crate::train::data::augment::Normalize;
+use crate::train::data::feature_cache::{self, Cached, FeatureCache};
+use crate::train::data::{self, AugmentFor, Dataset};
+use crate::train::error::TrainError;
+use crate::train::fit::callbacks::{EarlyStopping, ReduceLrOnPlateau};
+use crate::train::fit::step::{check_stop, Sums};
+use crate::train::job::{Control, Metrics, Observer, ResumeFrom, ResumeState, TrainEvent, TrainJob, TrainOutcome};
+use crate::train::model::{self, Model};
+use crate::train::nn::ForwardCtx;
+use crate::train::rng::{self, Stream};
+use crate::train::spec::{BatchNormMode, PhaseSpec};
+use crate::train::weights;
+pub use loss::LossKind;
+pub use optim::Optimizer;
+pub use step::{loss_kind, train_step, train_step_from};
 
 /// Runs the whole job; see the module docs. Blocking: call it on a dedicated thread.
 pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Result<TrainOutcome, TrainError> {
@@ -37,7 +43,7 @@ pub fn run(job: &TrainJob, control: &Control, observer: &mut dyn Observer) -> Re
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
     /// Train head-only phases on cached backbone features when allowed (see
-    /// [`feature_cache`](super::feature_cache)). Off only to compare the two paths.
+    /// [`feature_cache`](crate::train::feature_cache)). Off only to compare the two paths.
     pub feature_cache: bool,
 }
 
@@ -55,7 +61,7 @@ pub fn run_with(
     options: RunOptions,
 ) -> Result<TrainOutcome, TrainError> {
     let spec = &job.spec;
-    super::validate::validate(spec)?;
+    crate::train::validate::validate(spec)?;
     let loss_kind = loss_kind(spec.model.head.units, job.classes.len())?;
     let n_classes = job.classes.len();
     let all = job.samples.iter().chain(job.validation_samples.iter().flatten());
@@ -131,13 +137,12 @@ pub fn run_with(
 /// with. A resumed job takes the numerics its checkpoint recorded.
 fn initial_model(job: &TrainJob) -> Result<Model, TrainError> {
     let spec = &job.spec;
-    let weights_error = |e: WeightsError| TrainError::Weights(e.to_string());
     let resumed = match &job.resume {
-        Some(r) => Some(weights::file_convention(&r.weights).map_err(weights_error)?),
+        Some(r) => Some(weights::file_convention(&r.weights)?),
         None => None,
     };
     let imported = match &job.initial_weights {
-        Some(w) => Some(weights::import(&spec.model, &spec.input, w.format, &w.path, false).map_err(weights_error)?),
+        Some(w) => Some(weights::import(&spec.model, &spec.input, w.format, &w.path, false)?),
         None => None,
     };
     let convention = resumed.or(imported.as_ref().map(|(_, c)| *c)).unwrap_or_default();
@@ -323,12 +328,8 @@ impl Fit<'_> {
         let mut sums = Sums::default();
         let Fit { model, observer, control, loss_kind, global_step, norm, train, .. } = self;
         let mut step = |b: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
-            let mut ctx = ForwardCtx {
-                dropout: true,
-                bn_training,
-                grad: true,
-                rng: rng::rng(spec.seed, Stream::Dropout, index, epoch, b),
-            };
+            let mut ctx =
+                ForwardCtx::new(true, bn_training, true, rng::rng(spec.seed, Stream::Dropout, index, epoch, b));
             let (loss, logits) = train_step_from(model, start, optimizer, *loss_kind, x, labels, &mut ctx)?;
             *global_step += 1;
             sums.add(loss, loss_kind.correct(&logits, labels)?, labels.len());

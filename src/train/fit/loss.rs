@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::job::TrainError;
+use crate::train::error::TrainError;
 
 /// Which loss the head's unit count implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
 
-use super::job::TrainError;
+use crate::train::error::{TrainError, WeightsError};
 
 /// What a parameter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +82,7 @@ impl ParamStore {
     /// The tensor of `<layer>.<weight>` to compute with (see [`Param::tensor`]).
     pub fn tensor(&self, layer: &str, weight: &str, grad: bool) -> Result<Tensor, TrainError> {
         let name = format!("{layer}.{weight}");
-        self.get(&name)
-            .map(|p| p.tensor(grad))
-            .ok_or_else(|| TrainError::Weights(format!("model has no parameter {name}")))
+        self.get(&name).map(|p| p.tensor(grad)).ok_or_else(|| TrainError::MissingParam(name))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Param> {
@@ -116,14 +114,12 @@ impl ParamStore {
     /// present with the right shape; others in `tensors` are ignored.
     pub fn load(&self, tensors: &HashMap<String, Tensor>, wanted: impl Fn(&str) -> bool) -> Result<(), TrainError> {
         for p in self.params.iter().filter(|p| wanted(&p.name)) {
-            let t = tensors.get(&p.name).ok_or_else(|| TrainError::Weights(format!("missing tensor {}", p.name)))?;
-            if t.dims() != p.var.dims() {
-                return Err(TrainError::Weights(format!(
-                    "tensor {} has shape {:?}, the model expects {:?}",
-                    p.name,
-                    t.dims(),
-                    p.var.dims()
-                )));
+            let expected = p.var.dims().to_vec();
+            let Some(t) = tensors.get(&p.name) else {
+                return Err(WeightsError::Missing { tensor: p.name.clone(), expected }.into());
+            };
+            if t.dims() != expected {
+                return Err(WeightsError::Shape { tensor: p.name.clone(), found: t.dims().to_vec(), expected }.into());
             }
             let t = t.to_dtype(p.var.dtype())?;
             p.var.set(&t)?;

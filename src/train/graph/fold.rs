@@ -10,23 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::Tensor;
-
-use super::job::TrainError;
-use super::layers::{Layer, LayerKind};
-use super::params::ParamStore;
-
-/// A convolution with its following batch norm folded in.
-#[derive(Debug, Clone)]
-pub struct Folded {
-    /// Which of the layer's kernels is replaced (`kernel`, `depthwise_kernel` or, for a separable
-    /// convolution, `pointwise_kernel`: the one whose output channels the batch norm sees).
-    pub weight: &'static str,
-    /// The scaled kernel, same shape as the original (output channels first).
-    pub kernel: Tensor,
-    /// `[channels]`: replaces the convolution's bias (or adds one where it had none).
-    pub bias: Tensor,
-}
+use crate::train::error::TrainError;
+use crate::train::nn::{Folded, Layer, LayerKind, ParamStore};
 
 /// The folds of one phase: convolutions to run with [`Folded`] tensors, and the batch norms
 /// that then become the identity.
@@ -34,12 +19,6 @@ pub struct Folded {
 pub struct Folding {
     pub convs: HashMap<String, Folded>,
     pub batch_norms: HashSet<String>,
-}
-
-impl Folding {
-    pub fn is_empty(&self) -> bool {
-        self.convs.is_empty()
-    }
 }
 
 /// The kernel a batch norm after this layer scales, if the layer is a convolution.
@@ -98,8 +77,8 @@ fn plan_where(layers: &[Layer], params: &ParamStore, frozen: impl Fn(&str) -> bo
 mod tests {
     use candle_core::Device;
 
-    use crate::train::layers::ForwardCtx;
     use crate::train::model::Model;
+    use crate::train::nn::ForwardCtx;
     use crate::train::rng::{self, Stream};
     use crate::train::spec::*;
 
@@ -130,12 +109,7 @@ mod tests {
         model.set_trainable(&["head".to_string(), "backbone.block_16".to_string()]);
         let before = model.params.snapshot().unwrap();
         let x = candle_core::Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
-        let ctx = || ForwardCtx {
-            dropout: false,
-            bn_training: false,
-            grad: false,
-            rng: rng::rng(0, Stream::Dropout, 0, 0, 0),
-        };
+        let ctx = || ForwardCtx::new(false, false, false, rng::rng(0, Stream::Dropout, 0, 0, 0));
         let plain = model.forward(&x, &mut ctx()).unwrap();
         let folds = model.fold_frozen_batch_norms().unwrap();
         assert!(folds > 30, "{folds} folds");

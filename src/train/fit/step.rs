@@ -1,14 +1,15 @@
 //! One optimisation step and the bookkeeping around steps: the loss for a head's shape, the
-//! running sums of an epoch, the stop check. Split from [`super::fit`], which drives them.
+//! running sums of an epoch, the stop check. Split from [`crate::train::fit::fit`], which drives them.
 
 use candle_core::Tensor;
 
-use super::job::{Control, Metrics, TrainError};
-use super::layers::ForwardCtx;
-use super::loss::LossKind;
-use super::model::Model;
-use super::optim::Optimizer;
-use super::spec::SpecError;
+use crate::train::error::TrainError;
+use crate::train::fit::loss::LossKind;
+use crate::train::fit::optim::Optimizer;
+use crate::train::job::{Control, Metrics};
+use crate::train::model::Model;
+use crate::train::nn::ForwardCtx;
+use crate::train::spec::SpecError;
 
 /// Binary cross-entropy for one unit and two classes, softmax for one unit per class.
 pub fn loss_kind(units: usize, classes: usize) -> Result<LossKind, TrainError> {

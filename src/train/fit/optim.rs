@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use super::job::TrainError;
-use super::model::selector_matches;
-use super::params::ParamStore;
-use super::spec::{OptimizerKind, OptimizerSpec};
+use crate::train::error::TrainError;
+use crate::train::model::selector_matches;
+use crate::train::nn::ParamStore;
+use crate::train::spec::{OptimizerKind, OptimizerSpec};
 
 /// The learnable variables of one phase with the optimizer's per-variable state.
 #[derive(Debug)]
@@ -155,9 +155,7 @@ impl Optimizer {
 
     /// Restores state written by [`Optimizer::export`] for the same set of variables.
     pub fn import(&mut self, state: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-        let get = |name: &str| {
-            state.get(name).ok_or_else(|| TrainError::Weights(format!("optimizer state has no tensor {name}")))
-        };
+        let get = |name: &str| state.get(name).ok_or_else(|| TrainError::OptimizerState(format!("no tensor {name}")));
         let (a, b) = self.slot_names();
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (slot, slots) in [(a, &mut self.slot_a), (b, &mut self.slot_b)] {
@@ -165,7 +163,7 @@ impl Optimizer {
                 let key = format!("{name}.{slot}");
                 let t = get(&key)?;
                 if t.dims() != var.dims() {
-                    return Err(TrainError::Weights(format!("optimizer tensor {key} has the wrong shape")));
+                    return Err(TrainError::OptimizerState(format!("tensor {key} has the wrong shape")));
                 }
                 slots[i] = t.copy()?;
             }

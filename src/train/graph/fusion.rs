@@ -3,8 +3,8 @@
 //! Run one by one, `ZeroPadding2D → DepthwiseConv2D → BatchNormalization → ReLU(6)` makes four
 //! full passes over the activation (and four allocations of it). The kernels take explicit
 //! padding and apply a per-channel bias and an activation to each tile as they write it
-//! ([`super::kernels::Act`]); with the batch norm folded into the convolution (a frozen phase,
-//! [`super::fold`]) or computed by the fused batch-norm op, the chain is one or two passes.
+//! ([`crate::train::kernels::Act`]); with the batch norm folded into the convolution (a frozen phase,
+//! [`crate::train::graph::fold`]) or computed by the fused batch-norm op, the chain is one or two passes.
 //!
 //! Only outputs nobody else reads are fused away: a layer inside a fused step must not be a
 //! named input of a later layer (residual connections read block outputs). The last layer of a
@@ -13,9 +13,9 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use super::fold::Folding;
-use super::kernels::Act;
-use super::layers::{Fusion, Layer, LayerKind};
+use crate::train::graph::fold::Folding;
+use crate::train::kernels::Act;
+use crate::train::nn::{Fusion, Layer, LayerKind};
 
 /// One call: `layers[layer]` with `fusion`, standing for `layers[span]`.
 #[derive(Debug, Clone)]
@@ -100,8 +100,8 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use crate::train::kernels::Act;
-    use crate::train::layers::{ForwardCtx, LayerKind};
     use crate::train::model::Model;
+    use crate::train::nn::{ForwardCtx, LayerKind};
     use crate::train::rng::{self, Stream};
     use crate::train::spec::*;
 
@@ -149,7 +149,7 @@ mod tests {
     }
 
     fn ctx(bn_training: bool) -> ForwardCtx {
-        ForwardCtx { dropout: false, bn_training, grad: false, rng: rng::rng(0, Stream::Dropout, 0, 0, 0) }
+        ForwardCtx::new(false, bn_training, false, rng::rng(0, Stream::Dropout, 0, 0, 0))
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

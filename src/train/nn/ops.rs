@@ -3,41 +3,15 @@
 //! overlapping max pooling, both as sums/maxima of shifted strided views so that every step has
 //! a gradient (candle's own max-pool backward refuses a window larger than its stride).
 //!
-//! Everything is NCHW. Each op runs [`super::kernels`] (fast CPU custom ops with their own
-//! backward) unless the process-wide [`Backend`] says [`Backend::Stock`]: then the reference
+//! Everything is NCHW. Each op runs [`crate::train::kernels`] (fast CPU custom ops with their own
+//! backward) unless the forward pass's [`Backend`] says [`Backend::Stock`]: then the reference
 //! implementations built from candle's own ops run, which benchmarks time side by side.
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 
-use super::job::TrainError;
-use super::kernels::{self, Act, Padding};
-
-/// Which implementation the convolution and pooling layers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// [`super::kernels`]: the default, and the only one the service uses.
-    Fast,
-    /// candle's stock ops (and the shifted-view reference ops below): for benchmarks only.
-    Stock,
-}
-
-/// Process-wide rather than per forward pass: the only user is a benchmark that switches it
-/// between timed runs, and threading it through every `ForwardCtx` would touch every caller.
-static STOCK: AtomicBool = AtomicBool::new(false);
-
-pub fn set_backend(backend: Backend) {
-    STOCK.store(backend == Backend::Stock, Ordering::Relaxed);
-}
-
-pub fn backend() -> Backend {
-    if STOCK.load(Ordering::Relaxed) {
-        Backend::Stock
-    } else {
-        Backend::Fast
-    }
-}
+use crate::train::error::TrainError;
+use crate::train::kernels::{self, Act, Padding};
+use crate::train::nn::ctx::Backend;
 
 fn kp(p: Pad) -> Padding {
     Padding::Explicit { top: p.top, bottom: p.bottom, left: p.left, right: p.right }
@@ -191,6 +165,7 @@ pub fn windows(x: &Tensor, kernel: usize, stride: usize, fill: f32) -> Result<Ve
 /// Depthwise convolution: `x` `[n, c, h, w]` (unpadded), `kernel` `[c, 1, k, k]`, then
 /// `act(y + bias)` per channel (fused into the kernel on the fast backend).
 pub fn depthwise_conv(
+    backend: Backend,
     x: &Tensor,
     kernel: &Tensor,
     bias: Option<&Tensor>,
@@ -198,7 +173,7 @@ pub fn depthwise_conv(
     stride: usize,
     p: Pad,
 ) -> Result<Tensor, TrainError> {
-    if backend() == Backend::Fast {
+    if backend == Backend::Fast {
         return Ok(kernels::depthwise_conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
     }
     let (c, _, k, _) = kernel.dims4()?;
@@ -232,8 +207,8 @@ pub(super) fn stock_epilogue(y: Tensor, bias: Option<&Tensor>, act: Act) -> Resu
 
 /// Max pooling of a `size` window at `stride` with padding that never wins (`-inf`), as
 /// TensorFlow's `padding="same"` pooling.
-pub fn max_pool(x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
-    if backend() == Backend::Fast {
+pub fn max_pool(backend: Backend, x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
+    if backend == Backend::Fast {
         return Ok(kernels::max_pool2d(x, size, stride, kp(p))?);
     }
     let x = pad(x, p, f32::NEG_INFINITY)?;
@@ -247,8 +222,8 @@ pub fn max_pool(x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor
 
 /// Non-overlapping `size` x `size` max pooling, "valid" padding. candle 0.11's own
 /// `max_pool2d` (the stock backend) scales its gradient by 1/size²; the kernel's is exact.
-pub fn max_pool_valid(x: &Tensor, size: usize) -> Result<Tensor, TrainError> {
-    match backend() {
+pub fn max_pool_valid(backend: Backend, x: &Tensor, size: usize) -> Result<Tensor, TrainError> {
+    match backend {
         Backend::Fast => Ok(kernels::max_pool2d(x, size, size, Padding::Symmetric(0))?),
         Backend::Stock => Ok(x.max_pool2d(size)?),
     }
@@ -257,8 +232,8 @@ pub fn max_pool_valid(x: &Tensor, size: usize) -> Result<Tensor, TrainError> {
 /// `min(max(x, 0), 6)` (Keras `ReLU(6.0)`). candle's `clamp` is a `maximum` then a `minimum`
 /// against broadcast scalars: two full passes forward and more backward, a fifth of a frozen
 /// MobileNetV2 step. [`Relu6`] is one pass each way.
-pub fn relu6(x: &Tensor) -> Result<Tensor, TrainError> {
-    match backend() {
+pub fn relu6(backend: Backend, x: &Tensor) -> Result<Tensor, TrainError> {
+    match backend {
         Backend::Fast if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => {
             Ok(x.contiguous()?.apply_op1(Relu6)?)
         }
@@ -295,6 +270,7 @@ impl candle_core::CustomOp1 for Relu6 {
 /// A conv2d with explicit (possibly asymmetric) padding, then `act(y + bias)` per output
 /// channel (fused into the kernel on the fast backend).
 pub fn conv2d(
+    backend: Backend,
     x: &Tensor,
     kernel: &Tensor,
     bias: Option<&Tensor>,
@@ -302,7 +278,7 @@ pub fn conv2d(
     stride: usize,
     p: Pad,
 ) -> Result<Tensor, TrainError> {
-    if backend() == Backend::Fast {
+    if backend == Backend::Fast {
         return Ok(kernels::conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
     }
     let y = if p.is_symmetric() {
@@ -346,7 +322,7 @@ mod tests {
         for (stride, p) in
             [(1, Pad::uniform(1)), (2, Pad { top: 0, bottom: 1, left: 0, right: 1 }), (2, Pad::uniform(1))]
         {
-            let ours = depthwise_conv(&x, &k, None, Act::Identity, stride, p).unwrap();
+            let ours = depthwise_conv(Backend::Fast, &x, &k, None, Act::Identity, stride, p).unwrap();
             let reference = pad(&x, p, 0.0).unwrap().conv2d(&k, 0, stride, 1, 3).unwrap();
             assert_eq!(ours.dims(), reference.dims());
             assert!(close(&ours, &reference), "stride {stride} {p:?}");
@@ -356,7 +332,7 @@ mod tests {
     #[test]
     fn relu6_matches_clamp_forward_and_backward() {
         let x = Var::from_tensor(&(ramp((2, 3, 5, 4)) * 0.7).unwrap()).unwrap();
-        let ours = relu6(x.as_tensor()).unwrap();
+        let ours = relu6(Backend::Fast, x.as_tensor()).unwrap();
         let stock = x.as_tensor().clamp(0f32, 6f32).unwrap();
         assert!(close(&ours, &stock));
         let g = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().clone();
@@ -367,7 +343,7 @@ mod tests {
     fn overlapping_max_pool_has_a_gradient() {
         let x = Var::from_tensor(&ramp((1, 2, 6, 5))).unwrap();
         let p = Pad::same(3, 2, 6, 5, SamePadding::TensorFlow);
-        let y = max_pool(x.as_tensor(), 3, 2, p).unwrap();
+        let y = max_pool(Backend::Fast, x.as_tensor(), 3, 2, p).unwrap();
         assert_eq!(y.dims(), &[1, 2, 3, 3]);
         // Brute force on the first channel.
         let v: Vec<Vec<f32>> = x.as_tensor().get(0).unwrap().get(0).unwrap().to_vec2().unwrap();
