@@ -13,7 +13,7 @@
 //!   before it parks, on a machine whose two cores the kernels' own threads are using: 7-9% of a
 //!   MobileNetV2 step. 2,000 rounds keep back-to-back candle ops quick without that.
 //!
-//! [`reexec_with_tuned_env`] re-runs the program with whichever of these are unset (a variable
+//! [`reexec_with_tuned_env`](crate::process_env::reexec_with_tuned_env) re-runs the program with whichever of these are unset (a variable
 //! already in the environment is left as it is; `TANUKI_TUNED_ENV=0` turns the re-run off).
 
 use std::ffi::OsStr;

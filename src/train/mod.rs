@@ -1,13 +1,13 @@
 //! Training: models, data pipeline, the fit loop, metrics and checkpoints, on candle.
 //!
-//! This module knows nothing of HTTP, SQL or async runtimes. It sees a [`TrainJob`] (a spec, the
-//! samples, where to write checkpoints, what to resume from), a [`Control`] (cooperative stop
-//! flag, checked after every batch) and an [`Observer`] (where events go). Whoever calls it
+//! This module knows nothing of HTTP, SQL or async runtimes. It sees a [`TrainJob`](crate::train::TrainJob) (a spec, the
+//! samples, where to write checkpoints, what to resume from), a [`Control`](crate::train::Control) (cooperative stop
+//! flag, checked after every batch) and an [`Observer`](crate::train::Observer) (where events go). Whoever calls it
 //! persists and broadcasts the events.
 //!
-//! The entry points are [`validate`] (spec checks without data), [`summarize`] (Keras's
-//! `model.summary(show_trainable=True)`), [`check_weights`] (does a pretrained weights file fit
-//! an architecture?), [`run`] (the whole job) and [`predict`] (class probabilities of images
+//! The entry points are [`validate`](crate::train::validate) (spec checks without data), [`summarize`](crate::train::summarize) (Keras's
+//! `model.summary(show_trainable=True)`), [`check_weights`](crate::train::check_weights) (does a pretrained weights file fit
+//! an architecture?), [`run`](crate::train::run) (the whole job) and [`predict`](crate::train::predict) (class probabilities of images
 //! from a trained model).
 //!
 //! Inside, each layer imports only the ones below it (docs/architecture.md draws the order):

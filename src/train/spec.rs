@@ -189,7 +189,7 @@ pub struct PhaseSpec {
     #[serde(default)]
     pub trainable: Vec<String>,
     /// Also makes the top N blocks of the backbone trainable (fastai's `freeze_to(-N)`): see
-    /// [`crate::train::model::blocks`] for what a block is per architecture.
+    /// `model::blocks` for what a block is per architecture.
     #[serde(default)]
     pub unfreeze_top_blocks: Option<usize>,
     pub optimizer: OptimizerSpec,

@@ -18,7 +18,7 @@ fn run_avx512<K: Kernel>(k: K) -> K::Out {
     k.run::<true>()
 }
 
-/// Whether [`dispatch`] takes the AVX-512 path on this CPU.
+/// Whether the kernels take their AVX-512 paths on this CPU.
 /// [`KernelSettings::avx512`](super::KernelSettings) off turns it off.
 pub fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -12,10 +12,10 @@ pub const TORCH_BN_EPSILON: f64 = 1e-5;
 /// Which implementation the convolution, pooling and batch-norm layers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// [`crate::train::kernels`]: the default, and the only one the service uses.
+    /// The kernels of `train::kernels`: the default, and the only one the service uses.
     #[default]
     Fast,
-    /// candle's stock ops (and the shifted-view reference ops of [`crate::train::nn::ops`]): for benchmarks
+    /// candle's stock ops (and the shifted-view reference ops of `nn::ops`): for benchmarks
     /// and as the reference of tests.
     Stock,
 }
