@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Result, Tensor, Var};
 use tanuki::train::bench as kernels;
-use tanuki::train::bench::Padding;
+use tanuki::train::bench::{Pad, SamePadding};
 
 fn rand_t(dims: &[usize]) -> Tensor {
     Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap()
@@ -113,37 +113,38 @@ fn main() {
     println!("| {:<44} | {:>9} | {:>9} | {:>8} |", "case", "tanuki", "candle", "speed-up");
     println!("|{:-<46}|{:-<11}|{:-<11}|{:-<10}|", "", "", "", "");
 
-    let conv = |s: usize| move |x: &Tensor, w: &Tensor| kernels::conv2d(x, w, s, Padding::Symmetric(1));
+    let conv = |s: usize| move |x: &Tensor, w: &Tensor| kernels::conv2d(x, w, s, Pad::uniform(1));
     let stock_conv = |s: usize| move |x: &Tensor, w: &Tensor| x.conv2d(w, 1, s, 1, 1);
     bench.case("conv3x3 56x56 64->64 s1", &[32, 64, 56, 56], &[64, 64, 3, 3], &conv(1), Some(&stock_conv(1)));
     bench.case("conv3x3 56x56 64->64 s2", &[32, 64, 56, 56], &[64, 64, 3, 3], &conv(2), None);
     bench.case("conv3x3 14x14 256->256 s1", &[32, 256, 14, 14], &[256, 256, 3, 3], &conv(1), Some(&stock_conv(1)));
-    let conv1 = |x: &Tensor, w: &Tensor| kernels::conv2d(x, w, 1, Padding::Symmetric(0));
+    let conv1 = |x: &Tensor, w: &Tensor| kernels::conv2d(x, w, 1, Pad::uniform(0));
     let stock1 = |x: &Tensor, w: &Tensor| x.conv2d(w, 0, 1, 1, 1);
     bench.case("conv1x1 28x28 192->64", &[32, 192, 28, 28], &[64, 192, 1, 1], &conv1, Some(&stock1));
 
-    let dw = |s: usize| move |x: &Tensor, w: &Tensor| kernels::depthwise_conv2d(x, w, s, Padding::Symmetric(1));
+    let dw = |s: usize| move |x: &Tensor, w: &Tensor| kernels::depthwise_conv2d(x, w, s, Pad::uniform(1));
     let stock_dw = |s: usize| move |x: &Tensor, w: &Tensor| x.conv2d(w, 1, s, 1, x.dim(1)?);
     bench.case("depthwise3x3 112x112x96 s1", &[32, 96, 112, 112], &[96, 1, 3, 3], &dw(1), Some(&stock_dw(1)));
     bench.case(
         "depthwise3x3 112x112x96 s2 (TF same)",
         &[32, 96, 112, 112],
         &[96, 1, 3, 3],
-        &|x, w| kernels::depthwise_conv2d(x, w, 2, Padding::TfSame),
+        &|x, w| kernels::depthwise_conv2d(x, w, 2, Pad::same(3, 2, 112, 112, SamePadding::TensorFlow)),
         None,
     );
     bench.case("depthwise3x3 28x28x192 s1", &[32, 192, 28, 28], &[192, 1, 3, 3], &dw(1), Some(&stock_dw(1)));
     bench.case("depthwise3x3 28x28x192 s2", &[32, 192, 28, 28], &[192, 1, 3, 3], &dw(2), None);
 
     // Max-pool: candle can run 3x3/2 forward but not backward; w is unused.
-    let pool = |x: &Tensor, _: &Tensor| kernels::max_pool2d(x, 3, 2, Padding::TfSame);
+    let pool =
+        |x: &Tensor, _: &Tensor| kernels::max_pool2d(x, 3, 2, Pad::same(3, 2, 147, 147, SamePadding::TensorFlow));
     bench.case("maxpool3x3 s2 (TF same) 147x147x64", &[32, 64, 147, 147], &[1], &pool, None);
     if !"maxpool".contains(&bench.filter) && !bench.filter.is_empty() {
         return;
     }
     let x = rand_t(&[32, 64, 147, 147]);
     let ours = time_ms(bench.runs, bench.budget, || {
-        kernels::max_pool2d(&x, 3, 2, Padding::Symmetric(0)).unwrap();
+        kernels::max_pool2d(&x, 3, 2, Pad::uniform(0)).unwrap();
     });
     let stock = time_ms(bench.runs, bench.budget, || {
         x.max_pool2d_with_stride(3, 2).unwrap();

@@ -52,7 +52,7 @@ pub use weights::{check_weights, formats as weight_formats, WeightsReport};
 #[doc(hidden)]
 pub mod bench {
     pub use super::fit::{loss_kind, train_step, train_step_from, LossKind, Optimizer};
-    pub use super::kernels::{conv2d, depthwise_conv2d, has_avx512, max_pool2d, threads, Padding};
+    pub use super::kernels::{conv2d, depthwise_conv2d, has_avx512, max_pool2d, threads, Pad, SamePadding};
     pub use super::model::Model;
     pub use super::nn::{Backend, ForwardCtx};
     pub use super::rng::{rng, Stream};

@@ -28,7 +28,7 @@ use super::epilogue::{self, Act, Epilogue};
 use super::gemm::{sgemm, Mat};
 use super::par::{par_items, par_items_zeroed, threads};
 use super::phase;
-use super::{dims4, f32_slice, Axis, Padding};
+use super::{dims4, f32_slice, Axis, Pad};
 #[cfg(target_arch = "x86_64")]
 use direct_path::{backward_direct, forward_direct, forward_winograd, winograd_plan};
 
@@ -57,7 +57,7 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
-    fn new(xl: &Layout, wl: &Layout, stride: usize, padding: Padding) -> Result<Self> {
+    fn new(xl: &Layout, wl: &Layout, stride: usize, padding: Pad) -> Result<Self> {
         let (n, ci, h, w) = dims4(xl, "conv2d input")?;
         let (co, wci, kh, kw) = dims4(wl, "conv2d kernel")?;
         if wci != ci {
@@ -430,7 +430,7 @@ fn backward_gemm(
 /// over `(x, w, bias)`.
 pub(crate) struct Conv2d {
     pub stride: usize,
-    pub padding: Padding,
+    pub padding: Pad,
     pub act: Act,
 }
 
@@ -519,7 +519,7 @@ impl CustomOp3 for Conv2d {
 /// The backward op: a flat tensor holding dX (if wanted) then dW (if wanted).
 struct Conv2dBackward {
     stride: usize,
-    padding: Padding,
+    padding: Pad,
     want_x: bool,
     want_w: bool,
 }

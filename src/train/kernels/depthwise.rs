@@ -17,7 +17,7 @@ use super::par::{par_items_zeroed, Items};
 use super::phase::{phase_pad, phase_pad_2d, Geom, Phased, LANES};
 use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
-use super::{dims4, f32_slice, Padding};
+use super::{dims4, f32_slice, Pad};
 
 /// Planes narrower than this run "flat" (3x3 kernels): rows are swept as one long vector
 /// instead of one short row at a time, which on a 10x10 or 5x5 plane would use 10 or 5 of
@@ -317,7 +317,7 @@ impl Kernel for Bwd<'_, '_> {
     }
 }
 
-fn geom(xl: &Layout, wl: &Layout, stride: usize, padding: Padding) -> Result<Geom> {
+fn geom(xl: &Layout, wl: &Layout, stride: usize, padding: Pad) -> Result<Geom> {
     let (n, c, h, w) = dims4(xl, "depthwise input")?;
     let (wc, one, kh, kw) = dims4(wl, "depthwise kernel")?;
     if wc != c || one != 1 {
@@ -333,7 +333,7 @@ fn geom(xl: &Layout, wl: &Layout, stride: usize, padding: Padding) -> Result<Geo
 /// `CustomOp3` over `(x, w, bias)`.
 pub(crate) struct Depthwise {
     pub stride: usize,
-    pub padding: Padding,
+    pub padding: Pad,
     pub act: Act,
 }
 
@@ -421,7 +421,7 @@ impl CustomOp3 for Depthwise {
 
 struct DepthwiseBackward {
     stride: usize,
-    padding: Padding,
+    padding: Pad,
     want_x: bool,
     want_w: bool,
 }

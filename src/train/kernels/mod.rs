@@ -28,6 +28,7 @@ mod depthwise;
 mod direct;
 mod epilogue;
 mod gemm;
+mod pad;
 mod par;
 mod phase;
 mod pool;
@@ -45,37 +46,12 @@ use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 
 pub use epilogue::Act;
 pub(crate) use epilogue::{gated, Epilogue};
+pub use pad::{Pad, SamePadding};
 pub use par::threads;
 pub(crate) use par::{par_items_zeroed, par_map};
 pub use settings::{configure, KernelSettings};
 pub use simd::has_avx512;
 pub(crate) use simd::{dispatch, Kernel};
-
-/// Spatial padding of a convolution or pooling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Padding {
-    /// `p` rows/columns on every side (PyTorch/candle style; `Symmetric(0)` is Keras's "valid").
-    /// The output is `(size + 2p - k) / stride + 1`.
-    Symmetric(usize),
-    /// TensorFlow/Keras "same": the output is `ceil(size / stride)`, and the padding needed for
-    /// that is split with the smaller half on top/left (at stride 2 with an even input and a 3x3
-    /// kernel: bottom/right only).
-    TfSame,
-    /// Explicit padding per side (each smaller than the kernel), as `ops::Pad` holds it.
-    Explicit { top: usize, bottom: usize, left: usize, right: usize },
-}
-
-impl Padding {
-    /// `(before, after)` along the height (`vertical`) or the width, for explicit padding.
-    fn explicit(&self, vertical: bool) -> Option<(usize, usize)> {
-        match *self {
-            Padding::Explicit { top, bottom, left, right } => {
-                Some(if vertical { (top, bottom) } else { (left, right) })
-            }
-            _ => None,
-        }
-    }
-}
 
 /// Resolved geometry along one spatial axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +61,7 @@ pub(crate) struct Axis {
     /// Kernel size.
     pub k: usize,
     pub stride: usize,
-    /// Padding before the first element (top or left).
+    /// Pad before the first element (top or left).
     pub pad: usize,
     /// Output size.
     pub out: usize,
@@ -93,14 +69,8 @@ pub(crate) struct Axis {
 
 impl Axis {
     /// Along the height (`vertical`) or the width.
-    pub(crate) fn along(vertical: bool, size: usize, k: usize, stride: usize, padding: Padding) -> Result<Self> {
-        match padding.explicit(vertical) {
-            Some((before, after)) => Self::explicit(size, k, stride, before, after),
-            None => Self::new(size, k, stride, padding),
-        }
-    }
-
-    fn explicit(size: usize, k: usize, stride: usize, before: usize, after: usize) -> Result<Self> {
+    pub(crate) fn along(vertical: bool, size: usize, k: usize, stride: usize, pad: Pad) -> Result<Self> {
+        let (before, after) = if vertical { (pad.top, pad.bottom) } else { (pad.left, pad.right) };
         if stride == 0 || k == 0 {
             bail!("kernels: stride and kernel size must be positive")
         }
@@ -111,34 +81,6 @@ impl Axis {
             bail!("kernels: input size {size} with padding ({before}, {after}) is smaller than the kernel size {k}")
         }
         Ok(Self { size, k, stride, pad: before, out: (size + before + after - k) / stride + 1 })
-    }
-
-    /// For `Symmetric` and `TfSame` (the same along both axes).
-    pub(crate) fn new(size: usize, k: usize, stride: usize, padding: Padding) -> Result<Self> {
-        if stride == 0 || k == 0 {
-            bail!("kernels: stride and kernel size must be positive")
-        }
-        let (pad, out) = match padding {
-            Padding::Explicit { .. } => bail!("kernels: explicit padding differs per axis (use Axis::along)"),
-            Padding::Symmetric(p) => {
-                if p >= k {
-                    bail!("kernels: padding {p} must be smaller than the kernel size {k}")
-                }
-                if size + 2 * p < k {
-                    bail!("kernels: input size {size} with padding {p} is smaller than the kernel size {k}")
-                }
-                (p, (size + 2 * p - k) / stride + 1)
-            }
-            Padding::TfSame => {
-                if size == 0 {
-                    bail!("kernels: empty input")
-                }
-                let out = size.div_ceil(stride);
-                let total = ((out - 1) * stride + k).saturating_sub(size);
-                (total / 2, out)
-            }
-        };
-        Ok(Self { size, k, stride, pad, out })
     }
 }
 
@@ -223,8 +165,8 @@ pub(crate) fn split_grads(
 
 /// Dense 2D convolution: `x` `[N, Ci, H, W]`, `w` `[Co, Ci, kh, kw]` -> `[N, Co, Ho, Wo]`.
 ///
-/// Drop-in for `x.conv2d(w, p, stride, 1, 1)` with `Padding::Symmetric(p)`.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
+/// Drop-in for `x.conv2d(w, p, stride, 1, 1)` with `Pad::uniform(p)`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Pad) -> Result<Tensor> {
     conv2d_fused(x, w, None, Act::Identity, stride, padding)
 }
 
@@ -236,7 +178,7 @@ pub fn conv2d_fused(
     bias: Option<&Tensor>,
     act: Act,
     stride: usize,
-    padding: Padding,
+    padding: Pad,
 ) -> Result<Tensor> {
     let op = conv::Conv2d { stride, padding, act };
     match bias {
@@ -247,8 +189,8 @@ pub fn conv2d_fused(
 
 /// Depthwise 2D convolution: `x` `[N, C, H, W]`, `w` `[C, 1, kh, kw]` -> `[N, C, Ho, Wo]`.
 ///
-/// Drop-in for `x.conv2d(w, p, stride, 1, C)` with `Padding::Symmetric(p)`.
-pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
+/// Drop-in for `x.conv2d(w, p, stride, 1, C)` with `Pad::uniform(p)`.
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: Pad) -> Result<Tensor> {
     depthwise_conv2d_fused(x, w, None, Act::Identity, stride, padding)
 }
 
@@ -259,7 +201,7 @@ pub fn depthwise_conv2d_fused(
     bias: Option<&Tensor>,
     act: Act,
     stride: usize,
-    padding: Padding,
+    padding: Pad,
 ) -> Result<Tensor> {
     let op = depthwise::Depthwise { stride, padding, act };
     match bias {
@@ -270,7 +212,7 @@ pub fn depthwise_conv2d_fused(
 
 /// Max pooling over `kernel x kernel` windows: `x` `[N, C, H, W]` -> `[N, C, Ho, Wo]`. Padded
 /// positions never win. Drop-in for `x.max_pool2d_with_stride(kernel, stride)` with
-/// `Padding::Symmetric(0)`, and differentiable for any kernel and stride.
-pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
+/// `Pad::default()`, and differentiable for any kernel and stride.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: Pad) -> Result<Tensor> {
     x.contiguous()?.apply_op1(pool::MaxPool { kernel, stride, padding })
 }

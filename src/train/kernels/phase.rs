@@ -7,7 +7,7 @@
 
 use candle_core::Result;
 
-use super::{gather_row, Axis, Padding};
+use super::{gather_row, Axis, Pad};
 
 /// Values of slack the layouts keep at their end (one vector block), so that a sweep's last
 /// block may read past the last row.
@@ -38,7 +38,7 @@ impl Geom {
         kh: usize,
         kw: usize,
         stride: usize,
-        padding: Padding,
+        padding: Pad,
     ) -> Result<Self> {
         let ay = Axis::along(true, h, kh, stride, padding)?;
         let ax = Axis::along(false, w, kw, stride, padding)?;

@@ -11,9 +11,9 @@ use super::par::{par_items_zeroed, Items};
 use super::phase::{phase_pad, Geom, Phased};
 use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
-use super::{dims4, f32_slice, Padding};
+use super::{dims4, f32_slice, Pad};
 
-fn geom(l: &Layout, kernel: usize, stride: usize, padding: Padding) -> Result<Geom> {
+fn geom(l: &Layout, kernel: usize, stride: usize, padding: Pad) -> Result<Geom> {
     let (n, c, h, w) = dims4(l, "max_pool2d input")?;
     Geom::new(n, c, h, w, kernel, kernel, stride, padding)
 }
@@ -201,7 +201,7 @@ impl Kernel for Bwd<'_, '_> {
 pub(crate) struct MaxPool {
     pub kernel: usize,
     pub stride: usize,
-    pub padding: Padding,
+    pub padding: Pad,
 }
 
 impl CustomOp1 for MaxPool {
@@ -228,7 +228,7 @@ impl CustomOp1 for MaxPool {
 struct MaxPoolBackward {
     kernel: usize,
     stride: usize,
-    padding: Padding,
+    padding: Pad,
 }
 
 impl candle_core::CustomOp2 for MaxPoolBackward {

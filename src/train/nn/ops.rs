@@ -10,81 +10,9 @@
 use candle_core::Tensor;
 
 use crate::train::error::TrainError;
-use crate::train::kernels::{self, Act, Padding};
+use crate::train::kernels::{self, Act};
+pub use crate::train::kernels::{Pad, SamePadding};
 use crate::train::nn::ctx::Backend;
-
-fn kp(p: Pad) -> Padding {
-    Padding::Explicit { top: p.top, bottom: p.bottom, left: p.left, right: p.right }
-}
-
-/// Zero (or `-inf`) padding per side, in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Pad {
-    pub top: usize,
-    pub bottom: usize,
-    pub left: usize,
-    pub right: usize,
-}
-
-/// How "same" padding is split when the total is odd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SamePadding {
-    /// TensorFlow/Keras: the extra row/column goes at the bottom/right (at stride 2 and an even
-    /// input, the top/left get none at all).
-    TensorFlow,
-    /// PyTorch: `kernel / 2` on every side, whatever the stride.
-    Symmetric,
-}
-
-impl Pad {
-    pub fn uniform(p: usize) -> Self {
-        Self { top: p, bottom: p, left: p, right: p }
-    }
-
-    /// "Same" padding of a `kernel` x `kernel` window at `stride` over an `h` x `w` input, so
-    /// that the output is `ceil(h / stride)` x `ceil(w / stride)`.
-    pub fn same(kernel: usize, stride: usize, h: usize, w: usize, style: SamePadding) -> Self {
-        match style {
-            SamePadding::Symmetric => Self::uniform(kernel / 2),
-            SamePadding::TensorFlow => {
-                let total = |n: usize| ((n.div_ceil(stride) - 1) * stride + kernel).saturating_sub(n);
-                let (th, tw) = (total(h), total(w));
-                Self { top: th / 2, bottom: th - th / 2, left: tw / 2, right: tw - tw / 2 }
-            }
-        }
-    }
-
-    /// This padding and `other` on top of it, per side.
-    pub fn plus(self, other: Pad) -> Pad {
-        Pad {
-            top: self.top + other.top,
-            bottom: self.bottom + other.bottom,
-            left: self.left + other.left,
-            right: self.right + other.right,
-        }
-    }
-
-    pub fn max_side(&self) -> usize {
-        self.top.max(self.bottom).max(self.left).max(self.right)
-    }
-
-    pub fn is_symmetric(&self) -> bool {
-        self.top == self.bottom && self.left == self.right && self.top == self.left
-    }
-
-    /// Output side of a `kernel` window at `stride` over `n` input pixels padded by `a + b`.
-    pub fn out_side(n: usize, a: usize, b: usize, kernel: usize, stride: usize) -> usize {
-        (n + a + b).saturating_sub(kernel) / stride + 1
-    }
-
-    /// Output `(h, w)` of a `kernel` window at `stride` over an `h` x `w` input with this padding.
-    pub fn out_hw(&self, h: usize, w: usize, kernel: usize, stride: usize) -> (usize, usize) {
-        (
-            Self::out_side(h, self.top, self.bottom, kernel, stride),
-            Self::out_side(w, self.left, self.right, kernel, stride),
-        )
-    }
-}
 
 /// Pads `x` (`[n, c, h, w]`) with `value` on each side.
 pub fn pad(x: &Tensor, p: Pad, value: f32) -> Result<Tensor, TrainError> {
@@ -174,7 +102,7 @@ pub fn depthwise_conv(
     p: Pad,
 ) -> Result<Tensor, TrainError> {
     if backend == Backend::Fast {
-        return Ok(kernels::depthwise_conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
+        return Ok(kernels::depthwise_conv2d_fused(x, kernel, bias, act, stride, p)?);
     }
     let (c, _, k, _) = kernel.dims4()?;
     let x = pad(x, p, 0.0)?;
@@ -209,7 +137,7 @@ pub(super) fn stock_epilogue(y: Tensor, bias: Option<&Tensor>, act: Act) -> Resu
 /// TensorFlow's `padding="same"` pooling.
 pub fn max_pool(backend: Backend, x: &Tensor, size: usize, stride: usize, p: Pad) -> Result<Tensor, TrainError> {
     if backend == Backend::Fast {
-        return Ok(kernels::max_pool2d(x, size, stride, kp(p))?);
+        return Ok(kernels::max_pool2d(x, size, stride, p)?);
     }
     let x = pad(x, p, f32::NEG_INFINITY)?;
     let views = windows(&x, size, stride, f32::NEG_INFINITY)?;
@@ -224,7 +152,7 @@ pub fn max_pool(backend: Backend, x: &Tensor, size: usize, stride: usize, p: Pad
 /// `max_pool2d` (the stock backend) scales its gradient by 1/size²; the kernel's is exact.
 pub fn max_pool_valid(backend: Backend, x: &Tensor, size: usize) -> Result<Tensor, TrainError> {
     match backend {
-        Backend::Fast => Ok(kernels::max_pool2d(x, size, size, Padding::Symmetric(0))?),
+        Backend::Fast => Ok(kernels::max_pool2d(x, size, size, Pad::default())?),
         Backend::Stock => Ok(x.max_pool2d(size)?),
     }
 }
@@ -279,7 +207,7 @@ pub fn conv2d(
     p: Pad,
 ) -> Result<Tensor, TrainError> {
     if backend == Backend::Fast {
-        return Ok(kernels::conv2d_fused(x, kernel, bias, act, stride, kp(p))?);
+        return Ok(kernels::conv2d_fused(x, kernel, bias, act, stride, p)?);
     }
     let y = if p.is_symmetric() {
         x.conv2d(kernel, p.top, stride, 1, 1)?

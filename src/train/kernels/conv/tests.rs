@@ -1,6 +1,7 @@
 //! The direct kernel against im2col + GEMM on shapes that take each of its tile sizes
 //! (on CPUs without AVX-512 there is nothing to compare: the GEMM path is all that runs).
 use super::*;
+use crate::train::kernels::SamePadding;
 
 fn rand(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -55,7 +56,7 @@ fn direct_kernel_matches_gemm_on_every_branch() {
     for (i, &(n, ci, h, w, co, k, s, p, what)) in cases.iter().enumerate() {
         let xl = Layout::contiguous((n, ci, h, w));
         let wl = Layout::contiguous((co, ci, k, k));
-        let g = Geom::new(&xl, &wl, s, Padding::Symmetric(p)).unwrap();
+        let g = Geom::new(&xl, &wl, s, Pad::uniform(p)).unwrap();
         assert!(g.direct_kernel().is_some(), "{what}: takes the direct kernel");
         let bias = rand(co, 200 + i as u64);
         compare(simd, &g, &Epilogue { bias: Some(&bias), act: Act::Relu6 }, i as u64, what);
@@ -78,9 +79,9 @@ fn direct_kernel_matches_gemm_on_random_shapes() {
         let (n, ci, co, k, st) = (1 + next(3), 1 + next(40), 1 + next(40), 1 + next(5), 1 + next(2));
         let (h, w) = (k + next(24), k + next(30));
         let padding = match next(3) {
-            0 => Padding::Symmetric(next(k)),
-            1 => Padding::TfSame,
-            _ => Padding::Explicit { top: next(k), bottom: next(k), left: next(k), right: next(k) },
+            0 => Pad::uniform(next(k)),
+            1 => Pad::same(k, st, h, w, SamePadding::TensorFlow),
+            _ => Pad { top: next(k), bottom: next(k), left: next(k), right: next(k) },
         };
         let (xl, wl) = (Layout::contiguous((n, ci, h, w)), Layout::contiguous((co, ci, k, k)));
         let Ok(g) = Geom::new(&xl, &wl, st, padding) else { continue };
@@ -101,22 +102,13 @@ fn direct_kernel_matches_gemm_on_random_shapes() {
 fn winograd_matches_gemm() {
     let Some(simd) = winograd::simd() else { return };
     let cases = [
-        (2, 40, 22, 21, 20, Padding::Symmetric(1), Act::Relu6, "odd width, 'same'"),
-        (3, 16, 15, 16, 33, Padding::Symmetric(0), Act::Relu, "'valid', odd output"),
-        (1, 24, 9, 13, 17, Padding::TfSame, Act::Identity, "batch 1 split by channels"),
-        (
-            2,
-            16,
-            7,
-            40,
-            16,
-            Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 },
-            Act::Identity,
-            "asymmetric padding",
-        ),
-        (2, 64, 30, 30, 64, Padding::Symmetric(1), Act::Relu, "64 channels, several bands"),
-        (2, 300, 14, 14, 20, Padding::Symmetric(1), Act::Identity, "a band of one microkernel pass"),
-        (2, 16, 1, 2, 16, Padding::Symmetric(1), Act::Relu6, "a plane smaller than a tile"),
+        (2, 40, 22, 21, 20, Pad::uniform(1), Act::Relu6, "odd width, 'same'"),
+        (3, 16, 15, 16, 33, Pad::uniform(0), Act::Relu, "'valid', odd output"),
+        (1, 24, 9, 13, 17, Pad::same(3, 1, 9, 13, SamePadding::TensorFlow), Act::Identity, "batch 1 split by channels"),
+        (2, 16, 7, 40, 16, Pad { top: 2, bottom: 0, left: 0, right: 2 }, Act::Identity, "asymmetric padding"),
+        (2, 64, 30, 30, 64, Pad::uniform(1), Act::Relu, "64 channels, several bands"),
+        (2, 300, 14, 14, 20, Pad::uniform(1), Act::Identity, "a band of one microkernel pass"),
+        (2, 16, 1, 2, 16, Pad::uniform(1), Act::Relu6, "a plane smaller than a tile"),
     ];
     for (i, &(n, ci, h, w, co, padding, act, what)) in cases.iter().enumerate() {
         let xl = Layout::contiguous((n, ci, h, w));
