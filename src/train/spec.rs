@@ -188,8 +188,10 @@ pub struct PhaseSpec {
     /// everything below it (recursively). May be empty when `unfreeze_top_blocks` is set.
     #[serde(default)]
     pub trainable: Vec<String>,
-    /// Also makes the top N blocks of the backbone trainable (fastai's `freeze_to(-N)`): see
-    /// `model::blocks` for what a block is per architecture.
+    /// Also makes the top N blocks of the backbone trainable (fastai's `freeze_to(-N)`). The
+    /// blocks, bottom to top: `backbone.block1`... for small_cnn and xception;
+    /// `backbone.expanded_conv`, `backbone.block_1`..`backbone.block_16`, `backbone.Conv_1` for
+    /// mobilenet_v2.
     #[serde(default)]
     pub unfreeze_top_blocks: Option<usize>,
     pub optimizer: OptimizerSpec,
