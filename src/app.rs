@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::datasets::ImportLimits;
 use crate::http::auth::Auth;
 use crate::http::{self, AppState, StateInner};
 use crate::jobs::{self, Jobs};
@@ -83,11 +82,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         jobs: jobs.clone(),
         uploads_dir: config.uploads_dir(),
         max_upload_bytes: config.max_upload_bytes,
-        import_limits: ImportLimits {
-            max_unpacked_bytes: config.max_unpacked_bytes,
-            max_image_pixels: config.max_image_pixels,
-            ..ImportLimits::default()
-        },
+        import_limits: config.import_limits(),
         sse_keepalive: std::time::Duration::from_secs(config.sse_keepalive_secs.max(1)),
         sse_max_lag_events: config.sse_max_lag_events.max(1),
         auth,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::datasets::ImportLimits;
 use crate::train::KernelSettings;
 
 #[derive(Debug, Parser)]
@@ -43,6 +44,13 @@ pub struct Config {
     /// Largest total size an archive may unpack to, in bytes.
     #[arg(long, env = "TANUKI_MAX_UNPACKED_BYTES", default_value_t = 16 << 30, global = true)]
     pub max_unpacked_bytes: u64,
+    /// Largest size one archive entry may unpack to, in bytes (by its header or in fact).
+    #[arg(long, env = "TANUKI_MAX_ENTRY_BYTES", default_value_t = 256 << 20, global = true)]
+    pub max_entry_bytes: u64,
+    /// Largest compression ratio (unpacked : compressed) of a zip entry or a tar.gz stream, once
+    /// past 1 MiB unpacked; beyond it the upload is refused as a decompression bomb.
+    #[arg(long, env = "TANUKI_MAX_COMPRESSION_RATIO", default_value_t = 100, global = true)]
+    pub max_compression_ratio: u64,
     /// Largest decoded image accepted, in pixels (width × height); larger ones are skipped.
     #[arg(long, env = "TANUKI_MAX_IMAGE_PIXELS", default_value_t = 40_000_000, global = true)]
     pub max_image_pixels: u64,
@@ -112,6 +120,17 @@ impl KernelArgs {
 }
 
 impl Config {
+    /// The bounds on what one dataset upload may cost.
+    pub fn import_limits(&self) -> ImportLimits {
+        ImportLimits {
+            max_unpacked_bytes: self.max_unpacked_bytes,
+            max_entry_bytes: self.max_entry_bytes,
+            max_compression_ratio: self.max_compression_ratio,
+            max_image_pixels: self.max_image_pixels,
+            ..ImportLimits::default()
+        }
+    }
+
     /// A configuration for tests and embedding: defaults with the given data directory.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         let mut config = Cli::parse_from(["tanuki"]).config;

@@ -2,19 +2,29 @@
 //!
 //! Owns the guarantee that nothing is written outside the extraction directory: every entry name
 //! is validated component by component (no absolute paths, `..`, drive prefixes, backslashes),
-//! links and device entries are refused, files are created with `create_new` so an existing path
+//! symlinks and device entries are refused, a tar hard link is resolved only to an earlier entry
+//! of the same archive (by copying it), files are created with `create_new` so an existing path
 //! is never followed, and the bytes actually written (not the sizes headers claim) are counted
-//! against the limit. It knows nothing about classes or images; `layout` does that afterwards.
+//! against the limits.
+//!
+//! Decompression bombs are refused before their bytes are written: an entry whose declared size
+//! is over the per-entry bound, or whose declared or actual compression ratio is beyond sane
+//! (zip entries one by one, a tar.gz as a whole stream), fails the import. Entries that do not
+//! start like a JPEG or PNG are skipped without being written (and reported as skipped); the
+//! full image check is `layout`'s, after extraction, as are classes.
 //!
 //! Errors from reading the archive are the upload's fault (`Corrupt`); errors from writing the
 //! extracted files are the server's (`Io`).
 
-use std::collections::HashSet;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use super::{DatasetError, ImportLimits};
+use super::images::looks_like_image;
+use super::{DatasetError, ImportLimits, SkippedFile};
 
 /// Archive formats, told apart by magic bytes only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +41,11 @@ const MAX_COMPONENT_BYTES: usize = 255;
 const MAX_NAME_BYTES: usize = 1024;
 /// Deep nesting has no use in an image dataset and would make the later walks recurse deeply.
 const MAX_DEPTH: usize = 32;
+/// Below this many unpacked bytes the compression ratio is not judged: small files (a blank
+/// PNG, an empty one) compress absurdly well and are harmless.
+const RATIO_FLOOR_BYTES: u64 = 1 << 20;
+/// The reason given for entries skipped at extraction; the same words as the image check's.
+const NOT_AN_IMAGE: &str = "not a JPEG or PNG image";
 
 /// Reads the first bytes of `path` and says which archive format it is.
 pub(crate) fn detect_format(path: &Path) -> Result<Format, DatasetError> {
@@ -58,15 +73,45 @@ pub(crate) fn detect_format(path: &Path) -> Result<Format, DatasetError> {
     }
 }
 
-/// Extracts every regular file of the archive into `into`, which must be an empty directory.
-pub(crate) fn extract(archive: &Path, format: Format, into: &Path, limits: &ImportLimits) -> Result<(), DatasetError> {
+/// Extracts every regular file of the archive that looks like an image into `into`, which must be
+/// an empty directory. Returns the entries skipped as not images, in archive order.
+pub(crate) fn extract(
+    archive: &Path,
+    format: Format,
+    into: &Path,
+    limits: &ImportLimits,
+) -> Result<Vec<SkippedFile>, DatasetError> {
     let mut sink = Sink::new(into, limits);
     let reader = BufReader::new(File::open(archive)?);
     match format {
-        Format::Zip => extract_zip(reader, &mut sink),
-        Format::Tar => extract_tar(reader, &mut sink),
-        Format::TarGz => extract_tar(flate2::read::GzDecoder::new(reader), &mut sink),
+        Format::Zip => extract_zip(reader, &mut sink)?,
+        Format::Tar => extract_tar(reader, &mut sink)?,
+        Format::TarGz => {
+            // The gzip stream as a whole: its ratio is judged on every read, skipped entries
+            // included, since tar has to inflate those too.
+            let compressed = Rc::new(Cell::new(0u64));
+            let counted = Counting { inner: reader, count: compressed.clone() };
+            let tripped = Rc::new(Cell::new(None));
+            let guard = RatioGuard {
+                inner: flate2::read::GzDecoder::new(counted),
+                compressed,
+                unpacked: 0,
+                max_ratio: limits.max_compression_ratio,
+                tripped: tripped.clone(),
+            };
+            let result = extract_tar(guard, &mut sink);
+            // The guard's io error reaches us wrapped by tar; the cell says what it was.
+            if let Some(ratio) = tripped.get() {
+                return Err(DatasetError::TooCompressed {
+                    entry: "the gzip stream".to_owned(),
+                    ratio,
+                    limit: limits.max_compression_ratio,
+                });
+            }
+            result?
+        }
     }
+    Ok(sink.skipped)
 }
 
 fn corrupt(e: impl std::fmt::Display) -> DatasetError {
@@ -94,7 +139,9 @@ fn extract_zip(reader: impl Read + io::Seek, sink: &mut Sink<'_>) -> Result<(), 
             return Err(DatasetError::UnsafeEntry { entry: name });
         }
         if let Some(rel) = rel {
-            sink.write_file(&rel, &name, &mut file)?;
+            let (declared, compressed) = (file.size(), file.compressed_size());
+            sink.check_declared(&name, declared, Some(compressed))?;
+            sink.write_file(&rel, &name, &mut file, Some(compressed))?;
         }
     }
     Ok(())
@@ -120,14 +167,25 @@ fn extract_tar(reader: impl Read, sink: &mut Sink<'_>) -> Result<(), DatasetErro
         if kind.is_dir() {
             continue;
         }
+        if kind == tar::EntryType::Link {
+            // `tar` stores a file seen twice as a hard link to its first copy.
+            let target = entry.link_name_bytes().map(|t| String::from_utf8(t.into_owned()));
+            let Some(Ok(target)) = target else {
+                return Err(DatasetError::UnsafeEntry { entry: name });
+            };
+            sink.link(rel, &name, &target)?;
+            continue;
+        }
         if !(kind.is_file() || kind.is_contiguous()) {
             return Err(DatasetError::UnsafeEntry { entry: name });
         }
         if let Some(rel) = rel {
             let declared = entry.size();
-            let written = sink.write_file(&rel, &name, &mut entry)?;
-            // The entry reader stops early only when the archive ends inside the file's data.
-            if written < declared {
+            sink.check_declared(&name, declared, None)?;
+            let written = sink.write_file(&rel, &name, &mut entry, None)?;
+            // The entry reader stops early only when the archive ends inside the file's data
+            // (a skipped entry reports 0; tar's own skip notices the truncation then).
+            if written.is_some_and(|w| w < declared) {
                 return Err(corrupt(format!("entry `{name}` is truncated")));
             }
         }
@@ -169,14 +227,59 @@ fn sanitize(name: &str) -> Result<Option<PathBuf>, DatasetError> {
     Ok((!ignored && depth > 0).then_some(path))
 }
 
+/// Counts the bytes read through it into a shared cell.
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Fails a read once more than `max_ratio` bytes have come out per byte that went in (past
+/// [`RATIO_FLOOR_BYTES`]), recording the ratio in `tripped`.
+struct RatioGuard<R> {
+    inner: R,
+    compressed: Rc<Cell<u64>>,
+    unpacked: u64,
+    max_ratio: u64,
+    tripped: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for RatioGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.unpacked += n as u64;
+        let ratio = self.unpacked / self.compressed.get().max(1);
+        if self.unpacked > RATIO_FLOOR_BYTES && ratio > self.max_ratio {
+            self.tripped.set(Some(ratio));
+            return Err(io::Error::other("compression ratio over the limit"));
+        }
+        Ok(n)
+    }
+}
+
+/// What became of an earlier entry, for hard links to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extracted {
+    Written,
+    Skipped,
+}
+
 /// Where extracted files go, with the running totals the limits are checked against.
 struct Sink<'a> {
     root: &'a Path,
     limits: &'a ImportLimits,
     entries: u64,
     bytes: u64,
-    files: HashSet<PathBuf>,
+    files: HashMap<PathBuf, Extracted>,
     dirs: HashSet<PathBuf>,
+    skipped: Vec<SkippedFile>,
     buf: Vec<u8>,
 }
 
@@ -187,10 +290,83 @@ impl<'a> Sink<'a> {
             limits,
             entries: 0,
             bytes: 0,
-            files: HashSet::new(),
+            files: HashMap::new(),
             dirs: HashSet::new(),
+            skipped: Vec::new(),
             buf: vec![0; 64 * 1024],
         }
+    }
+
+    /// Refuses an entry on what its header claims, before anything is read: its size, and for
+    /// a zip entry its compression ratio.
+    fn check_declared(&self, name: &str, size: u64, compressed: Option<u64>) -> Result<(), DatasetError> {
+        if size > self.limits.max_entry_bytes {
+            return Err(DatasetError::EntryTooLarge { entry: name.to_owned(), limit: self.limits.max_entry_bytes });
+        }
+        if let Some(compressed) = compressed {
+            self.check_ratio(name, size, compressed)?;
+        }
+        Ok(())
+    }
+
+    fn check_ratio(&self, name: &str, unpacked: u64, compressed: u64) -> Result<(), DatasetError> {
+        let ratio = unpacked / compressed.max(1);
+        if unpacked > RATIO_FLOOR_BYTES && ratio > self.limits.max_compression_ratio {
+            return Err(DatasetError::TooCompressed {
+                entry: name.to_owned(),
+                ratio,
+                limit: self.limits.max_compression_ratio,
+            });
+        }
+        Ok(())
+    }
+
+    /// A hard link `name` (sanitised to `rel`) to `target`: a copy of that earlier entry, or
+    /// skipped like it. A link to anything not extracted before it is unsafe.
+    fn link(&mut self, rel: Option<PathBuf>, name: &str, target: &str) -> Result<(), DatasetError> {
+        let unsafe_entry = || DatasetError::UnsafeEntry { entry: name.to_owned() };
+        let target_rel = sanitize(target).map_err(|_| unsafe_entry())?;
+        let (Some(rel), Some(target_rel)) = (rel, target_rel) else {
+            // A link to, or named as, an ignored entry (hidden, `__MACOSX`) is ignored as well.
+            return Ok(());
+        };
+        match self.files.get(&target_rel) {
+            Some(Extracted::Written) => {
+                let mut source = File::open(self.root.join(&target_rel))?;
+                self.write_file(&rel, name, &mut source, None)?;
+                Ok(())
+            }
+            Some(Extracted::Skipped) => {
+                self.claim(&rel, name)?;
+                self.skip(&rel, Extracted::Skipped);
+                Ok(())
+            }
+            None => Err(unsafe_entry()),
+        }
+    }
+
+    /// Records `rel` as taken, refusing a name seen twice or used both as a file and a folder.
+    fn claim(&mut self, rel: &Path, name: &str) -> Result<(), DatasetError> {
+        // Otherwise it would surface as a filesystem error (the server's fault) or silently
+        // overwrite; it is the archive's fault.
+        let clash = self.files.contains_key(rel)
+            || self.dirs.contains(rel)
+            || rel.ancestors().skip(1).any(|a| self.files.contains_key(a));
+        if clash {
+            return Err(corrupt(format!("entry `{name}` clashes with an earlier entry")));
+        }
+        for ancestor in rel.ancestors().skip(1) {
+            if ancestor.as_os_str().is_empty() || !self.dirs.insert(ancestor.to_path_buf()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, rel: &Path, as_: Extracted) {
+        self.files.insert(rel.to_path_buf(), as_);
+        let path = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        self.skipped.push(SkippedFile { path, reason: NOT_AN_IMAGE.to_owned() });
     }
 
     fn count_entry(&mut self) -> Result<(), DatasetError> {
@@ -201,22 +377,26 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    /// Copies one entry to `root/rel`, counting bytes as they are written. Returns the count.
-    fn write_file(&mut self, rel: &Path, name: &str, src: &mut dyn Read) -> Result<u64, DatasetError> {
-        // A name seen twice, or used both as a file and as a folder, would otherwise surface as a
-        // filesystem error (the server's fault) or silently overwrite; it is the archive's fault.
-        let clash = self.files.contains(rel)
-            || self.dirs.contains(rel)
-            || rel.ancestors().skip(1).any(|a| self.files.contains(a));
-        if clash {
-            return Err(corrupt(format!("entry `{name}` clashes with an earlier entry")));
+    /// Copies one entry to `root/rel`, counting bytes as they are written, unless its first
+    /// bytes are not an image's: then nothing is written. Returns the count (`None`: skipped).
+    /// `compressed`: the entry's compressed size, to judge the ratio of what actually comes out.
+    fn write_file(
+        &mut self,
+        rel: &Path,
+        name: &str,
+        src: &mut dyn Read,
+        compressed: Option<u64>,
+    ) -> Result<Option<u64>, DatasetError> {
+        self.claim(rel, name)?;
+        let read_error = |e: io::Error| corrupt(format!("reading entry `{name}`: {e}"));
+        let mut head = [0u8; 8];
+        let head_len = read_full(src, &mut head).map_err(read_error)?;
+        let head = &head[..head_len];
+        if !looks_like_image(head) {
+            self.skip(rel, Extracted::Skipped);
+            return Ok(None);
         }
-        for ancestor in rel.ancestors().skip(1) {
-            if ancestor.as_os_str().is_empty() || !self.dirs.insert(ancestor.to_path_buf()) {
-                break;
-            }
-        }
-        self.files.insert(rel.to_path_buf());
+        self.files.insert(rel.to_path_buf(), Extracted::Written);
 
         let target = self.root.join(rel);
         if let Some(parent) = target.parent() {
@@ -224,23 +404,46 @@ impl<'a> Sink<'a> {
         }
         // create_new: never follow or overwrite anything already at the path.
         let mut out = OpenOptions::new().write(true).create_new(true).open(&target)?;
-        let mut written = 0u64;
+        out.write_all(head)?;
+        let mut written = head.len() as u64;
+        self.bytes += written;
         loop {
             let n = match src.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(corrupt(format!("reading entry `{name}`: {e}"))),
+                Err(e) => return Err(read_error(e)),
             };
             written += n as u64;
             self.bytes += n as u64;
             if self.bytes > self.limits.max_unpacked_bytes {
                 return Err(DatasetError::TooLarge { limit: self.limits.max_unpacked_bytes });
             }
+            // Headers can lie: what comes out is held to the same bounds as what they claim.
+            if written > self.limits.max_entry_bytes {
+                return Err(DatasetError::EntryTooLarge { entry: name.to_owned(), limit: self.limits.max_entry_bytes });
+            }
+            if let Some(compressed) = compressed {
+                self.check_ratio(name, written, compressed)?;
+            }
             out.write_all(&self.buf[..n])?;
         }
-        Ok(written)
+        Ok(Some(written))
     }
+}
+
+/// Reads until `buf` is full or the source ends; returns how much was read.
+fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub(crate) enum Item {
     File(String, Vec<u8>),
     Dir(String),
     Symlink(String, String),
+    HardLink(String, String),
 }
 
 pub(crate) fn file(name: &str, bytes: Vec<u8>) -> Item {
@@ -23,6 +24,13 @@ pub(crate) fn jpeg() -> Vec<u8> {
     encoded(ImageFormat::Jpeg, 8, 8)
 }
 
+/// PNG magic followed by zeros: passes the sniff at extraction, compresses to almost nothing.
+fn png_then_zeros(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    bytes[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
+    bytes
+}
+
 pub(crate) fn write_zip(path: &Path, items: &[Item]) {
     use zip::write::SimpleFileOptions;
     let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
@@ -35,6 +43,7 @@ pub(crate) fn write_zip(path: &Path, items: &[Item]) {
             }
             Item::Dir(name) => zip.add_directory(name.as_str(), options).unwrap(),
             Item::Symlink(name, target) => zip.add_symlink(name.as_str(), target.as_str(), options).unwrap(),
+            Item::HardLink(..) => unreachable!("zip has no hard links"),
         }
     }
     zip.finish().unwrap();
@@ -52,6 +61,7 @@ pub(crate) fn write_tar(path: &Path, items: &[Item], gzip: bool) {
             Item::File(name, bytes) => (name, tar::EntryType::Regular, bytes, None),
             Item::Dir(name) => (name, tar::EntryType::Directory, &[], None),
             Item::Symlink(name, target) => (name, tar::EntryType::Symlink, &[], Some(target)),
+            Item::HardLink(name, target) => (name, tar::EntryType::Link, &[], Some(target)),
         };
         let mut header = tar::Header::new_gnu();
         header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
@@ -208,7 +218,7 @@ fn hidden_and_macosx_entries_are_ignored() {
 #[test]
 fn unpacked_size_limit_is_enforced() {
     // Highly compressible: the archive is tiny, the content is not.
-    let items = [file("cats/a.png", vec![0; 300_000]), file("dogs/b.png", vec![0; 300_000])];
+    let items = [file("cats/a.png", png_then_zeros(300_000)), file("dogs/b.png", png_then_zeros(300_000))];
     let limits = ImportLimits { max_unpacked_bytes: 500_000, ..ImportLimits::default() };
     for format in ["zip", "tar.gz"] {
         let fx = Fixture::new();
@@ -220,6 +230,114 @@ fn unpacked_size_limit_is_enforced() {
         assert!(fs::metadata(fx.upload()).unwrap().len() < 10_000);
         let err = fx.import(&limits).unwrap_err();
         assert!(matches!(err, DatasetError::TooLarge { limit: 500_000 }), "{format}: {err:?}");
+        fx.assert_clean();
+    }
+}
+
+#[test]
+fn one_entry_over_the_size_limit_is_refused_by_its_header() {
+    let items = [file("cats/a.png", png()), file("cats/big.png", png_then_zeros(300_000))];
+    let limits = ImportLimits { max_entry_bytes: 200_000, ..ImportLimits::default() };
+    for format in ["zip", "tar", "tar.gz"] {
+        let fx = Fixture::new();
+        match format {
+            "zip" => write_zip(&fx.upload(), &items),
+            _ => write_tar(&fx.upload(), &items, format == "tar.gz"),
+        }
+        let err = fx.import(&limits).unwrap_err();
+        assert!(
+            matches!(&err, DatasetError::EntryTooLarge { entry, limit: 200_000 } if entry == "cats/big.png"),
+            "{format}: {err:?}"
+        );
+        fx.assert_clean();
+    }
+}
+
+#[test]
+fn decompression_bombs_are_refused_before_they_are_written() {
+    // 8 MiB that deflate to a few kilobytes: over 100:1 for the zip entry and the gzip stream
+    // alike, whether the bytes look like an image or not.
+    for bytes in [png_then_zeros(8 << 20), vec![0; 8 << 20]] {
+        let items = [file("cats/a.png", png()), file("cats/bomb.png", bytes)];
+        for format in ["zip", "tar.gz"] {
+            let fx = Fixture::new();
+            if format == "zip" {
+                write_zip(&fx.upload(), &items);
+            } else {
+                write_tar(&fx.upload(), &items, true);
+            }
+            assert!(fs::metadata(fx.upload()).unwrap().len() < 100_000);
+            let err = fx.import(&ImportLimits::default()).unwrap_err();
+            assert!(matches!(err, DatasetError::TooCompressed { limit: 100, .. }), "{format}: {err:?}");
+            fx.assert_clean();
+        }
+    }
+    // The same bytes are accepted (as a corrupt image, skipped) when the ratio allowed is higher.
+    let fx = Fixture::new();
+    write_zip(&fx.upload(), &[file("cats/a.png", png()), file("cats/bomb.png", png_then_zeros(8 << 20))]);
+    let limits = ImportLimits { max_compression_ratio: 100_000, ..ImportLimits::default() };
+    let manifest = fx.import(&limits).unwrap();
+    assert_eq!((counts(&manifest), manifest.skipped), (vec![("cats", 1)], 1));
+}
+
+#[test]
+fn entries_that_are_not_images_are_skipped_without_being_written() {
+    let items = [
+        file("cats/a.png", png()),
+        file("cats/notes.txt", b"not an image".to_vec()),
+        file("dogs/b.jpg", jpeg()),
+        file("dogs/empty.jpg", Vec::new()),
+    ];
+    for format in ["zip", "tar"] {
+        let fx = Fixture::new();
+        if format == "zip" {
+            write_zip(&fx.upload(), &items);
+        } else {
+            write_tar(&fx.upload(), &items, false);
+        }
+        let manifest = fx.import(&ImportLimits::default()).unwrap();
+        assert_eq!(counts(&manifest), [("cats", 1), ("dogs", 1)], "{format}");
+        let skipped: Vec<_> = manifest.skipped_examples.iter().map(|s| (s.path.as_str(), s.reason.as_str())).collect();
+        assert_eq!(
+            skipped,
+            [("cats/notes.txt", "not a JPEG or PNG image"), ("dogs/empty.jpg", "not a JPEG or PNG image")],
+            "{format}"
+        );
+        assert!(!fx.dest().join("cats/notes.txt").exists());
+    }
+}
+
+#[test]
+fn tar_hard_links_to_earlier_entries_are_copies() {
+    let items = [
+        file("cats/a.png", png()),
+        Item::HardLink("cats/again.png".into(), "cats/a.png".into()),
+        file("dogs/b.jpg", jpeg()),
+        Item::HardLink("dogs/b-copy.jpg".into(), "./dogs/b.jpg".into()),
+        file("dogs/notes.txt", b"text".to_vec()),
+        Item::HardLink("dogs/notes-copy.txt".into(), "dogs/notes.txt".into()),
+    ];
+    let fx = Fixture::new();
+    write_tar(&fx.upload(), &items, true);
+    let manifest = fx.import(&ImportLimits::default()).unwrap();
+    assert_eq!((counts(&manifest), manifest.skipped), (vec![("cats", 2), ("dogs", 2)], 2));
+    assert_eq!(fs::read(fx.dest().join("cats/again.png")).unwrap(), png());
+    assert_eq!(fs::read(fx.dest().join("dogs/b-copy.jpg")).unwrap(), jpeg());
+    // Not a copy of the file it names, so editing one never changes the other.
+    let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(fx.dest().join(p)).unwrap());
+    assert_ne!(ino("cats/a.png"), ino("cats/again.png"));
+
+    // A link to an entry that is not earlier in the archive (or outside it) is refused.
+    for target in ["cats/later.png", "../outside.png", "/etc/passwd"] {
+        let items = [
+            Item::HardLink("cats/link.png".into(), target.into()),
+            file("cats/later.png", png()),
+            file("dogs/b.jpg", jpeg()),
+        ];
+        let fx = Fixture::new();
+        write_tar(&fx.upload(), &items, false);
+        let err = fx.import(&ImportLimits::default()).unwrap_err();
+        assert!(matches!(&err, DatasetError::UnsafeEntry { entry } if entry == "cats/link.png"), "{target}: {err:?}");
         fx.assert_clean();
     }
 }

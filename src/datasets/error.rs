@@ -24,6 +24,25 @@ pub enum DatasetError {
         /// The limit that was exceeded, in bytes.
         limit: u64,
     },
+    /// One entry is larger than allowed, by its header or by what it unpacked to.
+    #[error("archive entry `{entry}` unpacks to more than {limit} bytes")]
+    EntryTooLarge {
+        /// The entry's name as stored in the archive.
+        entry: String,
+        /// The per-entry limit, in bytes.
+        limit: u64,
+    },
+    /// An entry (or a tar.gz stream) unpacks to far more than it takes in the archive: a
+    /// decompression bomb, refused before its bytes are written.
+    #[error("archive entry `{entry}` is compressed {ratio}:1, beyond the limit of {limit}:1")]
+    TooCompressed {
+        /// The entry's name, or `the gzip stream` for a tar.gz.
+        entry: String,
+        /// Unpacked bytes per compressed byte, when it was refused.
+        ratio: u64,
+        /// The ratio allowed.
+        limit: u64,
+    },
     /// The archive holds more entries than allowed.
     #[error("the archive has more than {limit} entries")]
     TooManyEntries {
@@ -51,6 +70,8 @@ impl DatasetError {
             DatasetError::NotAnArchive => "not_an_archive",
             DatasetError::UnsafeEntry { .. } => "unsafe_archive_entry",
             DatasetError::TooLarge { .. } => "archive_too_large",
+            DatasetError::EntryTooLarge { .. } => "archive_entry_too_large",
+            DatasetError::TooCompressed { .. } => "archive_too_compressed",
             DatasetError::TooManyEntries { .. } => "too_many_entries",
             DatasetError::NoClasses => "no_class_folders",
             DatasetError::Corrupt(_) => "corrupt_archive",
@@ -75,6 +96,8 @@ mod tests {
             DatasetError::UnsafeEntry { entry: "../x".into() },
             DatasetError::TooLarge { limit: 1 },
             DatasetError::TooManyEntries { limit: 1 },
+            DatasetError::EntryTooLarge { entry: "x".into(), limit: 1 },
+            DatasetError::TooCompressed { entry: "x".into(), ratio: 2, limit: 1 },
             DatasetError::NoClasses,
             DatasetError::Corrupt("x".into()),
             DatasetError::Io(std::io::Error::other("x")),
@@ -87,6 +110,8 @@ mod tests {
                 "unsafe_archive_entry",
                 "archive_too_large",
                 "too_many_entries",
+                "archive_entry_too_large",
+                "archive_too_compressed",
                 "no_class_folders",
                 "corrupt_archive",
                 "io_error"

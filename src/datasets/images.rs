@@ -36,8 +36,12 @@ pub(crate) fn sniff_image(path: &Path) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
-    let head = &head[..filled];
-    Ok(head.starts_with(&[0xFF, 0xD8, 0xFF]) || head.starts_with(b"\x89PNG\r\n\x1a\n"))
+    Ok(looks_like_image(&head[..filled]))
+}
+
+/// Whether these first bytes of a file are JPEG or PNG magic.
+pub(crate) fn looks_like_image(head: &[u8]) -> bool {
+    head.starts_with(&[0xFF, 0xD8, 0xFF]) || head.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
 /// Checks one file. `Ok(None)` means a valid image, `Ok(Some(reason))` a file to skip; `Err` is

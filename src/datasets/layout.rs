@@ -51,9 +51,17 @@ pub struct SkippedFile {
 /// Normalises the tree extracted under `top`: picks the root, deletes every file that is not a
 /// valid image inside a class folder, drops classes left empty. Returns the directory that now
 /// holds exactly `<class>/<images>` (either `top` or its single wrapping folder) and the manifest.
-pub(crate) fn build(top: &Path, max_pixels: u64) -> Result<(PathBuf, DatasetManifest), DatasetError> {
+/// `extracted_skips`: what extraction already left out (not images), reported first.
+pub(crate) fn build(
+    top: &Path,
+    max_pixels: u64,
+    extracted_skips: Vec<SkippedFile>,
+) -> Result<(PathBuf, DatasetManifest), DatasetError> {
     let root = find_root(top)?;
     let mut skipped = Skipped::default();
+    for file in extracted_skips {
+        skipped.record(file);
+    }
 
     // Files beside the class folders (and beside a wrapping folder) belong to no class.
     let mut stray = files_in(top)?;
@@ -116,11 +124,15 @@ struct Skipped {
 
 impl Skipped {
     fn push(&mut self, top: &Path, file: &Path, reason: String) {
+        let rel = file.strip_prefix(top).unwrap_or(file);
+        let path = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        self.record(SkippedFile { path, reason });
+    }
+
+    fn record(&mut self, file: SkippedFile) {
         self.count += 1;
         if self.examples.len() < MAX_SKIPPED_EXAMPLES {
-            let rel = file.strip_prefix(top).unwrap_or(file);
-            let path = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-            self.examples.push(SkippedFile { path, reason });
+            self.examples.push(file);
         }
     }
 }
@@ -285,13 +297,16 @@ mod tests {
         let manifest = fx.import(&limits).unwrap();
         assert_eq!(counts(&manifest), [("cats", 2), ("dogs", 1)]);
         assert_eq!(manifest.skipped, 6);
-        let skipped: Vec<_> = manifest.skipped_examples.iter().map(|s| s.path.as_str()).collect();
+        // Files that are not images are skipped as they are extracted, the rest afterwards.
+        let reasons: std::collections::BTreeMap<_, _> =
+            manifest.skipped_examples.iter().map(|s| (s.path.as_str(), s.reason.as_str())).collect();
         assert_eq!(
-            skipped,
-            ["loose.png", "cats/broken/c.jpg", "cats/labels.csv", "dogs/big.png", "dogs/d.png", "empty/notes.txt"]
+            reasons.keys().copied().collect::<Vec<_>>(),
+            ["cats/broken/c.jpg", "cats/labels.csv", "dogs/big.png", "dogs/d.png", "empty/notes.txt", "loose.png"]
         );
-        assert!(manifest.skipped_examples[3].reason.contains("pixels"));
-        assert_eq!(manifest.skipped_examples[2].reason, "not a JPEG or PNG image");
+        assert!(reasons["dogs/big.png"].contains("pixels"));
+        assert_eq!(reasons["cats/labels.csv"], "not a JPEG or PNG image");
+        assert_eq!(reasons["loose.png"], "not inside a class folder");
         // Only valid images remain; emptied folders and image-less classes are gone.
         assert!(fx.dest().join("cats/nested/deeper/b.jpg").is_file());
         assert!(!fx.dest().join("cats/broken").exists());

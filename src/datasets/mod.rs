@@ -29,13 +29,24 @@ pub struct ImportLimits {
     pub max_unpacked_bytes: u64,
     /// Archive entries of any kind, folders included.
     pub max_entries: u64,
+    /// Bytes one entry may unpack to (declared in its header or actually written).
+    pub max_entry_bytes: u64,
+    /// Unpacked bytes per compressed byte allowed for a zip entry or a tar.gz stream, judged
+    /// once past 1 MiB unpacked. JPEG and PNG hardly compress further (about 1:1).
+    pub max_compression_ratio: u64,
     /// Width times height of any one image; larger ones are skipped.
     pub max_image_pixels: u64,
 }
 
 impl Default for ImportLimits {
     fn default() -> Self {
-        ImportLimits { max_unpacked_bytes: 8 << 30, max_entries: 200_000, max_image_pixels: 40_000_000 }
+        ImportLimits {
+            max_unpacked_bytes: 8 << 30,
+            max_entries: 200_000,
+            max_entry_bytes: 256 << 20,
+            max_compression_ratio: 100,
+            max_image_pixels: 40_000_000,
+        }
     }
 }
 
@@ -57,8 +68,8 @@ pub fn import_archive(archive: &Path, dest: &Path, limits: &ImportLimits) -> Res
         fs::create_dir_all(parent)?;
     }
     let staging = Staging::create(dest)?;
-    archive::extract(archive, format, &staging.path, limits)?;
-    let (root, manifest) = layout::build(&staging.path, limits.max_image_pixels)?;
+    let skipped = archive::extract(archive, format, &staging.path, limits)?;
+    let (root, manifest) = layout::build(&staging.path, limits.max_image_pixels, skipped)?;
     // Staging sits beside dest, so this is a same-filesystem rename: atomic.
     fs::rename(&root, dest)?;
     drop(staging); // removes what was left outside a wrapping folder, if anything

@@ -79,7 +79,9 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Archive(DatasetError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Archive(DatasetError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Archive(
+                DatasetError::TooLarge { .. } | DatasetError::EntryTooLarge { .. } | DatasetError::TooCompressed { .. },
+            ) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Archive(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSpec(_) | ApiError::Weights(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest { code, .. } if *code == "unsupported_media_type" => {

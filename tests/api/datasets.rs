@@ -69,6 +69,20 @@ async fn bad_archives_are_4xx_and_leave_nothing_behind() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "no_class_folders");
 
+    // One 64 MiB entry that deflates to well under the 200 kB upload limit: a decompression bomb,
+    // refused on its header's ratio before a byte of it is written.
+    let mut bomb = std::io::Cursor::new(Vec::new());
+    let mut writer = zip::ZipWriter::new(&mut bomb);
+    let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    writer.start_file("cats/a.jpg", deflated).unwrap();
+    std::io::Write::write_all(&mut writer, &vec![0u8; 64 << 20]).unwrap();
+    writer.finish().unwrap();
+    let bomb = bomb.into_inner();
+    assert!(bomb.len() < 200_000);
+    let (status, body) = server.upload("x", bomb, "application/zip").await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "archive_too_compressed");
+
     let big = zip_of(&real_photos("train", 20));
     assert!(big.len() > 200_000);
     let (status, body) = server.upload("x", big, "application/zip").await;
@@ -100,6 +114,30 @@ fn tar_gz_of_raw(files: &[(String, Vec<u8>)]) -> Vec<u8> {
         builder.append(&header, bytes.as_slice()).unwrap();
     }
     builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_tar_with_hard_links_imports_each_link_as_a_copy() {
+    // What `tar` writes for a file stored twice (a photo in two classes' folders, say): the
+    // second is a hard link to the first.
+    let server = TestServer::start().await;
+    let photos = real_photos("train", 2);
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, bytes) in &photos {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, bytes.as_slice()).unwrap();
+    }
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Link);
+    link.set_size(0);
+    link.set_mode(0o644);
+    builder.append_link(&mut link, "dogs/same-as-a-cat.jpg", &photos[0].0).unwrap();
+    let (status, body) = server.upload("linked", builder.into_inner().unwrap(), "application/x-tar").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["classes"], json!([{"name": "cats", "images": 2}, {"name": "dogs", "images": 3}]));
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
