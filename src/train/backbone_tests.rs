@@ -126,6 +126,7 @@ fn xception_counts_match_keras_at_150() {
         batch_norm: BatchNormMode::Inference,
         early_stopping: None,
         reduce_lr_on_plateau: None,
+        on_divergence: Default::default(),
     };
     let mut top2 = phase(&["head"]);
     top2.unfreeze_top_blocks = Some(2);

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::train::job::StopReason;
+use crate::train::job::{Divergence, StopReason};
 use crate::train::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +14,9 @@ pub enum TrainError {
     Stopped(StopReason),
     #[error("invalid spec: {0}")]
     Spec(#[from] SpecError),
+    /// A loss or a weight stopped being finite, in a phase whose spec said `fail`.
+    #[error("{0}")]
+    Diverged(Box<Divergence>),
     /// The images: too few, none decodable, a class missing from a set.
     #[error("data: {0}")]
     Data(String),

@@ -136,6 +136,36 @@ pub struct Metrics {
     pub accuracy: f64,
 }
 
+/// Where and how training stopped being finite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Divergence {
+    pub phase_index: usize,
+    /// 1-based.
+    pub epoch: u32,
+    /// 1-based; 0 when found at the end of the epoch (a weight, not a batch's loss).
+    pub batch: usize,
+    pub global_step: u64,
+    /// What was not finite: `loss`, or the first weight found so, e.g. `head.dense.weight`.
+    pub what: String,
+    /// The running means of the epoch up to the batch before, or the last finished epoch's
+    /// training metrics; `None` when no finite step had been taken.
+    pub last_finite: Option<Metrics>,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "training diverged: {} is not finite in phase {}, epoch {}, batch {} (step {})",
+            self.what, self.phase_index, self.epoch, self.batch, self.global_step
+        )?;
+        match self.last_finite {
+            Some(m) => write!(f, "; last finite metrics: loss {:.4}, accuracy {:.4}", m.loss, m.accuracy),
+            None => write!(f, "; no finite step before it"),
+        }
+    }
+}
+
 /// A checkpoint file that has been completely written (temporary name, fsync, rename).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CheckpointFile {
@@ -218,6 +248,9 @@ pub enum TrainEvent {
         stopped_early: bool,
         /// Epoch (1-based) whose weights the phase ends with, when best weights were restored.
         restored_best_epoch: Option<u32>,
+        /// Set when the phase ended because it diverged and its spec said `restore_best`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        diverged: Option<Divergence>,
     },
 }
 

@@ -204,6 +204,20 @@ pub struct PhaseSpec {
     pub early_stopping: Option<EarlyStoppingSpec>,
     #[serde(default)]
     pub reduce_lr_on_plateau: Option<ReduceLrSpec>,
+    /// What a non-finite loss (or weight) does to this phase: `fail` the job (code `diverged`),
+    /// or `restore_best`: go back to the phase's best weights (by the early-stopping monitor,
+    /// `val_loss` without one; the weights it started with when no epoch finished) and go on
+    /// with the next phase.
+    #[serde(default)]
+    pub on_divergence: OnDivergence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDivergence {
+    #[default]
+    Fail,
+    RestoreBest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]

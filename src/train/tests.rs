@@ -89,6 +89,7 @@ pub(super) fn phase(name: &str, trainable: &[&str], lr: f64, epochs: u32) -> Pha
         batch_norm: BatchNormMode::Inference,
         early_stopping: None,
         reduce_lr_on_plateau: None,
+        on_divergence: Default::default(),
         unfreeze_top_blocks: None,
     }
 }
@@ -480,4 +481,86 @@ fn frozen_prefix_builds_no_graph() {
     assert!(!grad_of("backbone.block2.bn.moving_mean"));
     assert!(grad_of("backbone.block2.conv.kernel"));
     assert!(grad_of("head.dense.kernel"));
+}
+
+/// Eight real photos (four cats, four dogs) at 32x32, for the divergence tests.
+fn real_photo_job(dir: &Path, phases: Vec<PhaseSpec>) -> TrainJob {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/train");
+    let mut samples = Vec::new();
+    for (label, class) in ["cats", "dogs"].iter().enumerate() {
+        for i in 0..4 {
+            samples.push(Sample { path: root.join(class).join(format!("{}.{i}.jpg", &class[..3])), label });
+        }
+    }
+    let mut s = spec(phases);
+    s.input = InputSpec { height: 32, width: 32, ..InputSpec::default() };
+    s.log_every_steps = 1;
+    s.batch_size = 2;
+    TrainJob {
+        spec: s,
+        classes: vec!["cats".into(), "dogs".into()],
+        samples,
+        validation_samples: None,
+        initial_weights: None,
+        resume: None,
+        checkpoint_dir: dir.to_path_buf(),
+    }
+}
+
+fn all_finite(weights: &HashMap<String, Tensor>) -> bool {
+    weights.values().all(|t| {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
+        v.iter().all(|x| x.is_finite())
+    })
+}
+
+#[test]
+fn an_absurd_learning_rate_fails_the_run_as_diverged_with_the_last_finite_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut boom = phase("boom", &["all"], 1e35, 3);
+    boom.optimizer.kind = OptimizerKind::Sgd;
+    let job = real_photo_job(dir.path(), vec![boom]);
+    let mut rec = Recorder::default();
+    let error = run(&job, &Control::new(), &mut rec).unwrap_err();
+    let TrainError::Diverged(at) = error else { panic!("expected a divergence, got {error:?}") };
+    assert_eq!((at.phase_index, at.epoch), (0, 1), "{at}");
+    // The first step's loss comes before any update, so it is finite and reported.
+    assert!(at.global_step >= 2, "{at}");
+    let last = at.last_finite.expect("a finite step came before");
+    assert!(last.loss.is_finite() && last.accuracy.is_finite(), "{at}");
+    assert!(at.to_string().contains("not finite"), "{at}");
+    // No epoch finished: nothing non-finite was checkpointed.
+    assert!(rec.checkpoints().is_empty());
+}
+
+#[test]
+fn restore_best_on_divergence_goes_back_and_trains_the_next_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = phase("head", &["head"], 1e-3, 1);
+    let mut boom = phase("boom", &["all"], 1e35, 2);
+    boom.optimizer.kind = OptimizerKind::Sgd;
+    boom.on_divergence = OnDivergence::RestoreBest;
+    let after = phase("after", &["head"], 1e-3, 1);
+    let job = real_photo_job(dir.path(), vec![head, boom, after]);
+    let (out, rec) = run_ok(&job);
+    let ended: Vec<_> = rec
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::PhaseEnded { phase_index, diverged, restored_best_epoch, .. } => {
+                Some((*phase_index, diverged.clone(), *restored_best_epoch))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended.len(), 3);
+    let (_, diverged, restored) = &ended[1];
+    let at = diverged.as_ref().expect("the boom phase diverged");
+    assert_eq!((at.phase_index, at.epoch, restored), (1, 1, &None), "{at}");
+    assert!(ended[0].1.is_none() && ended[2].1.is_none());
+    // The phase after it trained one epoch from restored (finite) weights and ended finite.
+    let after_epochs: Vec<_> = rec.epochs().into_iter().filter(|e| e.0 == 2).collect();
+    assert_eq!(after_epochs.len(), 1);
+    assert!(after_epochs[0].2.loss.is_finite());
+    assert!(all_finite(&final_weights(&out)));
 }

@@ -6,6 +6,11 @@
 //! phase, and a head-only phase without augmentation trains on cached backbone features
 //! (docs/performance.md). After every epoch: validation (dropout off, batch norm in inference mode), the
 //! callbacks, and a checkpoint. The stop flag is checked after every batch and between epochs.
+//!
+//! Divergence: every batch's loss, and every weight at the end of every epoch (before its
+//! checkpoint is written), must be finite. When one is not, the phase stops: the run fails with
+//! [`TrainError::Diverged`], or, when the phase says `restore_best`, the phase's best weights
+//! come back and the run goes on with the next phase.
 
 mod callbacks;
 pub(crate) mod loss;
@@ -24,11 +29,13 @@ use crate::train::data::{self, AugmentFor, Dataset};
 use crate::train::error::TrainError;
 use crate::train::fit::callbacks::{EarlyStopping, ReduceLrOnPlateau};
 use crate::train::fit::step::{check_stop, Sums};
-use crate::train::job::{Control, Metrics, Observer, ResumeFrom, ResumeState, TrainEvent, TrainJob, TrainOutcome};
+use crate::train::job::{
+    Control, Divergence, Metrics, Observer, ResumeFrom, ResumeState, TrainEvent, TrainJob, TrainOutcome,
+};
 use crate::train::model::{self, Model};
 use crate::train::nn::ForwardCtx;
 use crate::train::rng::{self, Stream};
-use crate::train::spec::{BatchNormMode, PhaseSpec};
+use crate::train::spec::{BatchNormMode, OnDivergence, PhaseSpec};
 use crate::train::weights;
 pub use loss::LossKind;
 pub use optim::Optimizer;
@@ -114,6 +121,7 @@ pub fn run_with(
         norm: Normalize::new(&spec.input),
         options,
         global_step: job.resume.as_ref().map_or(0, |r| r.state.global_step),
+        last_finite: None,
     };
     let mut last_validation = None;
     for phase_index in start_phase..spec.phases.len() {
@@ -170,6 +178,9 @@ struct Fit<'a> {
     norm: Normalize,
     options: RunOptions,
     global_step: u64,
+    /// The latest finite training metrics (a step's running means or an epoch's), reported
+    /// with a divergence.
+    last_finite: Option<Metrics>,
 }
 
 impl Fit<'_> {
@@ -198,6 +209,8 @@ impl Fit<'_> {
         let mut optimizer = Optimizer::new(&phase.optimizer, &self.model.params)?;
         let mut progress = EarlyStopping::new(phase.early_stopping.as_ref());
         let mut plateau = phase.reduce_lr_on_plateau.as_ref().map(ReduceLrOnPlateau::new);
+        // Best weights are kept for early stopping's restore, and for a divergence to go back to.
+        let keep_best = progress.restore_best_weights || phase.on_divergence == OnDivergence::RestoreBest;
         let mut best_weights: Option<HashMap<String, Tensor>> = None;
         let mut best_epoch = None;
         let mut epochs_done = 0;
@@ -221,7 +234,7 @@ impl Fit<'_> {
                 p.tracker.wait = s.plateau_wait;
             }
             best_epoch = s.best_epoch;
-            if progress.restore_best_weights {
+            if keep_best {
                 best_weights = r.phase_best_weights.as_ref().map(load_weights).transpose()?;
             }
         }
@@ -246,18 +259,47 @@ impl Fit<'_> {
             None => None,
         };
 
+        // What a divergence goes back to when no epoch has improved yet.
+        let start_weights = match phase.on_divergence {
+            OnDivergence::RestoreBest if best_weights.is_none() => Some(self.model.params.snapshot()?),
+            _ => None,
+        };
         let mut last_validation = None;
+        let mut diverged = None;
         while epochs_done < phase.epochs && !stopped_early {
             check_stop(self.control)?;
             let epoch = epochs_done + 1;
             let started = Instant::now();
             let lr = optimizer.learning_rate();
-            let train = self.train_epoch(index, phase, epoch, &mut optimizer, cache.as_ref())?;
+            let train = match self.train_epoch(index, phase, epoch, &mut optimizer, cache.as_ref()) {
+                Ok(train) => train,
+                Err(TrainError::Diverged(at)) if phase.on_divergence == OnDivergence::RestoreBest => {
+                    diverged = Some(*at);
+                    break;
+                }
+                Err(error) => return Err(error),
+            };
+            self.last_finite = Some(train).filter(|m| m.loss.is_finite());
+            if let Some(name) = self.model.params.first_non_finite()? {
+                let at = Divergence {
+                    phase_index: index,
+                    epoch,
+                    batch: 0,
+                    global_step: self.global_step,
+                    what: name.to_owned(),
+                    last_finite: self.last_finite,
+                };
+                if phase.on_divergence == OnDivergence::RestoreBest {
+                    diverged = Some(at);
+                    break;
+                }
+                return Err(TrainError::Diverged(Box::new(at)));
+            }
             let validation = self.evaluate_validation(cache.as_ref())?;
             let improved = progress.tracker.update(&train, validation.as_ref());
             if improved {
                 best_epoch = Some(epoch);
-                if progress.restore_best_weights {
+                if keep_best {
                     best_weights = Some(self.model.params.snapshot()?);
                 }
             }
@@ -294,7 +336,18 @@ impl Fit<'_> {
         }
 
         let mut restored_best_epoch = None;
-        if let (Some(best), true) = (&best_weights, progress.restore_best_weights) {
+        if let Some(at) = &diverged {
+            tracing::warn!(%at, "phase diverged; restoring its best weights");
+            match (&best_weights, &start_weights) {
+                (Some(best), _) => {
+                    self.model.params.load(best, |_| true)?;
+                    restored_best_epoch = best_epoch;
+                }
+                (None, Some(start)) => self.model.params.load(start, |_| true)?,
+                (None, None) => unreachable!("restore_best keeps the phase's starting weights"),
+            }
+            last_validation = self.evaluate_validation(cache.as_ref())?;
+        } else if let (Some(best), true) = (&best_weights, progress.restore_best_weights) {
             self.model.params.load(best, |_| true)?;
             restored_best_epoch = best_epoch;
             last_validation = self.evaluate_validation(cache.as_ref())?;
@@ -305,6 +358,7 @@ impl Fit<'_> {
             epochs_run: epochs_done,
             stopped_early,
             restored_best_epoch,
+            diverged,
         });
         Ok(last_validation)
     }
@@ -326,12 +380,24 @@ impl Fit<'_> {
         let bn_training = phase.batch_norm == BatchNormMode::Training;
         let start = cache.map_or(0, |c| c.start);
         let mut sums = Sums::default();
-        let Fit { model, observer, control, loss_kind, global_step, norm, train, .. } = self;
+        let Fit { model, observer, control, loss_kind, global_step, norm, train, last_finite, .. } = self;
         let mut step = |b: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
             let mut ctx =
                 ForwardCtx::new(true, bn_training, true, rng::rng(spec.seed, Stream::Dropout, index, epoch, b));
             let (loss, logits) = train_step_from(model, start, optimizer, *loss_kind, x, labels, &mut ctx)?;
             *global_step += 1;
+            if !loss.is_finite() {
+                let last = if sums.is_empty() { *last_finite } else { Some(sums.metrics()) };
+                let at = Divergence {
+                    phase_index: index,
+                    epoch,
+                    batch: b + 1,
+                    global_step: *global_step,
+                    what: "loss".into(),
+                    last_finite: last,
+                };
+                return Err(TrainError::Diverged(Box::new(at)));
+            }
             sums.add(loss, loss_kind.correct(&logits, labels)?, labels.len());
             if *global_step % u64::from(spec.log_every_steps) == 0 || b + 1 == batches {
                 let m = sums.metrics();

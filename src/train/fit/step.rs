@@ -77,6 +77,10 @@ impl Sums {
         self.seen += n;
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+
     pub(super) fn metrics(&self) -> Metrics {
         let n = self.seen.max(1) as f64;
         Metrics { loss: self.loss / n, accuracy: self.correct as f64 / n }

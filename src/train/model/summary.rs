@@ -79,6 +79,7 @@ mod tests {
             batch_norm: BatchNormMode::Inference,
             early_stopping: None,
             reduce_lr_on_plateau: None,
+            on_divergence: Default::default(),
             unfreeze_top_blocks: None,
         }
     }

@@ -104,6 +104,18 @@ impl ParamStore {
         (trainable, total - trainable)
     }
 
+    /// The first parameter holding a NaN or an infinity, if any (a sum per tensor: NaN and
+    /// infinities propagate through it, where a max would skip a NaN).
+    pub fn first_non_finite(&self) -> Result<Option<&str>, TrainError> {
+        for p in &self.params {
+            let sum = p.var.as_tensor().sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+            if !sum.is_finite() {
+                return Ok(Some(&p.name));
+            }
+        }
+        Ok(None)
+    }
+
     /// Deep copies of every parameter (statistics included), by name. Copies, not views:
     /// optimizer steps write into the variables' storage in place.
     pub fn snapshot(&self) -> Result<HashMap<String, Tensor>, TrainError> {
