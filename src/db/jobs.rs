@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::SqliteExecutor;
 
+use crate::job_state::JobState;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
     pub id: String,
@@ -13,7 +15,7 @@ pub struct JobRow {
     pub spec: String,
     /// JSON: the `ModelSummary`.
     pub summary: String,
-    pub state: String,
+    pub state: JobState,
     pub phase_index: Option<i64>,
     pub phase_name: Option<String>,
     pub epoch: Option<i64>,
@@ -48,7 +50,7 @@ pub struct NewJob<'a> {
 pub async fn insert<'e>(db: impl SqliteExecutor<'e>, job: &NewJob<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO jobs (id, name, dataset_id, validation_dataset_id, spec, summary, classes, state, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(job.id)
     .bind(job.name)
@@ -57,6 +59,7 @@ pub async fn insert<'e>(db: impl SqliteExecutor<'e>, job: &NewJob<'_>) -> sqlx::
     .bind(job.spec)
     .bind(job.summary)
     .bind(job.classes)
+    .bind(JobState::Queued)
     .bind(job.created_at)
     .execute(db)
     .await?;
@@ -68,7 +71,7 @@ pub async fn get<'e>(db: impl SqliteExecutor<'e>, id: &str) -> sqlx::Result<Opti
 }
 
 /// Newest first, optionally only those in one state.
-pub async fn list<'e>(db: impl SqliteExecutor<'e>, state: Option<&str>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+pub async fn list<'e>(db: impl SqliteExecutor<'e>, state: Option<JobState>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as("SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2")
         .bind(state)
         .bind(limit)
@@ -79,26 +82,32 @@ pub async fn list<'e>(db: impl SqliteExecutor<'e>, state: Option<&str>, limit: i
 /// Atomically takes the oldest queued job and marks it running.
 pub async fn claim_next<'e>(db: impl SqliteExecutor<'e>, now: DateTime<Utc>) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
-        "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?1), attempts = attempts + 1
-         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1) AND state = 'queued'
+        "UPDATE jobs SET state = ?2, started_at = COALESCE(started_at, ?1), attempts = attempts + 1
+         WHERE id = (SELECT id FROM jobs WHERE state = ?3 ORDER BY id LIMIT 1) AND state = ?3
          RETURNING *",
     )
     .bind(now)
+    .bind(JobState::Running)
+    .bind(JobState::Queued)
     .fetch_optional(db)
     .await
 }
 
 /// Jobs a crash left `running` go back to the queue; returns their ids.
 pub async fn requeue_running<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("UPDATE jobs SET state = 'queued' WHERE state = 'running' RETURNING id").fetch_all(db).await
+    sqlx::query_scalar("UPDATE jobs SET state = ? WHERE state = ? RETURNING id")
+        .bind(JobState::Queued)
+        .bind(JobState::Running)
+        .fetch_all(db)
+        .await
 }
 
 /// Moves a job from one state to another; false when it was not in `from` (someone else won).
 pub async fn transition<'e>(
     db: impl SqliteExecutor<'e>,
     id: &str,
-    from: &str,
-    to: &str,
+    from: JobState,
+    to: JobState,
     finished_at: Option<DateTime<Utc>>,
     error: Option<&str>,
 ) -> sqlx::Result<bool> {

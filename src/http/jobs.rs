@@ -12,7 +12,7 @@ use super::error::{ApiError, Problem};
 use super::json::Json;
 use super::AppState;
 use crate::db::{self, jobs::JobRow};
-use crate::jobs::{CancelOutcome, JobEvent};
+use crate::jobs::{CancelOutcome, JobEvent, JobState};
 use crate::train::{JobSpec, Metrics, ModelSummary};
 
 pub fn routes() -> Router<AppState> {
@@ -38,8 +38,7 @@ pub struct PhaseProgress {
 pub struct JobView {
     pub id: String,
     pub name: Option<String>,
-    /// `queued`, `running`, `succeeded`, `failed` or `canceled`.
-    pub state: String,
+    pub state: JobState,
     pub dataset_id: String,
     pub validation_dataset_id: Option<String>,
     pub phase: Option<PhaseProgress>,
@@ -84,12 +83,11 @@ pub struct JobHistory {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListJobsParams {
     /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
 }
-
-const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
 
 impl TryFrom<JobRow> for JobView {
     type Error = ApiError;
@@ -165,17 +163,13 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     Query(params): Query<ListJobsParams>,
 ) -> Result<Json<JobList>, ApiError> {
-    if let Some(filter) = &params.state {
-        if !STATES.contains(&filter.as_str()) {
-            return Err(ApiError::BadRequest {
-                code: "invalid_state",
-                detail: format!("state must be one of {STATES:?}"),
-                field: Some("state".into()),
-            });
-        }
-    }
+    // Parsed here rather than by the query extractor, so a bad value is answered with this
+    // code and field like any other bad parameter.
+    let filter = params.state.as_deref().map(str::parse::<JobState>).transpose().map_err(|error| {
+        ApiError::BadRequest { code: "invalid_state", detail: error.to_string(), field: Some("state".into()) }
+    })?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = db::jobs::list(&state.jobs.pool, params.state.as_deref(), limit).await?;
+    let rows = db::jobs::list(&state.jobs.pool, filter, limit).await?;
     let jobs = rows.into_iter().map(JobView::try_from).collect::<Result<_, _>>()?;
     Ok(Json(JobList { jobs }))
 }

@@ -1,5 +1,6 @@
 //! Errors of the job layer, as data the HTTP layer maps to problem+json.
 
+use crate::job_state::JobState;
 use crate::train::SpecError;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,7 +12,7 @@ pub enum JobsError {
     InvalidSpec(#[from] SpecError),
     /// The job already ended; it cannot be canceled.
     #[error("job {id} already ended ({state})")]
-    AlreadyFinished { id: String, state: String },
+    AlreadyFinished { id: String, state: JobState },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("{0}")]

@@ -18,6 +18,7 @@ use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::job_state::JobState;
 pub use error::JobsError;
 pub use hub::{history_after, EventHub, EventKind, JobEvent};
 pub use submit::CancelOutcome;
@@ -69,7 +70,7 @@ impl Jobs {
                     &self.pool,
                     id,
                     EventKind::State,
-                    serde_json::json!({"state": "queued", "reason": "interrupted: the service stopped while it ran; it resumes from its last checkpoint"}),
+                    serde_json::json!({"state": JobState::Queued, "reason": "interrupted: the service stopped while it ran; it resumes from its last checkpoint"}),
                 )
                 .await?;
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
 
-use super::{EventKind, Jobs, JobsError};
+use super::{EventKind, JobState, Jobs, JobsError};
 use crate::db::{self, jobs::JobRow};
 use crate::train::{
     self, Control, JobSpec, Observer, ResumeFrom, Sample, StopReason, TrainError, TrainEvent, TrainJob, TrainOutcome,
@@ -66,7 +66,7 @@ impl Jobs {
                 &self.pool,
                 &job.id,
                 EventKind::State,
-                json!({"state": "running", "attempt": job.attempts, "resumed_from": resumed_from}),
+                json!({"state": JobState::Running, "attempt": job.attempts, "resumed_from": resumed_from}),
             )
             .await?;
         Ok(TrainJob {
@@ -137,9 +137,9 @@ impl Jobs {
         let now = db::now();
         match ending {
             Ending::Requeued => {
-                db::jobs::transition(&self.pool, job_id, "running", "queued", None, None).await?;
+                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Queued, None, None).await?;
                 self.hub
-                    .emit(&self.pool, job_id, EventKind::State, json!({"state": "queued", "reason": "the service is shutting down; the job resumes from its last checkpoint"}))
+                    .emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Queued, "reason": "the service is shutting down; the job resumes from its last checkpoint"}))
                     .await?;
                 tracing::info!("job interrupted by shutdown; queued again");
                 return Ok(());
@@ -153,35 +153,40 @@ impl Jobs {
                     db::jobs::set_final_weights(&self.pool, job_id, &path, weights.size as i64, &weights.sha256)
                         .await?;
                 }
-                db::jobs::transition(&self.pool, job_id, "running", "succeeded", Some(now), None).await?;
-                self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": "succeeded"})).await?;
+                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Succeeded, Some(now), None)
+                    .await?;
+                self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Succeeded})).await?;
                 self.hub
-                    .emit(&self.pool, job_id, EventKind::End, json!({"state": "succeeded", "test": outcome.test, "validation": outcome.validation, "error": null}))
+                    .emit(&self.pool, job_id, EventKind::End, json!({"state": JobState::Succeeded, "test": outcome.test, "validation": outcome.validation, "error": null}))
                     .await?;
                 tracing::info!(test = ?outcome.test, "job succeeded");
             }
             Ending::Canceled => {
-                db::jobs::transition(&self.pool, job_id, "running", "canceled", Some(now), None).await?;
-                self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": "canceled"})).await?;
+                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Canceled, Some(now), None)
+                    .await?;
+                self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Canceled})).await?;
                 self.hub
                     .emit(
                         &self.pool,
                         job_id,
                         EventKind::End,
-                        json!({"state": "canceled", "test": null, "validation": null, "error": null}),
+                        json!({"state": JobState::Canceled, "test": null, "validation": null, "error": null}),
                     )
                     .await?;
                 tracing::info!("job canceled");
             }
             Ending::Failed(error) => {
-                db::jobs::transition(&self.pool, job_id, "running", "failed", Some(now), Some(&error)).await?;
-                self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": "failed", "error": error})).await?;
+                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Failed, Some(now), Some(&error))
+                    .await?;
+                self.hub
+                    .emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Failed, "error": error}))
+                    .await?;
                 self.hub
                     .emit(
                         &self.pool,
                         job_id,
                         EventKind::End,
-                        json!({"state": "failed", "test": null, "validation": null, "error": error}),
+                        json!({"state": JobState::Failed, "test": null, "validation": null, "error": error}),
                     )
                     .await?;
                 tracing::warn!(%error, "job failed");
@@ -204,7 +209,7 @@ impl Jobs {
         let phase_name = |index: usize| phase_names.get(index).cloned().unwrap_or_default();
         let (kind, data) = match event {
             TrainEvent::DataReady { .. } => {
-                (EventKind::State, with(data, [("state", json!("running")), ("stage", json!("data_ready"))]))
+                (EventKind::State, with(data, [("state", json!(JobState::Running)), ("stage", json!("data_ready"))]))
             }
             TrainEvent::PhaseStarted { phase_index, name, .. } => {
                 db::jobs::set_progress(&self.pool, job_id, *phase_index as i64, name, 0).await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{EventKind, Jobs, JobsError};
+use super::{EventKind, JobState, Jobs, JobsError};
 use crate::db;
 use crate::train::{self, JobSpec, SpecError, StopReason, WeightsFormat, WeightsSource};
 
@@ -71,9 +71,14 @@ impl Jobs {
             },
         )
         .await?;
-        let event =
-            db::events::append(&mut *tx, &id, EventKind::State.as_str(), &json!({"state": "queued"}).to_string(), now)
-                .await?;
+        let event = db::events::append(
+            &mut *tx,
+            &id,
+            EventKind::State.as_str(),
+            &json!({"state": JobState::Queued}).to_string(),
+            now,
+        )
+        .await?;
         // Read back inside the transaction: once committed and the workers woken, the job may
         // already be running, and the answer to the submit must show it as queued.
         let job = db::jobs::get(&mut *tx, &id).await?.ok_or_else(|| JobsError::NotFound(id.clone()))?;
@@ -132,16 +137,18 @@ impl Jobs {
         // between its claim and the registration of its stop flag.
         for _ in 0..50 {
             let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
-            match job.state.as_str() {
-                "queued" => {
-                    if db::jobs::transition(&self.pool, id, "queued", "canceled", Some(db::now()), None).await? {
-                        self.hub.emit(&self.pool, id, EventKind::State, json!({"state": "canceled"})).await?;
+            match job.state {
+                JobState::Queued => {
+                    if db::jobs::transition(&self.pool, id, JobState::Queued, JobState::Canceled, Some(db::now()), None)
+                        .await?
+                    {
+                        self.hub.emit(&self.pool, id, EventKind::State, json!({"state": JobState::Canceled})).await?;
                         self.hub
                             .emit(
                                 &self.pool,
                                 id,
                                 EventKind::End,
-                                json!({"state": "canceled", "test": null, "validation": null, "error": null}),
+                                json!({"state": JobState::Canceled, "test": null, "validation": null, "error": null}),
                             )
                             .await?;
                         tracing::info!(job_id = %id, "queued job canceled");
@@ -150,14 +157,14 @@ impl Jobs {
                         return Ok(CancelOutcome::Canceled(job));
                     }
                 }
-                "running" => {
+                JobState::Running => {
                     if let Some(control) = self.control_of(id) {
                         control.request_stop(StopReason::Cancel);
                         tracing::info!(job_id = %id, "cancel requested for running job");
                         return Ok(CancelOutcome::Stopping(job));
                     }
                 }
-                state => return Err(JobsError::AlreadyFinished { id: id.to_owned(), state: state.to_owned() }),
+                state => return Err(JobsError::AlreadyFinished { id: id.to_owned(), state }),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
