@@ -15,6 +15,9 @@ pub enum JobsError {
     AlreadyFinished { id: String, state: JobState },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// An event or a stored value could not be written as JSON.
+    #[error("encoding JSON: {0}")]
+    Encoding(#[from] serde_json::Error),
     #[error("{0}")]
     Internal(String),
 }

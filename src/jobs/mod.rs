@@ -2,7 +2,9 @@
 //! history that SSE subscribers follow. Sits between `http` (above) and `db`, `datasets`,
 //! `train` (below).
 
+mod end;
 mod error;
+mod event;
 mod hub;
 mod retention;
 pub use retention::best_of_each_phase;
@@ -20,7 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::job_state::JobState;
 pub use error::JobsError;
-pub use hub::{history_after, EventHub, EventKind, JobEvent};
+pub use event::{
+    CheckpointEvent, EndEvent, EpochEvent, EventPayload, PhaseEvent, ResumedFrom, Stage, StateEvent, StepEvent,
+    StreamClosed,
+};
+pub use hub::{history_after, EventHub, JobEvent};
 pub use submit::CancelOutcome;
 pub use worker::spawn_workers;
 
@@ -65,14 +71,9 @@ impl Jobs {
         let ids = crate::db::jobs::requeue_running(&self.pool).await?;
         for id in &ids {
             tracing::warn!(job_id = %id, "job was running when the service stopped; queued again");
-            self.hub
-                .emit(
-                    &self.pool,
-                    id,
-                    EventKind::State,
-                    serde_json::json!({"state": JobState::Queued, "reason": "interrupted: the service stopped while it ran; it resumes from its last checkpoint"}),
-                )
-                .await?;
+            let reason = "interrupted: the service stopped while it ran; it resumes from its last checkpoint";
+            let requeued = StateEvent::Requeued { state: JobState::Queued, reason: reason.to_owned() };
+            self.hub.emit(&self.pool, id, &EventPayload::State(requeued)).await?;
         }
         Ok(ids.len())
     }

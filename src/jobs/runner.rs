@@ -4,20 +4,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
 use tokio::runtime::Handle;
 
-use super::{EventKind, JobState, Jobs, JobsError};
+use super::end::JobEnd;
+use super::event::{CheckpointEvent, EpochEvent, EventPayload, PhaseEvent, ResumedFrom, Stage, StateEvent, StepEvent};
+use super::{hub, JobState, Jobs, JobsError};
 use crate::db::{self, jobs::JobRow};
 use crate::train::{
-    self, Control, JobSpec, Observer, ResumeFrom, Sample, StopReason, TrainError, TrainEvent, TrainJob, TrainOutcome,
+    self, Control, JobSpec, Observer, ResumeFrom, Sample, StopReason, TrainError, TrainEvent, TrainJob,
 };
 
 /// How a run ended, before it is recorded.
 enum Ending {
-    Finished(TrainOutcome),
-    Failed(String),
-    Canceled,
+    /// Succeeded, failed or canceled.
+    Ended(JobEnd),
     /// Interrupted by shutdown: back to the queue.
     Requeued,
 }
@@ -36,7 +36,7 @@ impl Jobs {
         tracing::info!("job started");
         let ending = match self.prepare(&job).await {
             Ok(train_job) => self.train(job_id.clone(), train_job, control).await,
-            Err(error) => Ending::Failed(error.to_string()),
+            Err(error) => Ending::Ended(JobEnd::Failed(error.to_string())),
         };
         self.running.lock().expect("running map poisoned").remove(&job_id);
         if let Err(error) = self.record_ending(&job_id, ending).await {
@@ -60,15 +60,9 @@ impl Jobs {
             .map(|(path, format)| train::InitialWeights { path, format });
         let resume = self.resume_point(&job.id).await?;
         let resumed_from =
-            resume.as_ref().map(|r| json!({"phase_index": r.state.phase_index, "epoch": r.state.epochs_done}));
-        self.hub
-            .emit(
-                &self.pool,
-                &job.id,
-                EventKind::State,
-                json!({"state": JobState::Running, "attempt": job.attempts, "resumed_from": resumed_from}),
-            )
-            .await?;
+            resume.as_ref().map(|r| ResumedFrom { phase_index: r.state.phase_index, epoch: r.state.epochs_done });
+        let started = StateEvent::Started { state: JobState::Running, attempt: job.attempts, resumed_from };
+        self.hub.emit(&self.pool, &job.id, &EventPayload::State(started)).await?;
         Ok(TrainJob {
             spec,
             classes,
@@ -124,115 +118,141 @@ impl Jobs {
         })
         .await;
         match result {
-            Err(join_error) => Ending::Failed(format!("training panicked: {}", panic_message(join_error))),
-            Ok((_, Some(failure))) => Ending::Failed(failure),
-            Ok((Ok(outcome), None)) => Ending::Finished(outcome),
-            Ok((Err(TrainError::Stopped(StopReason::Cancel)), None)) => Ending::Canceled,
+            Err(join_error) => {
+                Ending::Ended(JobEnd::Failed(format!("training panicked: {}", panic_message(join_error))))
+            }
+            Ok((_, Some(failure))) => Ending::Ended(JobEnd::Failed(failure)),
+            Ok((Ok(outcome), None)) => Ending::Ended(JobEnd::Succeeded(outcome)),
+            Ok((Err(TrainError::Stopped(StopReason::Cancel)), None)) => Ending::Ended(JobEnd::Canceled),
             Ok((Err(TrainError::Stopped(StopReason::Shutdown)), None)) => Ending::Requeued,
-            Ok((Err(error), None)) => Ending::Failed(error.to_string()),
+            Ok((Err(error), None)) => Ending::Ended(JobEnd::Failed(error.to_string())),
         }
     }
 
     async fn record_ending(&self, job_id: &str, ending: Ending) -> Result<(), JobsError> {
-        let now = db::now();
         match ending {
             Ending::Requeued => {
-                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Queued, None, None).await?;
-                self.hub
-                    .emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Queued, "reason": "the service is shutting down; the job resumes from its last checkpoint"}))
-                    .await?;
+                let reason = "the service is shutting down; the job resumes from its last checkpoint";
+                let requeued = StateEvent::Requeued { state: JobState::Queued, reason: reason.to_owned() };
+                let mut tx = self.pool.begin().await?;
+                if db::jobs::transition(&mut *tx, job_id, JobState::Running, JobState::Queued, None, None).await? {
+                    let event = hub::store(&mut *tx, job_id, &EventPayload::State(requeued)).await?;
+                    tx.commit().await?;
+                    self.hub.publish(event);
+                }
                 tracing::info!("job interrupted by shutdown; queued again");
-                return Ok(());
             }
-            Ending::Finished(outcome) => {
-                if let Some(test) = &outcome.test {
-                    db::jobs::set_test_metrics(&self.pool, job_id, &json!(test).to_string()).await?;
+            Ending::Ended(end) => {
+                self.record_end(job_id, JobState::Running, &end).await?;
+                match &end {
+                    JobEnd::Succeeded(outcome) => tracing::info!(test = ?outcome.test, "job succeeded"),
+                    JobEnd::Canceled => tracing::info!("job canceled"),
+                    JobEnd::Failed(error) => tracing::warn!(%error, "job failed"),
                 }
-                if let Some(weights) = &outcome.weights {
-                    let path = weights.path.to_string_lossy();
-                    db::jobs::set_final_weights(&self.pool, job_id, &path, weights.size as i64, &weights.sha256)
-                        .await?;
-                }
-                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Succeeded, Some(now), None)
-                    .await?;
-                self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Succeeded})).await?;
-                self.hub
-                    .emit(&self.pool, job_id, EventKind::End, json!({"state": JobState::Succeeded, "test": outcome.test, "validation": outcome.validation, "error": null}))
-                    .await?;
-                tracing::info!(test = ?outcome.test, "job succeeded");
-            }
-            Ending::Canceled => {
-                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Canceled, Some(now), None)
-                    .await?;
-                self.hub.emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Canceled})).await?;
-                self.hub
-                    .emit(
-                        &self.pool,
-                        job_id,
-                        EventKind::End,
-                        json!({"state": JobState::Canceled, "test": null, "validation": null, "error": null}),
-                    )
-                    .await?;
-                tracing::info!("job canceled");
-            }
-            Ending::Failed(error) => {
-                db::jobs::transition(&self.pool, job_id, JobState::Running, JobState::Failed, Some(now), Some(&error))
-                    .await?;
-                self.hub
-                    .emit(&self.pool, job_id, EventKind::State, json!({"state": JobState::Failed, "error": error}))
-                    .await?;
-                self.hub
-                    .emit(
-                        &self.pool,
-                        job_id,
-                        EventKind::End,
-                        json!({"state": JobState::Failed, "test": null, "validation": null, "error": error}),
-                    )
-                    .await?;
-                tracing::warn!(%error, "job failed");
             }
         }
         Ok(())
     }
 
-    /// Persists one training event (and what it implies for the job row), then broadcasts it.
+    /// Persists one training event and what it implies for the job row (and, for a checkpoint,
+    /// its row and the retention it triggers) in one transaction, then broadcasts it; files of
+    /// superseded checkpoints are deleted only once that committed.
     async fn record_train_event(
         &self,
         job_id: &str,
         event: &TrainEvent,
         phase_names: &[String],
     ) -> Result<(), JobsError> {
-        let mut data = serde_json::to_value(event).map_err(|e| JobsError::Internal(e.to_string()))?;
-        if let Value::Object(map) = &mut data {
-            map.remove("kind");
-        }
         let phase_name = |index: usize| phase_names.get(index).cloned().unwrap_or_default();
-        let (kind, data) = match event {
-            TrainEvent::DataReady { .. } => {
-                (EventKind::State, with(data, [("state", json!(JobState::Running)), ("stage", json!("data_ready"))]))
+        let mut tx = self.pool.begin().await?;
+        let mut superseded_files = Vec::new();
+        // Every field is named (no `..`): a field the training loop adds must be placed here.
+        let payload = match event {
+            TrainEvent::DataReady { classes, train_images, validation_images, test_images, skipped_images } => {
+                EventPayload::State(StateEvent::DataReady {
+                    state: JobState::Running,
+                    stage: Stage::DataReady,
+                    classes: classes.clone(),
+                    train_images: *train_images,
+                    validation_images: *validation_images,
+                    test_images: *test_images,
+                    skipped_images: *skipped_images,
+                })
             }
-            TrainEvent::PhaseStarted { phase_index, name, .. } => {
-                db::jobs::set_progress(&self.pool, job_id, *phase_index as i64, name, 0).await?;
-                (EventKind::Phase, with(data, [("status", json!("started"))]))
+            TrainEvent::PhaseStarted {
+                phase_index,
+                name,
+                epochs,
+                learning_rate,
+                learning_rates,
+                trainable_params,
+                non_trainable_params,
+                batch_norm,
+                execution,
+                resumed_from_epoch,
+            } => {
+                db::jobs::set_progress(&mut *tx, job_id, *phase_index as i64, name, 0).await?;
+                EventPayload::Phase(PhaseEvent::Started {
+                    phase_index: *phase_index,
+                    name: name.clone(),
+                    epochs: *epochs,
+                    learning_rate: *learning_rate,
+                    learning_rates: learning_rates.clone(),
+                    trainable_params: *trainable_params,
+                    non_trainable_params: *non_trainable_params,
+                    batch_norm: *batch_norm,
+                    execution: execution.clone(),
+                    resumed_from_epoch: *resumed_from_epoch,
+                })
             }
-            TrainEvent::PhaseEnded { .. } => (EventKind::Phase, with(data, [("status", json!("ended"))])),
-            TrainEvent::Step { phase_index, .. } => {
-                let data = with(data, [("phase", json!(phase_name(*phase_index)))]);
-                db::jobs::set_latest_metrics(&self.pool, job_id, &data.to_string()).await?;
-                (EventKind::Step, data)
+            TrainEvent::PhaseEnded { phase_index, name, epochs_run, stopped_early, restored_best_epoch } => {
+                EventPayload::Phase(PhaseEvent::Ended {
+                    phase_index: *phase_index,
+                    name: name.clone(),
+                    epochs_run: *epochs_run,
+                    stopped_early: *stopped_early,
+                    restored_best_epoch: *restored_best_epoch,
+                })
             }
-            TrainEvent::EpochEnded { phase_index, epoch, .. } => {
-                let data = with(data, [("phase", json!(phase_name(*phase_index)))]);
-                db::jobs::set_progress(
-                    &self.pool,
-                    job_id,
-                    *phase_index as i64,
-                    &phase_name(*phase_index),
-                    i64::from(*epoch),
-                )
-                .await?;
-                db::jobs::set_latest_metrics(&self.pool, job_id, &data.to_string()).await?;
-                (EventKind::Epoch, data)
+            TrainEvent::Step { phase_index, epoch, batch, batches, global_step, loss, accuracy, learning_rate } => {
+                let step = StepEvent {
+                    phase_index: *phase_index,
+                    phase: phase_name(*phase_index),
+                    epoch: *epoch,
+                    batch: *batch,
+                    batches: *batches,
+                    global_step: *global_step,
+                    loss: *loss,
+                    accuracy: *accuracy,
+                    learning_rate: *learning_rate,
+                };
+                db::jobs::set_latest_metrics(&mut *tx, job_id, &serde_json::to_value(&step)?.to_string()).await?;
+                EventPayload::Step(step)
+            }
+            TrainEvent::EpochEnded {
+                phase_index,
+                epoch,
+                train,
+                validation,
+                learning_rate,
+                epochs_without_improvement,
+                seconds,
+            } => {
+                let epoch_event = EpochEvent {
+                    phase_index: *phase_index,
+                    phase: phase_name(*phase_index),
+                    epoch: *epoch,
+                    train: *train,
+                    validation: *validation,
+                    learning_rate: *learning_rate,
+                    epochs_without_improvement: *epochs_without_improvement,
+                    seconds: *seconds,
+                };
+                db::jobs::set_progress(&mut *tx, job_id, *phase_index as i64, &epoch_event.phase, i64::from(*epoch))
+                    .await?;
+                let latest = serde_json::to_value(&epoch_event)?.to_string();
+                db::jobs::set_latest_metrics(&mut *tx, job_id, &latest).await?;
+                EventPayload::Epoch(epoch_event)
             }
             TrainEvent::CheckpointWritten { phase_index, epoch, weights, optimizer, validation, resume } => {
                 let id = uuid::Uuid::now_v7().to_string();
@@ -249,36 +269,28 @@ impl Jobs {
                     size_bytes: weights.size as i64,
                     sha256: weights.sha256.clone(),
                     optimizer_path: Some(optimizer.path.to_string_lossy().into_owned()),
-                    resume_state: json!(resume).to_string(),
+                    resume_state: serde_json::to_string(resume)?,
                     created_at: db::now(),
                 };
-                db::checkpoints::insert(&self.pool, &row).await?;
-                self.apply_retention(job_id).await?;
-                let data = json!({
-                    "id": id,
-                    "phase_index": phase_index,
-                    "phase": phase_name(*phase_index),
-                    "epoch": epoch,
-                    "validation": validation,
-                    "size": weights.size,
-                    "sha256": weights.sha256,
-                });
-                (EventKind::Checkpoint, data)
+                db::checkpoints::insert(&mut *tx, &row).await?;
+                superseded_files = super::retention::prune(&mut tx, job_id).await?;
+                EventPayload::Checkpoint(CheckpointEvent {
+                    id,
+                    phase_index: *phase_index,
+                    phase: row.phase_name,
+                    epoch: *epoch,
+                    validation: *validation,
+                    size: weights.size,
+                    sha256: weights.sha256.clone(),
+                })
             }
         };
-        self.hub.emit(&self.pool, job_id, kind, data).await?;
+        let stored = hub::store(&mut *tx, job_id, &payload).await?;
+        tx.commit().await?;
+        self.hub.publish(stored);
+        super::retention::remove_files(&superseded_files);
         Ok(())
     }
-}
-
-/// Adds fields to a JSON object.
-fn with<const N: usize>(mut data: Value, fields: [(&str, Value); N]) -> Value {
-    if let Value::Object(map) = &mut data {
-        for (key, value) in fields {
-            map.insert(key.to_owned(), value);
-        }
-    }
-    data
 }
 
 fn panic_message(error: tokio::task::JoinError) -> String {

@@ -3,9 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::json;
+use serde::de::IntoDeserializer;
+use serde::Deserialize;
 
-use super::{EventKind, JobState, Jobs, JobsError};
+use super::end::JobEnd;
+use super::event::{EventPayload, StateEvent};
+use super::{hub, JobState, Jobs, JobsError};
 use crate::db;
 use crate::train::{self, JobSpec, SpecError, StopReason, WeightsFormat, WeightsSource};
 
@@ -71,19 +74,13 @@ impl Jobs {
             },
         )
         .await?;
-        let event = db::events::append(
-            &mut *tx,
-            &id,
-            EventKind::State.as_str(),
-            &json!({"state": JobState::Queued}).to_string(),
-            now,
-        )
-        .await?;
+        let queued = EventPayload::State(StateEvent::Changed { state: JobState::Queued });
+        let event = hub::store(&mut *tx, &id, &queued).await?;
         // Read back inside the transaction: once committed and the workers woken, the job may
         // already be running, and the answer to the submit must show it as queued.
         let job = db::jobs::get(&mut *tx, &id).await?.ok_or_else(|| JobsError::NotFound(id.clone()))?;
         tx.commit().await?;
-        self.hub.publish(event.into());
+        self.hub.publish(event);
         self.wake.notify_one();
         tracing::info!(job_id = %id, dataset_id = %spec.dataset_id, "job queued");
         Ok(job)
@@ -115,8 +112,8 @@ impl Jobs {
                     )
                     .into());
                 };
-                let format = serde_json::from_value(json!(row.format))
-                    .map_err(|e| JobsError::Internal(format!("stored format: {e}")))?;
+                let format = WeightsFormat::deserialize(row.format.as_str().into_deserializer())
+                    .map_err(|e: serde::de::value::Error| JobsError::Internal(format!("stored format: {e}")))?;
                 Ok(Some((PathBuf::from(row.path), format)))
             }
         }
@@ -139,18 +136,7 @@ impl Jobs {
             let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
             match job.state {
                 JobState::Queued => {
-                    if db::jobs::transition(&self.pool, id, JobState::Queued, JobState::Canceled, Some(db::now()), None)
-                        .await?
-                    {
-                        self.hub.emit(&self.pool, id, EventKind::State, json!({"state": JobState::Canceled})).await?;
-                        self.hub
-                            .emit(
-                                &self.pool,
-                                id,
-                                EventKind::End,
-                                json!({"state": JobState::Canceled, "test": null, "validation": null, "error": null}),
-                            )
-                            .await?;
+                    if self.record_end(id, JobState::Queued, &JobEnd::Canceled).await? {
                         tracing::info!(job_id = %id, "queued job canceled");
                         let job =
                             db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
