@@ -1,9 +1,11 @@
 //! The `jobs` table: the queue and each job's current state.
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::SqliteExecutor;
 
 use crate::job_state::JobState;
+use crate::train::{JobSpec, Metrics, ModelSummary};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
@@ -11,18 +13,17 @@ pub struct JobRow {
     pub name: Option<String>,
     pub dataset_id: String,
     pub validation_dataset_id: Option<String>,
-    /// JSON: the accepted `JobSpec`.
-    pub spec: String,
-    /// JSON: the `ModelSummary`.
-    pub summary: String,
+    /// The accepted spec, decoded once as the row is read (stored as JSON text).
+    pub spec: Json<JobSpec>,
+    pub summary: Json<ModelSummary>,
     pub state: JobState,
     pub phase_index: Option<i64>,
     pub phase_name: Option<String>,
     pub epoch: Option<i64>,
     /// JSON: the latest step or epoch metrics.
     pub latest_metrics: Option<String>,
-    /// JSON: test-set loss and accuracy, once finished.
-    pub test_metrics: Option<String>,
+    /// Test-set loss and accuracy, once finished.
+    pub test_metrics: Option<Json<Metrics>>,
     pub error: Option<String>,
     pub attempts: i64,
     pub created_at: DateTime<Utc>,
@@ -31,8 +32,8 @@ pub struct JobRow {
     pub final_weights_path: Option<String>,
     pub final_weights_size: Option<i64>,
     pub final_weights_sha256: Option<String>,
-    /// JSON: the class names, in label order.
-    pub classes: Option<String>,
+    /// The class names, in label order.
+    pub classes: Option<Json<Vec<String>>>,
 }
 
 /// A new job, always `queued`.
@@ -41,9 +42,9 @@ pub struct NewJob<'a> {
     pub name: Option<&'a str>,
     pub dataset_id: &'a str,
     pub validation_dataset_id: Option<&'a str>,
-    pub spec: &'a str,
-    pub summary: &'a str,
-    pub classes: &'a str,
+    pub spec: &'a JobSpec,
+    pub summary: &'a ModelSummary,
+    pub classes: &'a [String],
     pub created_at: DateTime<Utc>,
 }
 
@@ -56,9 +57,9 @@ pub async fn insert<'e>(db: impl SqliteExecutor<'e>, job: &NewJob<'_>) -> sqlx::
     .bind(job.name)
     .bind(job.dataset_id)
     .bind(job.validation_dataset_id)
-    .bind(job.spec)
-    .bind(job.summary)
-    .bind(job.classes)
+    .bind(Json(job.spec))
+    .bind(Json(job.summary))
+    .bind(Json(job.classes))
     .bind(JobState::Queued)
     .bind(job.created_at)
     .execute(db)
@@ -147,8 +148,8 @@ pub async fn set_latest_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metri
     Ok(())
 }
 
-pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(metrics).bind(id).execute(db).await?;
+pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &Metrics) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(Json(metrics)).bind(id).execute(db).await?;
     Ok(())
 }
 

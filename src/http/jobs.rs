@@ -92,8 +92,7 @@ pub struct ListJobsParams {
 impl TryFrom<JobRow> for JobView {
     type Error = ApiError;
     fn try_from(row: JobRow) -> Result<Self, ApiError> {
-        let spec: JobSpec =
-            serde_json::from_str(&row.spec).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
+        let spec = row.spec.0;
         let phase = match (row.phase_index, &row.phase_name) {
             (Some(index), Some(name)) => Some(PhaseProgress {
                 index: index as usize,
@@ -119,7 +118,7 @@ impl TryFrom<JobRow> for JobView {
             validation_dataset_id: row.validation_dataset_id,
             phase,
             latest_metrics: row.latest_metrics.and_then(|m| serde_json::from_str(&m).ok()),
-            test_metrics: row.test_metrics.and_then(|m| serde_json::from_str(&m).ok()),
+            test_metrics: row.test_metrics.map(|m| m.0),
             error: row.error,
             attempts: row.attempts,
             created_at: row.created_at,
@@ -244,6 +243,5 @@ pub async fn get_job_model(
     Path(id): Path<String>,
 ) -> Result<Json<ModelSummary>, ApiError> {
     let row = load_job(&state, &id).await?;
-    let summary = serde_json::from_str(&row.summary).map_err(|e| ApiError::Internal(format!("stored summary: {e}")))?;
-    Ok(Json(summary))
+    Ok(Json(row.summary.0))
 }

@@ -57,7 +57,7 @@ impl Jobs {
         }
         if let JobEnd::Succeeded(outcome) = end {
             if let Some(test) = &outcome.test {
-                db::jobs::set_test_metrics(&mut *tx, job_id, &serde_json::to_string(test)?).await?;
+                db::jobs::set_test_metrics(&mut *tx, job_id, test).await?;
             }
             if let Some(weights) = &outcome.weights {
                 let path = weights.path.to_string_lossy();

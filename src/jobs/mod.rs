@@ -48,6 +48,9 @@ pub struct Jobs {
     pub paths: Paths,
     /// Stop flags of the jobs running now, by job id.
     running: Mutex<HashMap<String, Arc<Control>>>,
+    /// Held while a worker claims a job and registers its stop flag, and while a cancel looks
+    /// at a job: a cancel sees a job either still queued or running with its flag.
+    claim_gate: tokio::sync::Mutex<()>,
     /// Wakes idle workers when a job is queued.
     wake: Notify,
     /// Cancelled when the service shuts down.
@@ -61,6 +64,7 @@ impl Jobs {
             hub: EventHub::new(4096),
             paths,
             running: Mutex::new(HashMap::new()),
+            claim_gate: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             shutdown,
         })

@@ -35,9 +35,7 @@ pub fn best_of_each_phase(rows: &[CheckpointRow]) -> HashSet<String> {
 pub fn monitored_best_of_each_phase(rows: &[CheckpointRow]) -> BTreeMap<i64, &CheckpointRow> {
     let mut best = BTreeMap::new();
     for row in rows {
-        let improved = serde_json::from_str::<crate::train::ResumeState>(&row.resume_state)
-            .is_ok_and(|state| state.epochs_without_improvement == 0);
-        if improved {
+        if row.resume_state.epochs_without_improvement == 0 {
             best.insert(row.phase_index, row);
         }
     }

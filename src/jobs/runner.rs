@@ -10,9 +10,13 @@ use super::end::JobEnd;
 use super::event::{CheckpointEvent, EpochEvent, EventPayload, PhaseEvent, ResumedFrom, Stage, StateEvent, StepEvent};
 use super::{hub, JobState, Jobs, JobsError};
 use crate::db::{self, jobs::JobRow};
-use crate::train::{
-    self, Control, JobSpec, Observer, ResumeFrom, Sample, StopReason, TrainError, TrainEvent, TrainJob,
-};
+use crate::train::{self, Control, Observer, ResumeFrom, Sample, StopReason, TrainError, TrainEvent, TrainJob};
+
+/// A job a worker took, its stop flag already registered.
+pub(super) struct Claimed {
+    pub job: JobRow,
+    pub control: Arc<Control>,
+}
 
 /// How a run ended, before it is recorded.
 enum Ending {
@@ -23,31 +27,43 @@ enum Ending {
 }
 
 impl Jobs {
-    pub(super) async fn run_claimed(self: &Arc<Self>, job: JobRow) {
-        let job_id = job.id.clone();
-        let span = tracing::info_span!("job", job_id = %job_id, attempt = job.attempts);
-        let _enter = span.enter();
+    /// Takes the oldest queued job, marks it running and registers its stop flag in one step
+    /// under the claim gate (which [`Jobs::cancel`] also holds), so a cancel never finds a job
+    /// running in this process without a flag to set.
+    pub(super) async fn claim_next(&self) -> Result<Option<Claimed>, JobsError> {
+        let _gate = self.claim_gate.lock().await;
+        let Some(job) = db::jobs::claim_next(&self.pool, db::now()).await? else {
+            return Ok(None);
+        };
         let control = Arc::new(Control::new());
-        self.running.lock().expect("running map poisoned").insert(job_id.clone(), control.clone());
-        // A shutdown that began while this job was being claimed must still reach it.
+        self.running.lock().expect("running map poisoned").insert(job.id.clone(), control.clone());
+        // Checked after the flag is visible to `stop_running_for_shutdown`, so a shutdown that
+        // began meanwhile reaches the job one way or the other.
         if self.shutdown.is_cancelled() {
             control.request_stop(StopReason::Shutdown);
         }
+        Ok(Some(Claimed { job, control }))
+    }
+
+    /// Trains a claimed job and records how it ended. The caller attaches the job's span.
+    pub(super) async fn run_claimed(self: &Arc<Self>, claimed: Claimed) {
+        let Claimed { job, control } = claimed;
+        let job_id = job.id.clone();
         tracing::info!("job started");
         let ending = match self.prepare(&job).await {
             Ok(train_job) => self.train(job_id.clone(), train_job, control).await,
             Err(error) => Ending::Ended(JobEnd::Failed(error.to_string())),
         };
-        self.running.lock().expect("running map poisoned").remove(&job_id);
         if let Err(error) = self.record_ending(&job_id, ending).await {
             tracing::error!(%error, "recording the end of a job failed");
         }
+        // Only now: until its end is recorded, a cancel must still find the flag.
+        self.running.lock().expect("running map poisoned").remove(&job_id);
     }
 
     /// Everything the training code needs, from the database and the data directory.
     async fn prepare(&self, job: &JobRow) -> Result<TrainJob, JobsError> {
-        let spec: JobSpec =
-            serde_json::from_str(&job.spec).map_err(|e| JobsError::Internal(format!("stored spec: {e}")))?;
+        let spec = job.spec.0.clone();
         let (classes, samples) = self.samples_of(&spec.dataset_id).await?;
         let validation_samples = match &spec.validation_dataset_id {
             Some(id) => Some(self.samples_of(id).await?.1),
@@ -90,10 +106,8 @@ impl Jobs {
         let Some(last) = rows.iter().rev().find(|r| r.optimizer_path.is_some()) else {
             return Ok(None);
         };
-        let Ok(state) = serde_json::from_str::<train::ResumeState>(&last.resume_state) else {
-            tracing::warn!(checkpoint_id = %last.id, "unreadable resume state; restarting from the beginning");
-            return Ok(None);
-        };
+        // Decoded with the row: an unreadable resume state fails the listing, and the job.
+        let state = last.resume_state.0.clone();
         let phase_best_weights = super::retention::monitored_best_of_each_phase(&rows)
             .get(&last.phase_index)
             .map(|r| PathBuf::from(&r.path));
@@ -269,7 +283,7 @@ impl Jobs {
                     size_bytes: weights.size as i64,
                     sha256: weights.sha256.clone(),
                     optimizer_path: Some(optimizer.path.to_string_lossy().into_owned()),
-                    resume_state: serde_json::to_string(resume)?,
+                    resume_state: sqlx::types::Json(resume.clone()),
                     created_at: db::now(),
                 };
                 db::checkpoints::insert(&mut *tx, &row).await?;
@@ -326,5 +340,54 @@ impl Observer for Recorder {
             self.failure = Some(format!("recording training progress failed: {error}"));
             self.control.request_stop(StopReason::Cancel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::jobs::{CancelOutcome, Paths};
+    use crate::train::{JobSpec, ModelSummary};
+
+    async fn queue_one(jobs: &Jobs) -> String {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "dataset_id": "d",
+            "model": {"backbone": {"architecture": "small_cnn", "widths": [8]}, "head": {"units": 1}},
+            "phases": [{"name": "head", "trainable": ["head"], "optimizer": {"type": "adam", "learning_rate": 0.001}, "epochs": 1}]
+        }))
+        .unwrap();
+        let summary = ModelSummary { layers: Vec::new(), total_params: 0, phases: Vec::new() };
+        let new = db::jobs::NewJob {
+            id: "job-1",
+            name: None,
+            dataset_id: "d",
+            validation_dataset_id: None,
+            spec: &spec,
+            summary: &summary,
+            classes: &["cat".to_owned(), "dog".to_owned()],
+            created_at: db::now(),
+        };
+        db::jobs::insert(&jobs.pool, &new).await.unwrap();
+        new.id.to_owned()
+    }
+
+    /// Claimed but not yet training: the moment the old code covered with retries.
+    #[tokio::test]
+    async fn a_cancel_between_claim_and_training_reaches_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&dir.path().join("tanuki.db")).await.unwrap();
+        let paths = Paths { datasets: dir.path().into(), checkpoints: dir.path().into(), backbones: dir.path().into() };
+        let jobs = Jobs::new(pool, paths, CancellationToken::new());
+        let id = queue_one(&jobs).await;
+
+        let claimed = jobs.claim_next().await.unwrap().expect("the queued job");
+        assert_eq!(claimed.job.state, JobState::Running);
+        match jobs.cancel(&id).await.unwrap() {
+            CancelOutcome::Stopping(job) => assert_eq!(job.state, JobState::Running),
+            other => panic!("expected the running job to be asked to stop, got {other:?}"),
+        }
+        assert_eq!(claimed.control.stop_requested(), Some(StopReason::Cancel));
     }
 }

@@ -1,7 +1,6 @@
 //! Accepting a job (validation that needs the database, then queuing) and canceling one.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
@@ -55,9 +54,6 @@ impl Jobs {
         let summary = train::summarize(&spec.model, &spec.input, &spec.phases)?;
 
         let id = uuid::Uuid::now_v7().to_string();
-        let spec_json = serde_json::to_string(&spec).map_err(|e| JobsError::Internal(e.to_string()))?;
-        let summary_json = serde_json::to_string(&summary).map_err(|e| JobsError::Internal(e.to_string()))?;
-        let classes_json = serde_json::to_string(&classes).map_err(|e| JobsError::Internal(e.to_string()))?;
         let now = db::now();
         let mut tx = self.pool.begin().await?;
         db::jobs::insert(
@@ -67,9 +63,9 @@ impl Jobs {
                 name: spec.name.as_deref(),
                 dataset_id: &spec.dataset_id,
                 validation_dataset_id: spec.validation_dataset_id.as_deref(),
-                spec: &spec_json,
-                summary: &summary_json,
-                classes: &classes_json,
+                spec: &spec,
+                summary: &summary,
+                classes: &classes,
                 created_at: now,
             },
         )
@@ -130,31 +126,30 @@ impl Jobs {
 
     /// Cancels a queued job at once, or asks a running one to stop at its next batch boundary.
     pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, JobsError> {
-        // A worker may claim the job between our reads; a few short retries cover the moment
-        // between its claim and the registration of its stop flag.
-        for _ in 0..50 {
-            let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
-            match job.state {
-                JobState::Queued => {
-                    if self.record_end(id, JobState::Queued, &JobEnd::Canceled).await? {
-                        tracing::info!(job_id = %id, "queued job canceled");
-                        let job =
-                            db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
-                        return Ok(CancelOutcome::Canceled(job));
-                    }
+        // No worker claims a job while we hold the gate, and a job running here keeps its stop
+        // flag until its end is recorded: what we read is what we act on.
+        let _gate = self.claim_gate.lock().await;
+        let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
+        match job.state {
+            JobState::Queued => {
+                if !self.record_end(id, JobState::Queued, &JobEnd::Canceled).await? {
+                    // Only another process on the same database file can have moved it.
+                    return Err(JobsError::Internal(format!("job {id} could not be canceled: its state changed")));
                 }
-                JobState::Running => {
-                    if let Some(control) = self.control_of(id) {
-                        control.request_stop(StopReason::Cancel);
-                        tracing::info!(job_id = %id, "cancel requested for running job");
-                        return Ok(CancelOutcome::Stopping(job));
-                    }
-                }
-                state => return Err(JobsError::AlreadyFinished { id: id.to_owned(), state }),
+                tracing::info!(job_id = %id, "queued job canceled");
+                let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
+                Ok(CancelOutcome::Canceled(job))
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            JobState::Running => {
+                let Some(control) = self.control_of(id) else {
+                    return Err(JobsError::Internal(format!("job {id} is running, but not in this process")));
+                };
+                control.request_stop(StopReason::Cancel);
+                tracing::info!(job_id = %id, "cancel requested for running job");
+                Ok(CancelOutcome::Stopping(job))
+            }
+            state => Err(JobsError::AlreadyFinished { id: id.to_owned(), state }),
         }
-        Err(JobsError::Internal(format!("job {id} could not be canceled: its state kept changing")))
     }
 }
 
