@@ -20,8 +20,8 @@ pub struct JobRow {
     pub phase_index: Option<i64>,
     pub phase_name: Option<String>,
     pub epoch: Option<i64>,
-    /// JSON: the latest step or epoch metrics.
-    pub latest_metrics: Option<String>,
+    /// The latest `step` or `epoch` event's data.
+    pub latest_metrics: Option<Json<serde_json::Value>>,
     /// Test-set loss and accuracy, once finished.
     pub test_metrics: Option<Json<Metrics>>,
     pub error: Option<String>,
@@ -143,8 +143,12 @@ pub async fn set_progress<'e>(
     Ok(())
 }
 
-pub async fn set_latest_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET latest_metrics = ? WHERE id = ?").bind(metrics).bind(id).execute(db).await?;
+pub async fn set_latest_metrics<'e>(
+    db: impl SqliteExecutor<'e>,
+    id: &str,
+    metrics: &serde_json::Value,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET latest_metrics = ? WHERE id = ?").bind(Json(metrics)).bind(id).execute(db).await?;
     Ok(())
 }
 

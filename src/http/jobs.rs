@@ -117,7 +117,7 @@ impl TryFrom<JobRow> for JobView {
             dataset_id: row.dataset_id,
             validation_dataset_id: row.validation_dataset_id,
             phase,
-            latest_metrics: row.latest_metrics.and_then(|m| serde_json::from_str(&m).ok()),
+            latest_metrics: row.latest_metrics.map(|m| m.0),
             test_metrics: row.test_metrics.map(|m| m.0),
             error: row.error,
             attempts: row.attempts,

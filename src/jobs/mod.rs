@@ -46,7 +46,8 @@ pub struct Jobs {
     pub pool: SqlitePool,
     pub hub: EventHub,
     pub paths: Paths,
-    /// Stop flags of the jobs running now, by job id.
+    /// Stop flags of the jobs this process runs, by job id: registered when a job is claimed,
+    /// removed once its end is recorded.
     running: Mutex<HashMap<String, Arc<Control>>>,
     /// Held while a worker claims a job and registers its stop flag, and while a cancel looks
     /// at a job: a cancel sees a job either still queued or running with its flag.

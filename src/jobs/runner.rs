@@ -240,7 +240,7 @@ impl Jobs {
                     accuracy: *accuracy,
                     learning_rate: *learning_rate,
                 };
-                db::jobs::set_latest_metrics(&mut *tx, job_id, &serde_json::to_value(&step)?.to_string()).await?;
+                db::jobs::set_latest_metrics(&mut *tx, job_id, &serde_json::to_value(&step)?).await?;
                 EventPayload::Step(step)
             }
             TrainEvent::EpochEnded {
@@ -264,7 +264,7 @@ impl Jobs {
                 };
                 db::jobs::set_progress(&mut *tx, job_id, *phase_index as i64, &epoch_event.phase, i64::from(*epoch))
                     .await?;
-                let latest = serde_json::to_value(&epoch_event)?.to_string();
+                let latest = serde_json::to_value(&epoch_event)?;
                 db::jobs::set_latest_metrics(&mut *tx, job_id, &latest).await?;
                 EventPayload::Epoch(epoch_event)
             }
