@@ -13,6 +13,8 @@ pub mod datasets;
 pub mod db;
 /// The HTTP API: router, handlers, problem+json errors, SSE, OpenAPI.
 pub mod http;
+/// The job lifecycle states, shared by `db`, `jobs` and `http` (a leaf).
+pub mod job_state;
 /// The job queue: workers, cancellation, event persistence and fan-out.
 pub mod jobs;
 /// Allocator and thread-pool settings the process re-runs itself with (read at start-up only).

@@ -1,7 +1,10 @@
 //! The `checkpoints` table: completely written checkpoint files of each job.
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::SqliteExecutor;
+
+use crate::train::ResumeState;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CheckpointRow {
@@ -17,8 +20,8 @@ pub struct CheckpointRow {
     pub size_bytes: i64,
     pub sha256: String,
     pub optimizer_path: Option<String>,
-    /// JSON: the training loop's `ResumeState`.
-    pub resume_state: String,
+    /// The training loop's state after this checkpoint (stored as JSON text).
+    pub resume_state: Json<ResumeState>,
     pub created_at: DateTime<Utc>,
 }
 

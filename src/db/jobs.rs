@@ -1,7 +1,11 @@
 //! The `jobs` table: the queue and each job's current state.
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::SqliteExecutor;
+
+use crate::job_state::JobState;
+use crate::train::{JobSpec, Metrics, ModelSummary};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
@@ -9,18 +13,17 @@ pub struct JobRow {
     pub name: Option<String>,
     pub dataset_id: String,
     pub validation_dataset_id: Option<String>,
-    /// JSON: the accepted `JobSpec`.
-    pub spec: String,
-    /// JSON: the `ModelSummary`.
-    pub summary: String,
-    pub state: String,
+    /// The accepted spec, decoded once as the row is read (stored as JSON text).
+    pub spec: Json<JobSpec>,
+    pub summary: Json<ModelSummary>,
+    pub state: JobState,
     pub phase_index: Option<i64>,
     pub phase_name: Option<String>,
     pub epoch: Option<i64>,
-    /// JSON: the latest step or epoch metrics.
-    pub latest_metrics: Option<String>,
-    /// JSON: test-set loss and accuracy, once finished.
-    pub test_metrics: Option<String>,
+    /// The latest `step` or `epoch` event's data.
+    pub latest_metrics: Option<Json<serde_json::Value>>,
+    /// Test-set loss and accuracy, once finished.
+    pub test_metrics: Option<Json<Metrics>>,
     pub error: Option<String>,
     pub attempts: i64,
     pub created_at: DateTime<Utc>,
@@ -29,8 +32,8 @@ pub struct JobRow {
     pub final_weights_path: Option<String>,
     pub final_weights_size: Option<i64>,
     pub final_weights_sha256: Option<String>,
-    /// JSON: the class names, in label order.
-    pub classes: Option<String>,
+    /// The class names, in label order.
+    pub classes: Option<Json<Vec<String>>>,
 }
 
 /// A new job, always `queued`.
@@ -39,24 +42,25 @@ pub struct NewJob<'a> {
     pub name: Option<&'a str>,
     pub dataset_id: &'a str,
     pub validation_dataset_id: Option<&'a str>,
-    pub spec: &'a str,
-    pub summary: &'a str,
-    pub classes: &'a str,
+    pub spec: &'a JobSpec,
+    pub summary: &'a ModelSummary,
+    pub classes: &'a [String],
     pub created_at: DateTime<Utc>,
 }
 
 pub async fn insert<'e>(db: impl SqliteExecutor<'e>, job: &NewJob<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO jobs (id, name, dataset_id, validation_dataset_id, spec, summary, classes, state, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(job.id)
     .bind(job.name)
     .bind(job.dataset_id)
     .bind(job.validation_dataset_id)
-    .bind(job.spec)
-    .bind(job.summary)
-    .bind(job.classes)
+    .bind(Json(job.spec))
+    .bind(Json(job.summary))
+    .bind(Json(job.classes))
+    .bind(JobState::Queued)
     .bind(job.created_at)
     .execute(db)
     .await?;
@@ -68,7 +72,7 @@ pub async fn get<'e>(db: impl SqliteExecutor<'e>, id: &str) -> sqlx::Result<Opti
 }
 
 /// Newest first, optionally only those in one state.
-pub async fn list<'e>(db: impl SqliteExecutor<'e>, state: Option<&str>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+pub async fn list<'e>(db: impl SqliteExecutor<'e>, state: Option<JobState>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as("SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2")
         .bind(state)
         .bind(limit)
@@ -79,26 +83,32 @@ pub async fn list<'e>(db: impl SqliteExecutor<'e>, state: Option<&str>, limit: i
 /// Atomically takes the oldest queued job and marks it running.
 pub async fn claim_next<'e>(db: impl SqliteExecutor<'e>, now: DateTime<Utc>) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
-        "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?1), attempts = attempts + 1
-         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1) AND state = 'queued'
+        "UPDATE jobs SET state = ?2, started_at = COALESCE(started_at, ?1), attempts = attempts + 1
+         WHERE id = (SELECT id FROM jobs WHERE state = ?3 ORDER BY id LIMIT 1) AND state = ?3
          RETURNING *",
     )
     .bind(now)
+    .bind(JobState::Running)
+    .bind(JobState::Queued)
     .fetch_optional(db)
     .await
 }
 
 /// Jobs a crash left `running` go back to the queue; returns their ids.
 pub async fn requeue_running<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("UPDATE jobs SET state = 'queued' WHERE state = 'running' RETURNING id").fetch_all(db).await
+    sqlx::query_scalar("UPDATE jobs SET state = ? WHERE state = ? RETURNING id")
+        .bind(JobState::Queued)
+        .bind(JobState::Running)
+        .fetch_all(db)
+        .await
 }
 
 /// Moves a job from one state to another; false when it was not in `from` (someone else won).
 pub async fn transition<'e>(
     db: impl SqliteExecutor<'e>,
     id: &str,
-    from: &str,
-    to: &str,
+    from: JobState,
+    to: JobState,
     finished_at: Option<DateTime<Utc>>,
     error: Option<&str>,
 ) -> sqlx::Result<bool> {
@@ -133,13 +143,17 @@ pub async fn set_progress<'e>(
     Ok(())
 }
 
-pub async fn set_latest_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET latest_metrics = ? WHERE id = ?").bind(metrics).bind(id).execute(db).await?;
+pub async fn set_latest_metrics<'e>(
+    db: impl SqliteExecutor<'e>,
+    id: &str,
+    metrics: &serde_json::Value,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET latest_metrics = ? WHERE id = ?").bind(Json(metrics)).bind(id).execute(db).await?;
     Ok(())
 }
 
-pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(metrics).bind(id).execute(db).await?;
+pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &Metrics) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(Json(metrics)).bind(id).execute(db).await?;
     Ok(())
 }
 

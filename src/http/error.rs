@@ -170,6 +170,7 @@ impl From<JobsError> for ApiError {
             JobsError::InvalidSpec(spec) => ApiError::InvalidSpec(spec),
             JobsError::AlreadyFinished { .. } => ApiError::Conflict { code: "job_finished", detail: error.to_string() },
             JobsError::Db(error) => error.into(),
+            JobsError::Encoding(error) => ApiError::Internal(error.to_string()),
             JobsError::Internal(detail) => ApiError::Internal(detail),
         }
     }

@@ -28,7 +28,7 @@ use utoipa::IntoParams;
 use super::error::{ApiError, Problem};
 use super::jobs::load_job;
 use super::AppState;
-use crate::jobs::{history_after, JobEvent};
+use crate::jobs::{history_after, EventPayload, JobEvent, StreamClosed};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/jobs/{id}/events", get(stream_job_events))
@@ -55,7 +55,7 @@ const PAGE: i64 = 500;
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
         ("access_token" = Option<String>, Query, description = "A stream token from POST /v1/stream-tokens (for EventSource, which cannot send headers)")),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream: each message's `event:` and `data:` are the tag and the content of one `EventPayload`", content_type = "text/event-stream", body = EventPayload),
         (status = 400, description = "Last-Event-ID is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer or stream token (when tokens are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
@@ -85,10 +85,18 @@ fn to_sse(event: &JobEvent) -> Event {
     Event::default().id(event.id.to_string()).event(event.event.clone()).data(event.data.to_string())
 }
 
-/// A final event without an id: why the stream ends, and where to resume.
-fn final_event(kind: &str, reason: &str, last: i64) -> Event {
-    let data = serde_json::json!({"reason": reason, "last_event_id": last});
-    Event::default().event(kind).retry(std::time::Duration::from_secs(2)).data(data.to_string())
+/// A final event without an id (`dropped` or `shutdown`): why the stream ends, and where to
+/// resume.
+fn final_event(closed: fn(StreamClosed) -> EventPayload, reason: String, last: i64) -> Event {
+    let event = Event::default().retry(std::time::Duration::from_secs(2));
+    match closed(StreamClosed { reason, last_event_id: last }).to_parts() {
+        Ok((kind, data)) => event.event(kind).data(data.to_string()),
+        Err(error) => {
+            // Plain data always encodes; should it not, the stream still ends.
+            tracing::error!(%error, "encoding the final event of a stream failed");
+            event.comment("closed")
+        }
+    }
 }
 
 fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -100,7 +108,7 @@ fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Ite
         let too_slow = |last: i64| {
             state.telemetry.subscriber_dropped();
             tracing::info!(%job_id, last_event_id = last, max_lag, "SSE subscriber too slow; dropped");
-            final_event("dropped", &format!("too slow: more than {max_lag} events behind; reconnect with Last-Event-ID"), last)
+            final_event(EventPayload::Dropped, format!("too slow: more than {max_lag} events behind; reconnect with Last-Event-ID"), last)
         };
         // Replay from the database (and fill a gap between the replay and the live channel).
         let mut catch_up = true;
@@ -135,7 +143,7 @@ fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Ite
             let received = tokio::select! {
                 received = live.recv() => received,
                 _ = shutdown.cancelled() => {
-                    yield Ok(final_event("shutdown", "the server is shutting down; reconnect with Last-Event-ID", last));
+                    yield Ok(final_event(EventPayload::Shutdown, "the server is shutting down; reconnect with Last-Event-ID".to_owned(), last));
                     return;
                 }
             };

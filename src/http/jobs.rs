@@ -12,7 +12,7 @@ use super::error::{ApiError, Problem};
 use super::json::Json;
 use super::AppState;
 use crate::db::{self, jobs::JobRow};
-use crate::jobs::{CancelOutcome, JobEvent};
+use crate::jobs::{CancelOutcome, JobEvent, JobState};
 use crate::train::{JobSpec, Metrics, ModelSummary};
 
 pub fn routes() -> Router<AppState> {
@@ -38,8 +38,7 @@ pub struct PhaseProgress {
 pub struct JobView {
     pub id: String,
     pub name: Option<String>,
-    /// `queued`, `running`, `succeeded`, `failed` or `canceled`.
-    pub state: String,
+    pub state: JobState,
     pub dataset_id: String,
     pub validation_dataset_id: Option<String>,
     pub phase: Option<PhaseProgress>,
@@ -84,18 +83,16 @@ pub struct JobHistory {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListJobsParams {
     /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
 }
 
-const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
-
 impl TryFrom<JobRow> for JobView {
     type Error = ApiError;
     fn try_from(row: JobRow) -> Result<Self, ApiError> {
-        let spec: JobSpec =
-            serde_json::from_str(&row.spec).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
+        let spec = row.spec.0;
         let phase = match (row.phase_index, &row.phase_name) {
             (Some(index), Some(name)) => Some(PhaseProgress {
                 index: index as usize,
@@ -120,8 +117,8 @@ impl TryFrom<JobRow> for JobView {
             dataset_id: row.dataset_id,
             validation_dataset_id: row.validation_dataset_id,
             phase,
-            latest_metrics: row.latest_metrics.and_then(|m| serde_json::from_str(&m).ok()),
-            test_metrics: row.test_metrics.and_then(|m| serde_json::from_str(&m).ok()),
+            latest_metrics: row.latest_metrics.map(|m| m.0),
+            test_metrics: row.test_metrics.map(|m| m.0),
             error: row.error,
             attempts: row.attempts,
             created_at: row.created_at,
@@ -165,17 +162,13 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     Query(params): Query<ListJobsParams>,
 ) -> Result<Json<JobList>, ApiError> {
-    if let Some(filter) = &params.state {
-        if !STATES.contains(&filter.as_str()) {
-            return Err(ApiError::BadRequest {
-                code: "invalid_state",
-                detail: format!("state must be one of {STATES:?}"),
-                field: Some("state".into()),
-            });
-        }
-    }
+    // Parsed here rather than by the query extractor, so a bad value is answered with this
+    // code and field like any other bad parameter.
+    let filter = params.state.as_deref().map(str::parse::<JobState>).transpose().map_err(|error| {
+        ApiError::BadRequest { code: "invalid_state", detail: error.to_string(), field: Some("state".into()) }
+    })?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = db::jobs::list(&state.jobs.pool, params.state.as_deref(), limit).await?;
+    let rows = db::jobs::list(&state.jobs.pool, filter, limit).await?;
     let jobs = rows.into_iter().map(JobView::try_from).collect::<Result<_, _>>()?;
     Ok(Json(JobList { jobs }))
 }
@@ -250,6 +243,5 @@ pub async fn get_job_model(
     Path(id): Path<String>,
 ) -> Result<Json<ModelSummary>, ApiError> {
     let row = load_job(&state, &id).await?;
-    let summary = serde_json::from_str(&row.summary).map_err(|e| ApiError::Internal(format!("stored summary: {e}")))?;
-    Ok(Json(summary))
+    Ok(Json(row.summary.0))
 }

@@ -11,8 +11,7 @@ use axum::Router;
 
 use super::error::{ApiError, Problem};
 use super::AppState;
-
-const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
+use crate::jobs::JobState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/metrics", get(get_metrics))
@@ -30,9 +29,9 @@ pub fn routes() -> Router<AppState> {
 pub async fn get_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     // A read-only aggregate for monitoring; it has no counterpart among the per-table
     // statements in `db::jobs`.
-    let counts: Vec<(String, i64)> =
+    let counts: Vec<(JobState, i64)> =
         sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetch_all(&state.jobs.pool).await?;
-    let count_of = |s: &str| counts.iter().find(|(state, _)| state == s).map_or(0, |(_, n)| *n);
+    let count_of = |s: JobState| counts.iter().find(|(state, _)| *state == s).map_or(0, |(_, n)| *n);
     let t = &state.telemetry;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
@@ -42,10 +41,15 @@ pub async fn get_metrics(State(state): State<AppState>) -> Result<impl IntoRespo
         }
     };
     let by_state: Vec<(String, String)> =
-        STATES.iter().map(|s| (format!("{{state=\"{s}\"}}"), count_of(s).to_string())).collect();
+        JobState::ALL.iter().map(|&s| (format!("{{state=\"{s}\"}}"), count_of(s).to_string())).collect();
     let by_state: Vec<(&str, String)> = by_state.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
     metric("tanuki_jobs", "gauge", "Jobs by state.", &by_state);
-    metric("tanuki_queue_depth", "gauge", "Jobs waiting for a worker.", &[("", count_of("queued").to_string())]);
+    metric(
+        "tanuki_queue_depth",
+        "gauge",
+        "Jobs waiting for a worker.",
+        &[("", count_of(JobState::Queued).to_string())],
+    );
     metric(
         "tanuki_jobs_training",
         "gauge",

@@ -89,12 +89,9 @@ pub async fn predict_job(
     })?;
     let job = load_job(&state, &id).await?;
     let (checkpoint_id, weights) = pick_checkpoint(&state, &id, params.checkpoint.as_deref()).await?;
-    let spec: JobSpec = serde_json::from_str(&job.spec).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
-    let classes: Vec<String> = job
-        .classes
-        .as_deref()
-        .and_then(|c| serde_json::from_str(c).ok())
-        .ok_or_else(|| ApiError::Internal("the job has no stored classes".into()))?;
+    let spec: JobSpec = job.spec.0;
+    let classes: Vec<String> =
+        job.classes.map(|c| c.0).ok_or_else(|| ApiError::Internal("the job has no stored classes".into()))?;
 
     let is_zip = body.starts_with(b"PK\x03\x04") || body.starts_with(b"PK\x05\x06");
     let (names, images) = if is_zip { unzip_images(&body)? } else { (Vec::new(), vec![body.to_vec()]) };

@@ -5,35 +5,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::SqlitePool;
+use sqlx::{SqliteExecutor, SqlitePool};
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use super::event::{EventPayload, END};
+use super::JobsError;
 use crate::db;
-
-/// The SSE `event:` types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    State,
-    Phase,
-    Step,
-    Epoch,
-    Checkpoint,
-    End,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::State => "state",
-            EventKind::Phase => "phase",
-            EventKind::Step => "step",
-            EventKind::Epoch => "epoch",
-            EventKind::Checkpoint => "checkpoint",
-            EventKind::End => "end",
-        }
-    }
-}
 
 /// One stored event of a job.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -41,8 +19,9 @@ pub struct JobEvent {
     /// Per-job sequence number (the SSE `id:`).
     pub id: i64,
     pub job_id: String,
-    /// `state`, `phase`, `step`, `epoch`, `checkpoint` or `end`.
+    /// The SSE `event:` type: the tag of an [`EventPayload`].
     pub event: String,
+    /// The SSE `data:`: that variant's content, as stored.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -50,7 +29,7 @@ pub struct JobEvent {
 
 impl JobEvent {
     pub fn is_end(&self) -> bool {
-        self.event == EventKind::End.as_str()
+        self.event == END
     }
 }
 
@@ -87,18 +66,23 @@ impl EventHub {
     }
 
     /// Stores an event, then publishes it.
-    pub async fn emit(
-        &self,
-        pool: &SqlitePool,
-        job_id: &str,
-        kind: EventKind,
-        data: serde_json::Value,
-    ) -> sqlx::Result<JobEvent> {
-        let row = db::events::append(pool, job_id, kind.as_str(), &data.to_string(), db::now()).await?;
-        let event = JobEvent::from(row);
+    pub async fn emit(&self, pool: &SqlitePool, job_id: &str, payload: &EventPayload) -> Result<JobEvent, JobsError> {
+        let event = store(pool, job_id, payload).await?;
         self.publish(event.clone());
         Ok(event)
     }
+}
+
+/// Stores an event without publishing it: inside a transaction, publish it once that commits.
+pub async fn store<'e>(
+    db: impl SqliteExecutor<'e>,
+    job_id: &str,
+    payload: &EventPayload,
+) -> Result<JobEvent, JobsError> {
+    let (kind, data) = payload.to_parts()?;
+    // As a `Value` (sorted keys), the stored text is what this service always wrote.
+    let row = db::events::append(db, job_id, &kind, &data.to_string(), db::now()).await?;
+    Ok(JobEvent { id: row.seq, job_id: row.job_id, event: row.kind, data, created_at: row.created_at })
 }
 
 /// Reads a job's stored events after `after`, oldest first, in pages.

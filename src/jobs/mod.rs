@@ -2,7 +2,9 @@
 //! history that SSE subscribers follow. Sits between `http` (above) and `db`, `datasets`,
 //! `train` (below).
 
+mod end;
 mod error;
+mod event;
 mod hub;
 mod retention;
 pub use retention::best_of_each_phase;
@@ -18,8 +20,13 @@ use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::job_state::JobState;
 pub use error::JobsError;
-pub use hub::{history_after, EventHub, EventKind, JobEvent};
+pub use event::{
+    CheckpointEvent, EndEvent, EpochEvent, EventPayload, PhaseEvent, ResumedFrom, Stage, StateEvent, StepEvent,
+    StreamClosed,
+};
+pub use hub::{history_after, EventHub, JobEvent};
 pub use submit::CancelOutcome;
 pub use worker::spawn_workers;
 
@@ -39,8 +46,12 @@ pub struct Jobs {
     pub pool: SqlitePool,
     pub hub: EventHub,
     pub paths: Paths,
-    /// Stop flags of the jobs running now, by job id.
+    /// Stop flags of the jobs this process runs, by job id: registered when a job is claimed,
+    /// removed once its end is recorded.
     running: Mutex<HashMap<String, Arc<Control>>>,
+    /// Held while a worker claims a job and registers its stop flag, and while a cancel looks
+    /// at a job: a cancel sees a job either still queued or running with its flag.
+    claim_gate: tokio::sync::Mutex<()>,
     /// Wakes idle workers when a job is queued.
     wake: Notify,
     /// Cancelled when the service shuts down.
@@ -54,6 +65,7 @@ impl Jobs {
             hub: EventHub::new(4096),
             paths,
             running: Mutex::new(HashMap::new()),
+            claim_gate: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             shutdown,
         })
@@ -64,14 +76,9 @@ impl Jobs {
         let ids = crate::db::jobs::requeue_running(&self.pool).await?;
         for id in &ids {
             tracing::warn!(job_id = %id, "job was running when the service stopped; queued again");
-            self.hub
-                .emit(
-                    &self.pool,
-                    id,
-                    EventKind::State,
-                    serde_json::json!({"state": "queued", "reason": "interrupted: the service stopped while it ran; it resumes from its last checkpoint"}),
-                )
-                .await?;
+            let reason = "interrupted: the service stopped while it ran; it resumes from its last checkpoint";
+            let requeued = StateEvent::Requeued { state: JobState::Queued, reason: reason.to_owned() };
+            self.hub.emit(&self.pool, id, &EventPayload::State(requeued)).await?;
         }
         Ok(ids.len())
     }

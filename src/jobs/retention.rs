@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::Jobs;
+use sqlx::SqliteConnection;
+
 use crate::db::{self, checkpoints::CheckpointRow};
 
 /// Ids of the checkpoints that are the best of their phase (lowest validation loss; without
@@ -34,48 +35,73 @@ pub fn best_of_each_phase(rows: &[CheckpointRow]) -> HashSet<String> {
 pub fn monitored_best_of_each_phase(rows: &[CheckpointRow]) -> BTreeMap<i64, &CheckpointRow> {
     let mut best = BTreeMap::new();
     for row in rows {
-        let improved = serde_json::from_str::<crate::train::ResumeState>(&row.resume_state)
-            .is_ok_and(|state| state.epochs_without_improvement == 0);
-        if improved {
+        if row.resume_state.epochs_without_improvement == 0 {
             best.insert(row.phase_index, row);
         }
     }
     best
 }
 
-impl Jobs {
-    /// Deletes superseded checkpoints (rows first, then files, so no listed file is missing).
-    pub(super) async fn apply_retention(&self, job_id: &str) -> sqlx::Result<()> {
-        let rows = db::checkpoints::list_for_job(&self.pool, job_id).await?;
-        let mut keep = best_of_each_phase(&rows);
-        let mut last_of_phase: BTreeMap<i64, &CheckpointRow> = BTreeMap::new();
-        for row in &rows {
-            last_of_phase.insert(row.phase_index, row);
-        }
-        keep.extend(last_of_phase.values().map(|r| r.id.clone()));
-        keep.extend(monitored_best_of_each_phase(&rows).values().map(|r| r.id.clone()));
-        let newest = rows.last().map(|r| r.id.clone());
+/// What retention does to a job's checkpoints, decided from the rows alone.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Superseded {
+    /// Checkpoints no longer kept: their rows and files go.
+    pub checkpoints: Vec<String>,
+    /// Kept checkpoints that are not the newest: their optimizer state goes.
+    pub optimizer_states: Vec<String>,
+    /// The files of both, to delete once the rows are gone for good.
+    pub files: Vec<String>,
+}
 
-        let mut files = Vec::new();
-        let mut tx = self.pool.begin().await?;
-        for row in &rows {
-            if !keep.contains(&row.id) {
-                db::checkpoints::delete(&mut *tx, &row.id).await?;
-                files.push(row.path.clone());
-                files.extend(row.optimizer_path.clone());
-            } else if Some(&row.id) != newest.as_ref() {
-                if let Some(optimizer) = &row.optimizer_path {
-                    db::checkpoints::clear_optimizer_path(&mut *tx, &row.id).await?;
-                    files.push(optimizer.clone());
-                }
+/// Per phase the best, the last and the monitored best are kept; the optimizer state only for
+/// the newest checkpoint of the job.
+pub(super) fn superseded(rows: &[CheckpointRow]) -> Superseded {
+    let mut keep = best_of_each_phase(rows);
+    let mut last_of_phase: BTreeMap<i64, &CheckpointRow> = BTreeMap::new();
+    for row in rows {
+        last_of_phase.insert(row.phase_index, row);
+    }
+    keep.extend(last_of_phase.values().map(|r| r.id.clone()));
+    keep.extend(monitored_best_of_each_phase(rows).values().map(|r| r.id.clone()));
+    let newest = rows.last().map(|r| r.id.as_str());
+
+    let mut superseded = Superseded::default();
+    for row in rows {
+        if !keep.contains(&row.id) {
+            superseded.checkpoints.push(row.id.clone());
+            superseded.files.push(row.path.clone());
+            superseded.files.extend(row.optimizer_path.clone());
+        } else if Some(row.id.as_str()) != newest {
+            if let Some(optimizer) = &row.optimizer_path {
+                superseded.optimizer_states.push(row.id.clone());
+                superseded.files.push(optimizer.clone());
             }
         }
-        tx.commit().await?;
-        for file in files {
-            if let Err(error) = std::fs::remove_file(&file) {
-                tracing::warn!(%file, %error, "could not delete a superseded checkpoint file");
-            }
+    }
+    superseded
+}
+
+/// Applies retention to a job's rows inside the caller's transaction and returns the files to
+/// delete once it commits ([`remove_files`]): were it rolled back, every row would still have
+/// its file.
+pub(super) async fn prune(conn: &mut SqliteConnection, job_id: &str) -> sqlx::Result<Vec<String>> {
+    let rows = db::checkpoints::list_for_job(&mut *conn, job_id).await?;
+    let plan = superseded(&rows);
+    for id in &plan.checkpoints {
+        db::checkpoints::delete(&mut *conn, id).await?;
+    }
+    for id in &plan.optimizer_states {
+        db::checkpoints::clear_optimizer_path(&mut *conn, id).await?;
+    }
+    Ok(plan.files)
+}
+
+/// Deletes the files of superseded checkpoints; a file that cannot be deleted is only logged
+/// (its row is gone, so nothing points to it).
+pub(super) fn remove_files(files: &[String]) {
+    for file in files {
+        if let Err(error) = std::fs::remove_file(file) {
+            tracing::warn!(%file, %error, "could not delete a superseded checkpoint file");
         }
-        Ok(())
     }
 }

@@ -1,11 +1,13 @@
 //! Accepting a job (validation that needs the database, then queuing) and canceling one.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use serde_json::json;
+use serde::de::IntoDeserializer;
+use serde::Deserialize;
 
-use super::{EventKind, Jobs, JobsError};
+use super::end::JobEnd;
+use super::event::{EventPayload, StateEvent};
+use super::{hub, JobState, Jobs, JobsError};
 use crate::db;
 use crate::train::{self, JobSpec, SpecError, StopReason, WeightsFormat, WeightsSource};
 
@@ -52,9 +54,6 @@ impl Jobs {
         let summary = train::summarize(&spec.model, &spec.input, &spec.phases)?;
 
         let id = uuid::Uuid::now_v7().to_string();
-        let spec_json = serde_json::to_string(&spec).map_err(|e| JobsError::Internal(e.to_string()))?;
-        let summary_json = serde_json::to_string(&summary).map_err(|e| JobsError::Internal(e.to_string()))?;
-        let classes_json = serde_json::to_string(&classes).map_err(|e| JobsError::Internal(e.to_string()))?;
         let now = db::now();
         let mut tx = self.pool.begin().await?;
         db::jobs::insert(
@@ -64,21 +63,20 @@ impl Jobs {
                 name: spec.name.as_deref(),
                 dataset_id: &spec.dataset_id,
                 validation_dataset_id: spec.validation_dataset_id.as_deref(),
-                spec: &spec_json,
-                summary: &summary_json,
-                classes: &classes_json,
+                spec: &spec,
+                summary: &summary,
+                classes: &classes,
                 created_at: now,
             },
         )
         .await?;
-        let event =
-            db::events::append(&mut *tx, &id, EventKind::State.as_str(), &json!({"state": "queued"}).to_string(), now)
-                .await?;
+        let queued = EventPayload::State(StateEvent::Changed { state: JobState::Queued });
+        let event = hub::store(&mut *tx, &id, &queued).await?;
         // Read back inside the transaction: once committed and the workers woken, the job may
         // already be running, and the answer to the submit must show it as queued.
         let job = db::jobs::get(&mut *tx, &id).await?.ok_or_else(|| JobsError::NotFound(id.clone()))?;
         tx.commit().await?;
-        self.hub.publish(event.into());
+        self.hub.publish(event);
         self.wake.notify_one();
         tracing::info!(job_id = %id, dataset_id = %spec.dataset_id, "job queued");
         Ok(job)
@@ -110,8 +108,8 @@ impl Jobs {
                     )
                     .into());
                 };
-                let format = serde_json::from_value(json!(row.format))
-                    .map_err(|e| JobsError::Internal(format!("stored format: {e}")))?;
+                let format = WeightsFormat::deserialize(row.format.as_str().into_deserializer())
+                    .map_err(|e: serde::de::value::Error| JobsError::Internal(format!("stored format: {e}")))?;
                 Ok(Some((PathBuf::from(row.path), format)))
             }
         }
@@ -128,40 +126,30 @@ impl Jobs {
 
     /// Cancels a queued job at once, or asks a running one to stop at its next batch boundary.
     pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, JobsError> {
-        // A worker may claim the job between our reads; a few short retries cover the moment
-        // between its claim and the registration of its stop flag.
-        for _ in 0..50 {
-            let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
-            match job.state.as_str() {
-                "queued" => {
-                    if db::jobs::transition(&self.pool, id, "queued", "canceled", Some(db::now()), None).await? {
-                        self.hub.emit(&self.pool, id, EventKind::State, json!({"state": "canceled"})).await?;
-                        self.hub
-                            .emit(
-                                &self.pool,
-                                id,
-                                EventKind::End,
-                                json!({"state": "canceled", "test": null, "validation": null, "error": null}),
-                            )
-                            .await?;
-                        tracing::info!(job_id = %id, "queued job canceled");
-                        let job =
-                            db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
-                        return Ok(CancelOutcome::Canceled(job));
-                    }
+        // No worker claims a job while we hold the gate, and a job running here keeps its stop
+        // flag until its end is recorded: what we read is what we act on.
+        let _gate = self.claim_gate.lock().await;
+        let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
+        match job.state {
+            JobState::Queued => {
+                if !self.record_end(id, JobState::Queued, &JobEnd::Canceled).await? {
+                    // Only another process on the same database file can have moved it.
+                    return Err(JobsError::Internal(format!("job {id} could not be canceled: its state changed")));
                 }
-                "running" => {
-                    if let Some(control) = self.control_of(id) {
-                        control.request_stop(StopReason::Cancel);
-                        tracing::info!(job_id = %id, "cancel requested for running job");
-                        return Ok(CancelOutcome::Stopping(job));
-                    }
-                }
-                state => return Err(JobsError::AlreadyFinished { id: id.to_owned(), state: state.to_owned() }),
+                tracing::info!(job_id = %id, "queued job canceled");
+                let job = db::jobs::get(&self.pool, id).await?.ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
+                Ok(CancelOutcome::Canceled(job))
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            JobState::Running => {
+                let Some(control) = self.control_of(id) else {
+                    return Err(JobsError::Internal(format!("job {id} is running, but not in this process")));
+                };
+                control.request_stop(StopReason::Cancel);
+                tracing::info!(job_id = %id, "cancel requested for running job");
+                Ok(CancelOutcome::Stopping(job))
+            }
+            state => Err(JobsError::AlreadyFinished { id: id.to_owned(), state }),
         }
-        Err(JobsError::Internal(format!("job {id} could not be canceled: its state kept changing")))
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::Jobs;
-use crate::db;
 
 /// A poll tick covers a missed wake-up (e.g. a job queued by another process on the same file).
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -28,9 +28,11 @@ async fn worker_loop(jobs: Arc<Jobs>, index: usize) {
         let notified = jobs.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match db::jobs::claim_next(&jobs.pool, db::now()).await {
-            Ok(Some(job)) => {
-                jobs.run_claimed(job).await;
+        match jobs.claim_next().await {
+            Ok(Some(claimed)) => {
+                // The span follows the future across its awaits (an entered guard would not).
+                let span = tracing::info_span!("job", job_id = %claimed.job.id, attempt = claimed.job.attempts);
+                jobs.run_claimed(claimed).instrument(span).await;
                 continue;
             }
             Ok(None) => {}
