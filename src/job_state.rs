@@ -54,6 +54,26 @@ impl fmt::Display for JobState {
     }
 }
 
+/// Why a job failed, for clients to match on (the `error` beside it says it in words). Stored
+/// as the `jobs.error_code` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// A loss or a weight stopped being finite (the end event says where, with the last finite
+    /// metrics).
+    Diverged,
+    /// The dataset: too few images, none decodable, a class missing.
+    InvalidData,
+    /// The initial weights or a checkpoint to resume from do not fit the model.
+    Weights,
+    /// The spec cannot be trained as given (found only once training starts).
+    InvalidSpec,
+    /// Training failed in a way that is the service's fault (a tensor error, a file that could
+    /// not be written, a panic).
+    Internal,
+}
+
 /// A name that is not a job state; its message lists the valid ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("state must be one of {:?}", JobState::ALL.map(JobState::as_str))]

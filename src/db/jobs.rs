@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::SqliteExecutor;
 
-use crate::job_state::JobState;
+use crate::job_state::{FailureCode, JobState};
 use crate::train::{JobSpec, Metrics, ModelSummary};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -25,6 +25,8 @@ pub struct JobRow {
     /// Test-set loss and accuracy, once finished.
     pub test_metrics: Option<Json<Metrics>>,
     pub error: Option<String>,
+    /// Why it failed, as a code; `None` unless failed (and for jobs that failed before codes).
+    pub error_code: Option<FailureCode>,
     pub attempts: i64,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -154,6 +156,11 @@ pub async fn set_latest_metrics<'e>(
 
 pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &Metrics) -> sqlx::Result<()> {
     sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(Json(metrics)).bind(id).execute(db).await?;
+    Ok(())
+}
+
+pub async fn set_error_code<'e>(db: impl SqliteExecutor<'e>, id: &str, code: FailureCode) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET error_code = ? WHERE id = ?").bind(code).bind(id).execute(db).await?;
     Ok(())
 }
 

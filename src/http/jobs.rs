@@ -12,7 +12,7 @@ use super::error::{ApiError, Problem};
 use super::json::Json;
 use super::AppState;
 use crate::db::{self, jobs::JobRow};
-use crate::jobs::{CancelOutcome, JobEvent, JobState};
+use crate::jobs::{CancelOutcome, FailureCode, JobEvent, JobState};
 use crate::train::{JobSpec, Metrics, ModelSummary};
 
 pub fn routes() -> Router<AppState> {
@@ -49,6 +49,9 @@ pub struct JobView {
     pub test_metrics: Option<Metrics>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Why it failed, as a code: `diverged`, `invalid_data`, `weights`, `invalid_spec`,
+    /// `internal`.
+    pub error_code: Option<FailureCode>,
     /// How many times a worker started it (more than one after an interruption).
     pub attempts: i64,
     pub created_at: DateTime<Utc>,
@@ -120,6 +123,7 @@ impl TryFrom<JobRow> for JobView {
             latest_metrics: row.latest_metrics.map(|m| m.0),
             test_metrics: row.test_metrics.map(|m| m.0),
             error: row.error,
+            error_code: row.error_code,
             attempts: row.attempts,
             created_at: row.created_at,
             started_at: row.started_at,

@@ -4,14 +4,53 @@
 use super::event::{EndEvent, EventPayload, StateEvent};
 use super::{hub, JobState, Jobs, JobsError};
 use crate::db;
-use crate::train::TrainOutcome;
+use crate::job_state::FailureCode;
+use crate::train::{Divergence, TrainError, TrainOutcome};
 
 /// How a job ended.
 #[derive(Debug)]
 pub(super) enum JobEnd {
     Succeeded(TrainOutcome),
-    Failed(String),
+    Failed(Failure),
     Canceled,
+}
+
+/// Why a job failed: a code, the words, and where it diverged when it did.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub code: FailureCode,
+    pub message: String,
+    pub diverged: Option<Divergence>,
+}
+
+impl Failure {
+    /// A failure on the service's side (a panic, an event that could not be stored).
+    pub(super) fn internal(message: impl Into<String>) -> Self {
+        Self { code: FailureCode::Internal, message: message.into(), diverged: None }
+    }
+}
+
+impl From<&TrainError> for Failure {
+    fn from(error: &TrainError) -> Self {
+        let code = match error {
+            TrainError::Diverged(_) => FailureCode::Diverged,
+            TrainError::Data(_) => FailureCode::InvalidData,
+            TrainError::Weights(_) | TrainError::CheckpointRead { .. } => FailureCode::Weights,
+            TrainError::Spec(_) => FailureCode::InvalidSpec,
+            _ => FailureCode::Internal,
+        };
+        let diverged = match error {
+            TrainError::Diverged(at) => Some((**at).clone()),
+            _ => None,
+        };
+        Self { code, message: error.to_string(), diverged }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl JobEnd {
@@ -23,11 +62,15 @@ impl JobEnd {
         }
     }
 
-    fn error(&self) -> Option<&str> {
+    fn failure(&self) -> Option<&Failure> {
         match self {
-            JobEnd::Failed(error) => Some(error),
+            JobEnd::Failed(failure) => Some(failure),
             _ => None,
         }
+    }
+
+    fn error(&self) -> Option<&str> {
+        self.failure().map(|f| f.message.as_str())
     }
 
     fn end_event(&self) -> EndEvent {
@@ -40,6 +83,8 @@ impl JobEnd {
             test: outcome.and_then(|o| o.test),
             validation: outcome.and_then(|o| o.validation),
             error: self.error().map(str::to_owned),
+            error_code: self.failure().map(|f| f.code),
+            diverged: self.failure().and_then(|f| f.diverged.clone()),
         }
     }
 }
@@ -54,6 +99,9 @@ impl Jobs {
         let mut tx = self.pool.begin().await?;
         if !db::jobs::transition(&mut *tx, job_id, from, state, Some(db::now()), end.error()).await? {
             return Ok(false);
+        }
+        if let Some(failure) = end.failure() {
+            db::jobs::set_error_code(&mut *tx, job_id, failure.code).await?;
         }
         if let JobEnd::Succeeded(outcome) = end {
             if let Some(test) = &outcome.test {

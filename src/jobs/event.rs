@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::job_state::JobState;
-use crate::train::{BatchNormMode, Metrics};
+use crate::job_state::{FailureCode, JobState};
+use crate::train::{BatchNormMode, Divergence, Metrics};
 
 /// One event of a job's stream: the SSE `event:` is the tag, the SSE `data:` the content.
 ///
@@ -127,6 +127,10 @@ pub enum PhaseEvent {
         stopped_early: bool,
         /// Epoch (1-based) whose weights the phase ends with, when best weights were restored.
         restored_best_epoch: Option<u32>,
+        /// Where the phase diverged, when it did and its spec said `on_divergence: restore_best`
+        /// (its weights are then the restored ones); absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        diverged: Option<Divergence>,
     },
 }
 
@@ -186,6 +190,12 @@ pub struct EndEvent {
     pub validation: Option<Metrics>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Why it failed, as a code (absent unless it failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<FailureCode>,
+    /// Where training diverged, when that is why it failed (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Divergence>,
 }
 
 /// `dropped` and `shutdown`: why the stream ends before the job did, and where to resume.
@@ -203,7 +213,14 @@ mod tests {
 
     #[test]
     fn the_tag_is_the_sse_event_name_and_the_content_its_data() {
-        let end = EventPayload::End(EndEvent { state: JobState::Canceled, test: None, validation: None, error: None });
+        let end = EventPayload::End(EndEvent {
+            state: JobState::Canceled,
+            test: None,
+            validation: None,
+            error: None,
+            error_code: None,
+            diverged: None,
+        });
         let (kind, data) = end.to_parts().unwrap();
         assert_eq!(kind, END);
         assert_eq!(data, json!({"state": "canceled", "test": null, "validation": null, "error": null}));
@@ -223,6 +240,7 @@ mod tests {
             epochs_run: 2,
             stopped_early: false,
             restored_best_epoch: None,
+            diverged: None,
         });
         let (kind, data) = phase.to_parts().unwrap();
         assert_eq!(kind, "phase");

@@ -20,7 +20,7 @@ use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::job_state::JobState;
+pub use crate::job_state::{FailureCode, JobState};
 pub use error::JobsError;
 pub use event::{
     CheckpointEvent, EndEvent, EpochEvent, EventPayload, PhaseEvent, ResumedFrom, Stage, StateEvent, StepEvent,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use super::end::JobEnd;
+use super::end::{Failure, JobEnd};
 use super::event::{CheckpointEvent, EpochEvent, EventPayload, PhaseEvent, ResumedFrom, Stage, StateEvent, StepEvent};
 use super::{hub, JobState, Jobs, JobsError};
 use crate::db::{self, jobs::JobRow};
@@ -52,7 +52,7 @@ impl Jobs {
         tracing::info!("job started");
         let ending = match self.prepare(&job).await {
             Ok(train_job) => self.train(job_id.clone(), train_job, control).await,
-            Err(error) => Ending::Ended(JobEnd::Failed(error.to_string())),
+            Err(error) => Ending::Ended(JobEnd::Failed(Failure::internal(error.to_string()))),
         };
         if let Err(error) = self.record_ending(&job_id, ending).await {
             tracing::error!(%error, "recording the end of a job failed");
@@ -132,14 +132,15 @@ impl Jobs {
         })
         .await;
         match result {
-            Err(join_error) => {
-                Ending::Ended(JobEnd::Failed(format!("training panicked: {}", panic_message(join_error))))
-            }
-            Ok((_, Some(failure))) => Ending::Ended(JobEnd::Failed(failure)),
+            Err(join_error) => Ending::Ended(JobEnd::Failed(Failure::internal(format!(
+                "training panicked: {}",
+                panic_message(join_error)
+            )))),
+            Ok((_, Some(failure))) => Ending::Ended(JobEnd::Failed(Failure::internal(failure))),
             Ok((Ok(outcome), None)) => Ending::Ended(JobEnd::Succeeded(outcome)),
             Ok((Err(TrainError::Stopped(StopReason::Cancel)), None)) => Ending::Ended(JobEnd::Canceled),
             Ok((Err(TrainError::Stopped(StopReason::Shutdown)), None)) => Ending::Requeued,
-            Ok((Err(error), None)) => Ending::Ended(JobEnd::Failed(error.to_string())),
+            Ok((Err(error), None)) => Ending::Ended(JobEnd::Failed(Failure::from(&error))),
         }
     }
 
@@ -161,7 +162,7 @@ impl Jobs {
                 match &end {
                     JobEnd::Succeeded(outcome) => tracing::info!(test = ?outcome.test, "job succeeded"),
                     JobEnd::Canceled => tracing::info!("job canceled"),
-                    JobEnd::Failed(error) => tracing::warn!(%error, "job failed"),
+                    JobEnd::Failed(failure) => tracing::warn!(code = ?failure.code, error = %failure, "job failed"),
                 }
             }
         }
@@ -219,13 +220,14 @@ impl Jobs {
                     resumed_from_epoch: *resumed_from_epoch,
                 })
             }
-            TrainEvent::PhaseEnded { phase_index, name, epochs_run, stopped_early, restored_best_epoch } => {
+            TrainEvent::PhaseEnded { phase_index, name, epochs_run, stopped_early, restored_best_epoch, diverged } => {
                 EventPayload::Phase(PhaseEvent::Ended {
                     phase_index: *phase_index,
                     name: name.clone(),
                     epochs_run: *epochs_run,
                     stopped_early: *stopped_early,
                     restored_best_epoch: *restored_best_epoch,
+                    diverged: diverged.clone(),
                 })
             }
             TrainEvent::Step { phase_index, epoch, batch, batches, global_step, loss, accuracy, learning_rate } => {

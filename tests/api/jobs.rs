@@ -169,3 +169,30 @@ async fn a_failing_job_ends_failed_with_its_reason_and_the_worker_lives_on() {
     assert_eq!(done["state"], "succeeded", "the same worker trains the next job: {done}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_learning_rate_fails_the_job_as_diverged_instead_of_training_on_nan() {
+    let server = TestServer::start().await;
+    let dataset = upload_photos(&server, 4).await;
+    let mut spec = small_spec(&dataset);
+    spec["phases"] = json!([{"name": "boom", "trainable": ["all"], "optimizer": {"type": "sgd", "learning_rate": 1e35}, "epochs": 3}]);
+    let (status, job) = server.post_json("/v1/jobs", &spec).await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let failed = server.wait_for_end(id, std::time::Duration::from_secs(120)).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["error_code"], "diverged", "{failed}");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("not finite") && e.contains("step")), "{failed}");
+
+    // The end event says where, with the last finite metrics.
+    let (status, history) = server.get(&format!("/v1/jobs/{id}/metrics")).await;
+    assert_eq!(status, 200, "{history}");
+    let events = history["events"].as_array().expect("events");
+    let end = events.iter().find(|e| e["event"] == "end").expect("an end event");
+    assert_eq!(end["data"]["error_code"], "diverged", "{end}");
+    let at = &end["data"]["diverged"];
+    assert_eq!(at["phase_index"], 0, "{end}");
+    assert!(at["global_step"].as_u64().is_some_and(|s| s >= 2), "{end}");
+    assert!(at["last_finite"]["loss"].as_f64().is_some_and(f64::is_finite), "{end}");
+    server.stop().await;
+}
