@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
 use super::upload::{check_declared_length, write_limited, TempUpload};
 use super::AppState;
@@ -103,7 +103,7 @@ fn model_for(params: &CreateBackboneParams) -> Result<ModelSpec, ApiError> {
         backbone["alpha"] = serde_json::json!(alpha);
     }
     serde_json::from_value(serde_json::json!({ "backbone": backbone })).map_err(|e| ApiError::BadRequest {
-        code: "invalid_architecture",
+        code: ErrorCode::InvalidArchitecture,
         detail: format!("architecture {:?} (alpha {:?}): {e}", params.architecture, params.alpha),
         field: Some("architecture".into()),
     })
@@ -111,7 +111,7 @@ fn model_for(params: &CreateBackboneParams) -> Result<ModelSpec, ApiError> {
 
 fn format_of(name: &str) -> Result<WeightsFormat, ApiError> {
     serde_json::from_value(serde_json::json!(name)).map_err(|_| ApiError::BadRequest {
-        code: "invalid_format",
+        code: ErrorCode::InvalidFormat,
         detail: format!("format must be keras, torchvision or tanuki, got {name:?}"),
         field: Some("format".into()),
     })
@@ -146,7 +146,7 @@ pub async fn create_backbone(
     let stream = request
         .into_body()
         .into_data_stream()
-        .map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
+        .map(|chunk| chunk.map_err(|e| ApiError::bad_request(ErrorCode::UnreadableBody, e.to_string())));
     let size = write_limited(stream, &upload.0, limit).await?;
 
     let path = upload.0.clone();
@@ -155,8 +155,7 @@ pub async fn create_backbone(
         let sha256 = hex::encode(Sha256::digest(std::fs::read(&path)?));
         Ok::<_, ApiError>((report, sha256))
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("weights check task: {e}")))??;
+    .await??;
 
     let dir = &state.jobs.paths.backbones;
     tokio::fs::create_dir_all(dir).await?;
@@ -224,7 +223,7 @@ pub async fn delete_backbone(
     };
     if !db::backbones::delete_if_unused(pool, &id).await? {
         return Err(ApiError::Conflict {
-            code: "backbone_in_use",
+            code: ErrorCode::BackboneInUse,
             detail: format!("backbone {id} is used by a queued or running job"),
         });
     }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
 use super::upload::{check_declared_length, write_limited, TempUpload};
 use super::AppState;
@@ -107,7 +107,7 @@ pub async fn create_dataset(
     let name = params.name.unwrap_or_else(|| "dataset".to_owned());
     if name.trim().is_empty() || name.len() > 200 {
         return Err(ApiError::BadRequest {
-            code: "invalid_name",
+            code: ErrorCode::InvalidName,
             detail: "name must be 1 to 200 characters".into(),
             field: Some("name".into()),
         });
@@ -124,7 +124,7 @@ pub async fn create_dataset(
     if is_multipart {
         let mut multipart = Multipart::from_request(request, &state)
             .await
-            .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidMultipart, e.body_text()))?;
         let mut found = false;
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             if field.name() == Some("file") {
@@ -137,7 +137,7 @@ pub async fn create_dataset(
         }
         if !found {
             return Err(ApiError::BadRequest {
-                code: "missing_file",
+                code: ErrorCode::MissingFile,
                 detail: "the multipart body has no `file` field".into(),
                 field: Some("file".into()),
             });
@@ -147,7 +147,7 @@ pub async fn create_dataset(
         let stream = request
             .into_body()
             .into_data_stream()
-            .map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
+            .map(|chunk| chunk.map_err(|e| ApiError::bad_request(ErrorCode::UnreadableBody, e.to_string())));
         let written = write_limited(stream, &upload.0, limit).await?;
         state.telemetry.add_upload_bytes(written);
     }
@@ -155,9 +155,7 @@ pub async fn create_dataset(
     let dest = state.jobs.paths.datasets.join(&id);
     let limits = state.import_limits.clone();
     let archive = upload.0.clone();
-    let manifest = tokio::task::spawn_blocking(move || datasets::import_archive(&archive, &dest, &limits))
-        .await
-        .map_err(|e| ApiError::Internal(format!("import task: {e}")))??;
+    let manifest = tokio::task::spawn_blocking(move || datasets::import_archive(&archive, &dest, &limits)).await??;
     drop(upload);
 
     let row = row_from_manifest(&id, &name, &manifest);
@@ -186,7 +184,7 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge { limit: 0 }
     } else {
-        ApiError::bad_request("invalid_multipart", error.body_text())
+        ApiError::bad_request(ErrorCode::InvalidMultipart, error.body_text())
     }
 }
 
@@ -232,7 +230,7 @@ pub async fn delete_dataset(
     }
     if !db::datasets::delete_if_unused(pool, &id).await? {
         return Err(ApiError::Conflict {
-            code: "dataset_in_use",
+            code: ErrorCode::DatasetInUse,
             detail: format!("dataset {id} is used by a queued or running job"),
         });
     }

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::jobs::load_job;
 use super::AppState;
 use crate::jobs::{history_after, JobEvent};
@@ -71,7 +71,7 @@ pub async fn stream_job_events(
         None => 0,
         Some(raw) if raw.trim().is_empty() => 0,
         Some(raw) => raw.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::BadRequest {
-            code: "invalid_last_event_id",
+            code: ErrorCode::InvalidLastEventId,
             detail: format!("Last-Event-ID must be a non-negative integer, got {raw:?}"),
             field: Some("Last-Event-ID".into()),
         })?,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
 use super::AppState;
 use crate::db::{self, jobs::JobRow};
@@ -168,7 +168,7 @@ pub async fn list_jobs(
     if let Some(filter) = &params.state {
         if !STATES.contains(&filter.as_str()) {
             return Err(ApiError::BadRequest {
-                code: "invalid_state",
+                code: ErrorCode::InvalidState,
                 detail: format!("state must be one of {STATES:?}"),
                 field: Some("state".into()),
             });

@@ -7,6 +7,7 @@ mod checkpoints;
 mod dashboard;
 mod datasets;
 pub mod error;
+mod error_code;
 mod events;
 mod health;
 mod jobs;

@@ -56,7 +56,6 @@ pub async fn summarize_model(Json(request): Json<SummaryRequest>) -> Result<Json
         }
         train::summarize(&spec.model, &spec.input, &spec.phases)
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("summary task: {e}")))??;
+    .await??;
     Ok(Json(summary))
 }
