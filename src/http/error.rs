@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub use super::error_code::ErrorCode;
+use crate::catalog::CatalogError;
 use crate::datasets::DatasetError;
 use crate::jobs::JobsError;
 use crate::train::{SpecError, WeightsError};
@@ -48,6 +49,9 @@ pub enum ApiError {
     /// A blocking task panicked or was cancelled; the cause is logged, never sent.
     #[error("a blocking task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// The catalog's own server-side failures (a stored row that does not parse); logged, never sent.
+    #[error("catalog error")]
+    Catalog(#[source] CatalogError),
     /// Something else on our side with no error value of its own; logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -118,9 +122,11 @@ impl ApiError {
             ApiError::Weights(_) => ErrorCode::WeightsMismatch,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::Unavailable(_) => ErrorCode::NotReady,
-            ApiError::Database(_) | ApiError::Io(_) | ApiError::Task(_) | ApiError::Internal(_) => {
-                ErrorCode::InternalError
-            }
+            ApiError::Database(_)
+            | ApiError::Io(_)
+            | ApiError::Task(_)
+            | ApiError::Catalog(_)
+            | ApiError::Internal(_) => ErrorCode::InternalError,
         }
     }
 
@@ -186,6 +192,26 @@ impl From<JobsError> for ApiError {
             }
             JobsError::Db(error) => ApiError::Database(error),
             JobsError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::NotFound { resource, id } => ApiError::NotFound { resource, id },
+            CatalogError::DatasetInUse(_) => {
+                ApiError::Conflict { code: ErrorCode::DatasetInUse, detail: error.to_string() }
+            }
+            CatalogError::BackboneInUse(_) => {
+                ApiError::Conflict { code: ErrorCode::BackboneInUse, detail: error.to_string() }
+            }
+            CatalogError::Dataset(error) => ApiError::Archive(error),
+            CatalogError::Weights(error) => ApiError::Weights(error),
+            CatalogError::Database(error) => ApiError::Database(error),
+            CatalogError::Io(error) => ApiError::Io(error),
+            CatalogError::Task(error) => ApiError::Task(error),
+            error @ CatalogError::StoredRow { .. } => ApiError::Catalog(error),
         }
     }
 }

@@ -29,7 +29,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::datasets::ImportLimits;
+use crate::catalog::Catalog;
 use crate::jobs::Jobs;
 use crate::telemetry::Telemetry;
 
@@ -41,9 +41,9 @@ pub struct AppState(Arc<StateInner>);
 
 pub struct StateInner {
     pub jobs: Arc<Jobs>,
-    pub uploads_dir: std::path::PathBuf,
+    /// Datasets and backbone weights (files and rows).
+    pub catalog: Catalog,
     pub max_upload_bytes: u64,
-    pub import_limits: ImportLimits,
     pub sse_keepalive: Duration,
     /// A live subscriber this many events behind is dropped (see `events`).
     pub sse_max_lag_events: usize,
