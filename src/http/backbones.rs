@@ -4,12 +4,12 @@
 
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
@@ -18,10 +18,11 @@ use super::AppState;
 use crate::catalog::{self, NewWeights, Weights};
 use crate::train::{ModelSpec, WeightsFormat};
 
-pub fn routes(max_upload: usize) -> Router<AppState> {
-    Router::new()
-        .route("/v1/backbones", post(create_backbone).layer(DefaultBodyLimit::max(max_upload)).get(list_backbones))
-        .route("/v1/backbones/{id}", get(get_backbone).delete(delete_backbone))
+pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_backbone).layer(DefaultBodyLimit::max(max_upload)))
+        .routes(routes!(list_backbones))
+        .routes(routes!(get_backbone, delete_backbone))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -3,12 +3,12 @@
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
@@ -16,10 +16,12 @@ use super::upload::{check_declared_length, write_upload};
 use super::AppState;
 use crate::catalog::Dataset;
 
-pub fn routes(max_upload: usize) -> Router<AppState> {
-    Router::new()
-        .route("/v1/datasets", post(create_dataset).layer(DefaultBodyLimit::max(max_upload)).get(list_datasets))
-        .route("/v1/datasets/{id}", get(get_dataset).delete(delete_dataset))
+pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        // Only the upload takes a large body (the multipart extractor reads this limit).
+        .routes(routes!(create_dataset).layer(DefaultBodyLimit::max(max_upload)))
+        .routes(routes!(list_datasets))
+        .routes(routes!(get_dataset, delete_dataset))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -2,11 +2,11 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
@@ -15,13 +15,13 @@ use crate::db::{self, jobs::JobRow};
 use crate::jobs::{CancelOutcome, JobEvent};
 use crate::train::{JobSpec, Metrics, ModelSummary};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(create_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/jobs/{id}/metrics", get(get_job_metrics))
-        .route("/v1/jobs/{id}/model", get(get_job_model))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(get_job_metrics))
+        .routes(routes!(get_job_model))
 }
 
 /// Where a running job is.

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::routing::post;
-use axum::Router;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::jobs::load_job;
@@ -22,8 +22,8 @@ use crate::train::{self, JobSpec};
 const MAX_PREDICT_BODY: usize = 64 << 20;
 const MAX_IMAGES: usize = 1000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/jobs/{id}/predict", post(predict_job).layer(DefaultBodyLimit::max(MAX_PREDICT_BODY)))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(predict_job).layer(DefaultBodyLimit::max(MAX_PREDICT_BODY)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
