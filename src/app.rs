@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::{Catalog, CatalogPaths};
 use crate::config::Config;
 use crate::http::auth::Auth;
 use crate::http::{self, AppState, StateInner};
@@ -80,9 +81,16 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
 
     let state = AppState::new(StateInner {
         jobs: jobs.clone(),
-        uploads_dir: config.uploads_dir(),
+        catalog: Catalog::new(
+            pool.clone(),
+            CatalogPaths {
+                datasets: config.datasets_dir(),
+                backbones: config.backbones_dir(),
+                uploads: config.uploads_dir(),
+            },
+            config.import_limits(),
+        ),
         max_upload_bytes: config.max_upload_bytes,
-        import_limits: config.import_limits(),
         sse_keepalive: std::time::Duration::from_secs(config.sse_keepalive_secs.max(1)),
         sse_max_lag_events: config.sse_max_lag_events.max(1),
         auth,

@@ -1,10 +1,13 @@
 //! tanuki: a training-job service for transfer learning and fine-tuning of vision models.
 //!
-//! Dependency direction: `http → jobs → db`, `jobs → train`, `jobs → datasets`. The training
+//! Dependency direction: `http → jobs → db`, `jobs → train`, `jobs → datasets`, and
+//! `http → catalog → db, datasets, train`. The training
 //! code knows nothing of HTTP, SQL or the async runtime.
 
 /// Wiring: start, serve, shut down.
 pub mod app;
+/// Datasets and backbone weights: their files and rows, kept in step.
+pub mod catalog;
 /// Command-line flags and environment variables.
 pub mod config;
 /// Dataset archives: safe extraction, class folders, image checks.

@@ -9,14 +9,14 @@
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::jobs::load_job;
@@ -122,8 +122,8 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
     ApiError::Unauthorized(detail.to_owned()).into_response()
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/stream-tokens", post(create_stream_token))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_stream_token))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -1,27 +1,28 @@
 //! `/v1/backbones`: the built-in architectures and uploaded pretrained weights, checked against
-//! their architecture when uploaded so a job can rely on them.
+//! their architecture when uploaded so a job can rely on them. Reads the query and the body into
+//! a catalog upload and maps what the catalog answers; the files and rows are the catalog's.
 
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
-use super::upload::{check_declared_length, write_limited, TempUpload};
+use super::upload::{check_declared_length, write_upload};
 use super::AppState;
-use crate::db::{self, backbones::BackboneRow};
-use crate::train::{self, ModelSpec, WeightsFormat};
+use crate::catalog::{self, NewWeights, Weights};
+use crate::train::{ModelSpec, WeightsFormat};
 
-pub fn routes(max_upload: usize) -> Router<AppState> {
-    Router::new()
-        .route("/v1/backbones", post(create_backbone).layer(DefaultBodyLimit::max(max_upload)).get(list_backbones))
-        .route("/v1/backbones/{id}", get(get_backbone).delete(delete_backbone))
+pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_backbone).layer(DefaultBodyLimit::max(max_upload)))
+        .routes(routes!(list_backbones))
+        .routes(routes!(get_backbone, delete_backbone))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -68,8 +69,8 @@ pub struct BackboneList {
     pub weights: Vec<BackboneView>,
 }
 
-impl From<BackboneRow> for BackboneView {
-    fn from(row: BackboneRow) -> Self {
+impl From<Weights> for BackboneView {
+    fn from(row: Weights) -> Self {
         Self {
             id: row.id,
             name: row.name,
@@ -86,12 +87,12 @@ impl From<BackboneRow> for BackboneView {
 }
 
 fn architectures() -> Vec<ArchitectureView> {
-    train::Architecture::ALL
+    catalog::architectures()
         .into_iter()
         .map(|a| ArchitectureView {
-            name: a.name().to_owned(),
-            description: a.description().to_owned(),
-            formats: train::weight_formats(a).iter().map(|f| f.name().to_owned()).collect(),
+            name: a.architecture.name().to_owned(),
+            description: a.architecture.description().to_owned(),
+            formats: a.formats.iter().map(|f| f.name().to_owned()).collect(),
         })
         .collect()
 }
@@ -103,7 +104,7 @@ fn model_for(params: &CreateBackboneParams) -> Result<ModelSpec, ApiError> {
         backbone["alpha"] = serde_json::json!(alpha);
     }
     serde_json::from_value(serde_json::json!({ "backbone": backbone })).map_err(|e| ApiError::BadRequest {
-        code: "invalid_architecture",
+        code: ErrorCode::InvalidArchitecture,
         detail: format!("architecture {:?} (alpha {:?}): {e}", params.architecture, params.alpha),
         field: Some("architecture".into()),
     })
@@ -111,7 +112,7 @@ fn model_for(params: &CreateBackboneParams) -> Result<ModelSpec, ApiError> {
 
 fn format_of(name: &str) -> Result<WeightsFormat, ApiError> {
     serde_json::from_value(serde_json::json!(name)).map_err(|_| ApiError::BadRequest {
-        code: "invalid_format",
+        code: ErrorCode::InvalidFormat,
         detail: format!("format must be keras, torchvision or tanuki, got {name:?}"),
         field: Some("format".into()),
     })
@@ -140,54 +141,29 @@ pub async fn create_backbone(
     check_declared_length(request.headers(), limit)?;
     let model = model_for(&params)?;
     let format = format_of(&params.format)?;
-    let id = uuid::Uuid::now_v7().to_string();
-    tokio::fs::create_dir_all(&state.uploads_dir).await?;
-    let upload = TempUpload(state.uploads_dir.join(format!("{id}.weights")));
+    let mut upload = state.catalog.start_upload(limit).await?;
     let stream = request
         .into_body()
         .into_data_stream()
-        .map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
-    let size = write_limited(stream, &upload.0, limit).await?;
+        .map(|chunk| chunk.map_err(|e| ApiError::bad_request(ErrorCode::UnreadableBody, e.to_string())));
+    write_upload(&mut upload, stream).await?;
 
-    let path = upload.0.clone();
-    let (report, sha256) = tokio::task::spawn_blocking(move || {
-        let report = train::check_weights(&model, format, &path)?;
-        let sha256 = hex::encode(Sha256::digest(std::fs::read(&path)?));
-        Ok::<_, ApiError>((report, sha256))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("weights check task: {e}")))??;
-
-    let dir = &state.jobs.paths.backbones;
-    tokio::fs::create_dir_all(dir).await?;
-    let stored = dir.join(format!("{id}.safetensors"));
-    tokio::fs::rename(&upload.0, &stored).await?;
-    let row = BackboneRow {
-        id: id.clone(),
+    let new = NewWeights {
+        model,
+        format,
         name: params.name.clone().unwrap_or_else(|| params.architecture.clone()),
-        architecture: params.architecture.clone(),
-        alpha: params.alpha.map(f64::from),
-        format: params.format.clone(),
-        path: stored.to_string_lossy().into_owned(),
-        size_bytes: size as i64,
-        sha256,
-        tensors: report.tensors as i64,
-        params: report.params as i64,
-        created_at: db::now(),
+        architecture: params.architecture,
+        alpha: params.alpha,
     };
-    if let Err(error) = db::backbones::insert(&state.jobs.pool, &row).await {
-        let _ = tokio::fs::remove_file(&stored).await;
-        return Err(error.into());
-    }
-    tracing::info!(backbone_id = %id, architecture = %row.architecture, format = %row.format, "backbone weights stored");
-    Ok((StatusCode::CREATED, Json(row.into())))
+    let weights = state.catalog.create_weights(upload, new).await?;
+    Ok((StatusCode::CREATED, Json(weights.into())))
 }
 
 /// The built-in architectures and the uploaded weights.
 #[utoipa::path(get, path = "/v1/backbones", tag = "backbones", operation_id = "list_backbones",
     responses((status = 200, description = "Architectures and uploaded weights", body = BackboneList)))]
 pub async fn list_backbones(State(state): State<AppState>) -> Result<Json<BackboneList>, ApiError> {
-    let weights = db::backbones::list(&state.jobs.pool).await?.into_iter().map(BackboneView::from).collect();
+    let weights = state.catalog.list_weights().await?.into_iter().map(BackboneView::from).collect();
     Ok(Json(BackboneList { architectures: architectures(), weights }))
 }
 
@@ -202,8 +178,7 @@ pub async fn get_backbone(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<BackboneView>, ApiError> {
-    let row = db::backbones::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("backbone", &id))?;
-    Ok(Json(row.into()))
+    Ok(Json(state.catalog.weights(&id).await?.into()))
 }
 
 /// Delete uploaded weights; refused while a queued or running job starts from them.
@@ -218,18 +193,6 @@ pub async fn delete_backbone(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let pool = &state.jobs.pool;
-    let Some(row) = db::backbones::get(pool, &id).await? else {
-        return Err(ApiError::not_found("backbone", &id));
-    };
-    if !db::backbones::delete_if_unused(pool, &id).await? {
-        return Err(ApiError::Conflict {
-            code: "backbone_in_use",
-            detail: format!("backbone {id} is used by a queued or running job"),
-        });
-    }
-    if let Err(error) = tokio::fs::remove_file(&row.path).await {
-        tracing::warn!(backbone_id = %id, %error, "backbone row deleted but its file could not be removed");
-    }
+    state.catalog.delete_weights(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

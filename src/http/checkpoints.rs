@@ -4,12 +4,12 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::io::ReaderStream;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::jobs::load_job;
@@ -18,11 +18,11 @@ use super::AppState;
 use crate::db;
 use crate::train::Metrics;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs/{id}/checkpoints", get(list_job_checkpoints))
-        .route("/v1/checkpoints/{id}/weights", get(download_checkpoint_weights))
-        .route("/v1/jobs/{id}/weights", get(download_job_weights))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_job_checkpoints))
+        .routes(routes!(download_checkpoint_weights))
+        .routes(routes!(download_job_weights))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,25 +1,27 @@
-//! `/v1/datasets`: upload (streamed to disk, then unpacked off the runtime), list, get, delete.
+//! `/v1/datasets`: the HTTP side of the dataset catalog. Reads the upload (raw or multipart) into
+//! a catalog upload, and maps what the catalog answers; the files and rows are the catalog's.
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
-use super::upload::{check_declared_length, write_limited, TempUpload};
+use super::upload::{check_declared_length, write_upload};
 use super::AppState;
-use crate::datasets::{self, ClassCount, DatasetManifest};
-use crate::db::{self, datasets::DatasetRow};
+use crate::catalog::Dataset;
 
-pub fn routes(max_upload: usize) -> Router<AppState> {
-    Router::new()
-        .route("/v1/datasets", post(create_dataset).layer(DefaultBodyLimit::max(max_upload)).get(list_datasets))
-        .route("/v1/datasets/{id}", get(get_dataset).delete(delete_dataset))
+pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        // Only the upload takes a large body (the multipart extractor reads this limit).
+        .routes(routes!(create_dataset).layer(DefaultBodyLimit::max(max_upload)))
+        .routes(routes!(list_datasets))
+        .routes(routes!(get_dataset, delete_dataset))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -62,21 +64,22 @@ pub struct CreateDatasetParams {
     pub name: Option<String>,
 }
 
-impl TryFrom<DatasetRow> for DatasetView {
-    type Error = ApiError;
-    fn try_from(row: DatasetRow) -> Result<Self, ApiError> {
-        let classes: Vec<ClassCount> =
-            serde_json::from_str(&row.classes).map_err(|e| ApiError::Internal(format!("stored classes: {e}")))?;
-        Ok(Self {
-            id: row.id,
-            name: row.name,
-            classes: classes.into_iter().map(|c| ClassView { name: c.name, images: c.images }).collect(),
-            image_count: row.image_count as usize,
-            skipped: row.skipped as usize,
-            skipped_examples: serde_json::from_str(&row.skipped_examples).unwrap_or_default(),
-            size_bytes: row.size_bytes as u64,
-            created_at: row.created_at,
-        })
+impl From<Dataset> for DatasetView {
+    fn from(dataset: Dataset) -> Self {
+        Self {
+            id: dataset.id,
+            name: dataset.name,
+            classes: dataset.classes.into_iter().map(|c| ClassView { name: c.name, images: c.images }).collect(),
+            image_count: dataset.image_count as usize,
+            skipped: dataset.skipped as usize,
+            skipped_examples: dataset
+                .skipped_examples
+                .into_iter()
+                .map(|s| SkippedView { path: s.path, reason: s.reason })
+                .collect(),
+            size_bytes: dataset.size_bytes,
+            created_at: dataset.created_at,
+        }
     }
 }
 
@@ -107,14 +110,12 @@ pub async fn create_dataset(
     let name = params.name.unwrap_or_else(|| "dataset".to_owned());
     if name.trim().is_empty() || name.len() > 200 {
         return Err(ApiError::BadRequest {
-            code: "invalid_name",
+            code: ErrorCode::InvalidName,
             detail: "name must be 1 to 200 characters".into(),
             field: Some("name".into()),
         });
     }
-    tokio::fs::create_dir_all(&state.uploads_dir).await?;
-    let id = uuid::Uuid::now_v7().to_string();
-    let upload = TempUpload(state.uploads_dir.join(format!("{id}.upload")));
+    let mut upload = state.catalog.start_upload(limit).await?;
 
     let is_multipart = request
         .headers()
@@ -124,12 +125,12 @@ pub async fn create_dataset(
     if is_multipart {
         let mut multipart = Multipart::from_request(request, &state)
             .await
-            .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidMultipart, e.body_text()))?;
         let mut found = false;
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             if field.name() == Some("file") {
                 let stream = field.map(|chunk| chunk.map_err(multipart_error));
-                let written = write_limited(stream, &upload.0, limit).await?;
+                let written = write_upload(&mut upload, stream).await?;
                 state.telemetry.add_upload_bytes(written);
                 found = true;
                 break;
@@ -137,56 +138,30 @@ pub async fn create_dataset(
         }
         if !found {
             return Err(ApiError::BadRequest {
-                code: "missing_file",
+                code: ErrorCode::MissingFile,
                 detail: "the multipart body has no `file` field".into(),
                 field: Some("file".into()),
             });
         }
     } else {
-        // A raw body is not subject to the extractor body limit; `write_limited` counts instead.
+        // A raw body is not subject to the extractor body limit; the upload counts instead.
         let stream = request
             .into_body()
             .into_data_stream()
-            .map(|chunk| chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string())));
-        let written = write_limited(stream, &upload.0, limit).await?;
+            .map(|chunk| chunk.map_err(|e| ApiError::bad_request(ErrorCode::UnreadableBody, e.to_string())));
+        let written = write_upload(&mut upload, stream).await?;
         state.telemetry.add_upload_bytes(written);
     }
 
-    let dest = state.jobs.paths.datasets.join(&id);
-    let limits = state.import_limits.clone();
-    let archive = upload.0.clone();
-    let manifest = tokio::task::spawn_blocking(move || datasets::import_archive(&archive, &dest, &limits))
-        .await
-        .map_err(|e| ApiError::Internal(format!("import task: {e}")))??;
-    drop(upload);
-
-    let row = row_from_manifest(&id, &name, &manifest);
-    if let Err(error) = db::datasets::insert(&state.jobs.pool, &row).await {
-        let _ = tokio::fs::remove_dir_all(state.jobs.paths.datasets.join(&id)).await;
-        return Err(error.into());
-    }
-    tracing::info!(dataset_id = %id, images = row.image_count, skipped = row.skipped, "dataset stored");
-    Ok((StatusCode::CREATED, Json(DatasetView::try_from(row)?)))
-}
-
-fn row_from_manifest(id: &str, name: &str, manifest: &DatasetManifest) -> DatasetRow {
-    DatasetRow {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        classes: serde_json::to_string(&manifest.classes).unwrap_or_default(),
-        image_count: manifest.classes.iter().map(|c| c.images as i64).sum(),
-        skipped: manifest.skipped as i64,
-        skipped_examples: serde_json::to_string(&manifest.skipped_examples).unwrap_or_default(),
-        size_bytes: manifest.total_bytes as i64,
-        created_at: db::now(),
-    }
+    let dataset = state.catalog.create_dataset(upload, &name).await?;
+    Ok((StatusCode::CREATED, Json(dataset.into())))
 }
 
 fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge { limit: 0 }
     } else {
-        ApiError::bad_request("invalid_multipart", error.body_text())
+        ApiError::bad_request(ErrorCode::InvalidMultipart, error.body_text())
     }
 }
 
@@ -194,8 +169,7 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets", operation_id = "list_datasets",
     responses((status = 200, description = "All datasets", body = DatasetList)))]
 pub async fn list_datasets(State(state): State<AppState>) -> Result<Json<DatasetList>, ApiError> {
-    let rows = db::datasets::list(&state.jobs.pool).await?;
-    let datasets = rows.into_iter().map(DatasetView::try_from).collect::<Result<_, _>>()?;
+    let datasets = state.catalog.list_datasets().await?.into_iter().map(DatasetView::from).collect();
     Ok(Json(DatasetList { datasets }))
 }
 
@@ -210,8 +184,7 @@ pub async fn get_dataset(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<DatasetView>, ApiError> {
-    let row = db::datasets::get(&state.jobs.pool, &id).await?.ok_or_else(|| ApiError::not_found("dataset", &id))?;
-    Ok(Json(DatasetView::try_from(row)?))
+    Ok(Json(state.catalog.dataset(&id).await?.into()))
 }
 
 /// Delete a dataset and its files; refused while a queued or running job uses it.
@@ -226,19 +199,6 @@ pub async fn delete_dataset(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let pool = &state.jobs.pool;
-    if db::datasets::get(pool, &id).await?.is_none() {
-        return Err(ApiError::not_found("dataset", &id));
-    }
-    if !db::datasets::delete_if_unused(pool, &id).await? {
-        return Err(ApiError::Conflict {
-            code: "dataset_in_use",
-            detail: format!("dataset {id} is used by a queued or running job"),
-        });
-    }
-    let dir = state.jobs.paths.datasets.join(&id);
-    if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
-        tracing::warn!(dataset_id = %id, %error, "dataset row deleted but its files could not be removed");
-    }
+    state.catalog.delete_dataset(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

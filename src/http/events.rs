@@ -18,20 +18,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::jobs::load_job;
 use super::AppState;
 use crate::jobs::{history_after, EventPayload, JobEvent, StreamClosed};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/jobs/{id}/events", get(stream_job_events))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream_job_events))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -71,7 +71,7 @@ pub async fn stream_job_events(
         None => 0,
         Some(raw) if raw.trim().is_empty() => 0,
         Some(raw) => raw.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::BadRequest {
-            code: "invalid_last_event_id",
+            code: ErrorCode::InvalidLastEventId,
             detail: format!("Last-Event-ID must be a non-negative integer, got {raw:?}"),
             field: Some("Last-Event-ID".into()),
         })?,

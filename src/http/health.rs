@@ -4,17 +4,17 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::json::Json;
 use super::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/healthz", get(get_health)).route("/readyz", get(get_readiness))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_health)).routes(routes!(get_readiness))
 }
 
 /// Liveness probe.

@@ -2,26 +2,26 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
 use super::AppState;
 use crate::db::{self, jobs::JobRow};
 use crate::jobs::{CancelOutcome, FailureCode, JobEvent, JobState};
 use crate::train::{JobSpec, Metrics, ModelSummary};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(create_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/jobs/{id}/metrics", get(get_job_metrics))
-        .route("/v1/jobs/{id}/model", get(get_job_model))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(get_job_metrics))
+        .routes(routes!(get_job_model))
 }
 
 /// Where a running job is.
@@ -169,7 +169,7 @@ pub async fn list_jobs(
     // Parsed here rather than by the query extractor, so a bad value is answered with this
     // code and field like any other bad parameter.
     let filter = params.state.as_deref().map(str::parse::<JobState>).transpose().map_err(|error| {
-        ApiError::BadRequest { code: "invalid_state", detail: error.to_string(), field: Some("state".into()) }
+        ApiError::BadRequest { code: ErrorCode::InvalidState, detail: error.to_string(), field: Some("state".into()) }
     })?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let rows = db::jobs::list(&state.jobs.pool, filter, limit).await?;

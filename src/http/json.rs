@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 pub struct Json<T>(pub T);
 
@@ -29,15 +29,15 @@ where
             .unwrap_or(false);
         if !is_json {
             return Err(ApiError::bad_request(
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "expected a body with Content-Type: application/json",
             ));
         }
         let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::bad_request("body_too_large", "the JSON body is too large")
+                ApiError::bad_request(ErrorCode::BodyTooLarge, "the JSON body is too large")
             } else {
-                ApiError::bad_request("unreadable_body", rejection.body_text())
+                ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
             }
         })?;
         parse(&bytes).map(Json)
@@ -52,19 +52,19 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = error.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             ApiError::BadRequest {
-                code: "malformed_json",
+                code: ErrorCode::MalformedJson,
                 detail: format!("the body is not valid JSON: {inner}"),
                 field: None,
             }
         } else {
             // The path already ends at the offending key, unknown fields included.
             let field = if path == "." || path.is_empty() { None } else { Some(path) };
-            ApiError::BadRequest { code: "invalid_body", detail: inner.to_string(), field }
+            ApiError::BadRequest { code: ErrorCode::InvalidBody, detail: inner.to_string(), field }
         }
     })?;
     // Trailing garbage after the value is a syntax error too.
     deserializer.end().map_err(|inner| ApiError::BadRequest {
-        code: "malformed_json",
+        code: ErrorCode::MalformedJson,
         detail: format!("the body is not valid JSON: {inner}"),
         field: None,
     })?;

@@ -6,15 +6,15 @@ use std::fmt::Write;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::AppState;
 use crate::jobs::JobState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(get_metrics))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_metrics))
 }
 
 /// Prometheus metrics.

@@ -7,6 +7,7 @@ mod checkpoints;
 mod dashboard;
 mod datasets;
 pub mod error;
+mod error_code;
 mod events;
 mod health;
 mod jobs;
@@ -27,8 +28,10 @@ use axum::response::Response;
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
-use crate::datasets::ImportLimits;
+use crate::catalog::Catalog;
 use crate::jobs::Jobs;
 use crate::telemetry::Telemetry;
 
@@ -40,9 +43,9 @@ pub struct AppState(Arc<StateInner>);
 
 pub struct StateInner {
     pub jobs: Arc<Jobs>,
-    pub uploads_dir: std::path::PathBuf,
+    /// Datasets and backbone weights (files and rows).
+    pub catalog: Catalog,
     pub max_upload_bytes: u64,
-    pub import_limits: ImportLimits,
     pub sse_keepalive: Duration,
     /// A live subscriber this many events behind is dropped (see `events`).
     pub sse_max_lag_events: usize,
@@ -74,12 +77,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The whole API; no I/O happens here.
-pub fn router(state: AppState) -> Router {
-    let max_upload = usize::try_from(state.max_upload_bytes).unwrap_or(usize::MAX);
-    let cors = cors_layer(&state.cors_origins);
-    let router = Router::new()
-        .merge(dashboard::routes())
+/// Every documented route, and the OpenAPI document they make together; no I/O happens here.
+pub fn api_routes(max_upload: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::routes())
         .merge(metrics::routes())
         .merge(auth::routes())
@@ -91,6 +91,18 @@ pub fn router(state: AppState) -> Router {
         .merge(predict::routes())
         .merge(events::routes())
         .merge(checkpoints::routes())
+}
+
+/// The whole API; no I/O happens here.
+pub fn router(state: AppState) -> Router {
+    let max_upload = usize::try_from(state.max_upload_bytes).unwrap_or(usize::MAX);
+    let cors = cors_layer(&state.cors_origins);
+    let (api, _) = api_routes(max_upload).split_for_parts();
+    let router = Router::new()
+        // The dashboard's page and static files are for browsers, not API clients: deliberately
+        // outside the OpenAPI document, so on a plain `Router`.
+        .merge(dashboard::routes())
+        .merge(api)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))

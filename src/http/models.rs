@@ -1,17 +1,17 @@
 //! `POST /v1/models/summary`: what a spec will train, without queuing anything.
 
-use axum::routing::post;
-use axum::Router;
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::json::Json;
 use super::AppState;
 use crate::train::{self, AugmentationSpec, InputSpec, JobSpec, ModelSpec, ModelSummary, PhaseSpec, SplitSpec};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/models/summary", post(summarize_model))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(summarize_model))
 }
 
 /// The `model`, `input` and `phases` parts of a job spec.
@@ -56,7 +56,6 @@ pub async fn summarize_model(Json(request): Json<SummaryRequest>) -> Result<Json
         }
         train::summarize(&spec.model, &spec.input, &spec.phases)
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("summary task: {e}")))??;
+    .await??;
     Ok(Json(summary))
 }

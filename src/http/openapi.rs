@@ -1,9 +1,15 @@
 //! The OpenAPI document, generated from the handlers and types; `openapi/openapi.json` is a
 //! committed copy that a test keeps equal to it.
+//!
+//! [`ApiDoc`] holds what is not a path (title, tags, security scheme); the paths come from the
+//! routes themselves (`super::api_routes`: every resource's `OpenApiRouter` with `routes!`), so a
+//! documented route and a served one are the same list.
 
-use axum::routing::get;
-use axum::Router;
+use std::sync::LazyLock;
+
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
@@ -11,33 +17,6 @@ use super::AppState;
 #[openapi(
     modifiers(&BearerAuth),
     info(title = "tanuki", description = "A training-job service for transfer learning and fine-tuning of vision models."),
-    paths(
-        super::health::get_health,
-        super::health::get_readiness,
-        super::metrics::get_metrics,
-        super::auth::create_stream_token,
-        super::datasets::create_dataset,
-        super::datasets::list_datasets,
-        super::datasets::get_dataset,
-        super::datasets::delete_dataset,
-        super::backbones::create_backbone,
-        super::backbones::list_backbones,
-        super::backbones::get_backbone,
-        super::backbones::delete_backbone,
-        super::jobs::create_job,
-        super::jobs::list_jobs,
-        super::jobs::get_job,
-        super::jobs::cancel_job,
-        super::jobs::get_job_metrics,
-        super::jobs::get_job_model,
-        super::models::summarize_model,
-        super::predict::predict_job,
-        super::events::stream_job_events,
-        super::checkpoints::list_job_checkpoints,
-        super::checkpoints::download_checkpoint_weights,
-        super::checkpoints::download_job_weights,
-        get_openapi,
-    ),
     tags(
         (name = "datasets", description = "Image datasets, uploaded as archives of class folders"),
         (name = "backbones", description = "Architectures and uploaded pretrained weights"),
@@ -71,18 +50,23 @@ impl utoipa::Modify for BearerAuth {
 
 /// The document as pretty JSON with a trailing newline (the committed file's form).
 pub fn document() -> String {
-    let mut json = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises");
+    // The upload limit only sets body-limit layers; it is not part of the document.
+    let (_, openapi) = super::api_routes(0).split_for_parts();
+    let mut json = openapi.to_pretty_json().expect("the OpenAPI document serialises");
     json.push('\n');
     json
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(get_openapi))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_openapi))
 }
+
+/// Built once: the routes do not change while the server runs.
+static DOCUMENT: LazyLock<String> = LazyLock::new(document);
 
 /// This OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", operation_id = "get_openapi",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
 pub async fn get_openapi() -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], document())
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str())
 }

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::routing::post;
-use axum::Router;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorCode, Problem};
 use super::jobs::load_job;
 use super::json::Json;
 use super::AppState;
@@ -22,8 +22,8 @@ use crate::train::{self, JobSpec};
 const MAX_PREDICT_BODY: usize = 64 << 20;
 const MAX_IMAGES: usize = 1000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/jobs/{id}/predict", post(predict_job).layer(DefaultBodyLimit::max(MAX_PREDICT_BODY)))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(predict_job).layer(DefaultBodyLimit::max(MAX_PREDICT_BODY)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -84,7 +84,7 @@ pub async fn predict_job(
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit: MAX_PREDICT_BODY as u64 }
         } else {
-            ApiError::bad_request("unreadable_body", rejection.body_text())
+            ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
         }
     })?;
     let job = load_job(&state, &id).await?;
@@ -97,8 +97,7 @@ pub async fn predict_job(
     let (names, images) = if is_zip { unzip_images(&body)? } else { (Vec::new(), vec![body.to_vec()]) };
     let results =
         tokio::task::spawn_blocking(move || train::predict(&spec.model, &spec.input, &classes, &weights, &images))
-            .await
-            .map_err(|e| ApiError::Internal(format!("predict task: {e}")))?
+            .await?
             .map_err(|e| ApiError::Internal(format!("prediction: {e}")))?;
     let to_view = |ranked: Vec<(String, f32)>| {
         ranked.into_iter().map(|(class, probability)| ClassProbability { class, probability }).collect::<Vec<_>>()
@@ -120,10 +119,10 @@ pub async fn predict_job(
                 Ok(Json(PredictResponse { checkpoint_id, predictions: Some(to_view(ranked)), results: None }))
             }
             Some(Err(error)) => Err(ApiError::bad_request(
-                "invalid_image",
+                ErrorCode::InvalidImage,
                 format!("the body is not a decodable JPEG or PNG image (nor a zip): {error}"),
             )),
-            None => Err(ApiError::bad_request("invalid_image", "no image")),
+            None => Err(ApiError::bad_request(ErrorCode::InvalidImage, "no image")),
         }
     }
 }
@@ -136,7 +135,7 @@ async fn pick_checkpoint(state: &AppState, job_id: &str, wanted: Option<&str>) -
         }
         None => {
             let last_phase = rows.iter().map(|r| r.phase_index).max().ok_or_else(|| ApiError::Conflict {
-                code: "no_checkpoint",
+                code: ErrorCode::NoCheckpoint,
                 detail: format!("job {job_id} has no checkpoint yet"),
             })?;
             let best = crate::jobs::best_of_each_phase(&rows);
@@ -150,8 +149,9 @@ async fn pick_checkpoint(state: &AppState, job_id: &str, wanted: Option<&str>) -
 
 /// Every file of a zip (hidden files and folders aside), bounded in count and size.
 fn unzip_images(body: &[u8]) -> Result<(Vec<String>, Vec<Vec<u8>>), ApiError> {
-    let bad_zip =
-        |e: zip::result::ZipError| ApiError::bad_request("corrupt_archive", format!("the zip cannot be read: {e}"));
+    let bad_zip = |e: zip::result::ZipError| {
+        ApiError::bad_request(ErrorCode::CorruptArchive, format!("the zip cannot be read: {e}"))
+    };
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).map_err(bad_zip)?;
     let (mut names, mut images) = (Vec::new(), Vec::new());
     let mut total = 0u64;
@@ -163,7 +163,10 @@ fn unzip_images(body: &[u8]) -> Result<(Vec<String>, Vec<Vec<u8>>), ApiError> {
             continue;
         }
         if names.len() == MAX_IMAGES {
-            return Err(ApiError::bad_request("too_many_images", format!("at most {MAX_IMAGES} images per request")));
+            return Err(ApiError::bad_request(
+                ErrorCode::TooManyImages,
+                format!("at most {MAX_IMAGES} images per request"),
+            ));
         }
         let mut bytes = Vec::new();
         // Bound what a small compressed entry may expand to.
@@ -172,7 +175,7 @@ fn unzip_images(body: &[u8]) -> Result<(Vec<String>, Vec<Vec<u8>>), ApiError> {
             .by_ref()
             .take(budget + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| ApiError::bad_request("corrupt_archive", e.to_string()))?;
+            .map_err(|e| ApiError::bad_request(ErrorCode::CorruptArchive, e.to_string()))?;
         total += bytes.len() as u64;
         if total > 4 * MAX_PREDICT_BODY as u64 {
             return Err(ApiError::PayloadTooLarge { limit: 4 * MAX_PREDICT_BODY as u64 });
@@ -181,7 +184,7 @@ fn unzip_images(body: &[u8]) -> Result<(Vec<String>, Vec<Vec<u8>>), ApiError> {
         images.push(bytes);
     }
     if names.is_empty() {
-        return Err(ApiError::bad_request("invalid_image", "the zip holds no files"));
+        return Err(ApiError::bad_request(ErrorCode::InvalidImage, "the zip holds no files"));
     }
     Ok((names, images))
 }

@@ -1,12 +1,11 @@
-//! Request bodies streamed to disk with a size bound, under a name removed whatever happens.
-
-use std::path::{Path, PathBuf};
+//! Request bodies into catalog uploads: the declared length checked first, the stream's errors
+//! and the size bound answered as problem+json.
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio::io::AsyncWriteExt;
+use futures::Stream;
 
 use super::error::ApiError;
+use crate::catalog::{Upload, UploadError};
 
 /// Refuses at once a body whose declared length is over the limit (before reading any of it).
 pub fn check_declared_length(headers: &axum::http::HeaderMap, limit: u64) -> Result<(), ApiError> {
@@ -17,35 +16,18 @@ pub fn check_declared_length(headers: &axum::http::HeaderMap, limit: u64) -> Res
     }
 }
 
-/// Streams chunks into a new file, refusing more than `limit` bytes; the file is fsynced so a
-/// crash right after cannot leave a truncated archive that looks complete.
-pub async fn write_limited<S>(stream: S, path: &Path, limit: u64) -> Result<u64, ApiError>
+/// Streams a request body into a catalog upload, answering in the API's terms: over the limit
+/// is a 413 whichever side noticed (the stream itself, e.g. multipart's own limit, or the count).
+pub async fn write_upload<S>(upload: &mut Upload, stream: S) -> Result<u64, ApiError>
 where
     S: Stream<Item = Result<Bytes, ApiError>>,
 {
-    let mut file = tokio::fs::File::create(path).await?;
-    let mut written = 0u64;
-    futures::pin_mut!(stream);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            ApiError::PayloadTooLarge { .. } => ApiError::PayloadTooLarge { limit },
-            other => other,
-        })?;
-        written += chunk.len() as u64;
-        if written > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+    let limit = upload.limit();
+    upload.write(stream).await.map_err(|error| match error {
+        UploadError::TooLarge { .. } | UploadError::Body(ApiError::PayloadTooLarge { .. }) => {
+            ApiError::PayloadTooLarge { limit }
         }
-        file.write_all(&chunk).await?;
-    }
-    file.sync_all().await?;
-    Ok(written)
-}
-
-/// An upload file that is removed whatever happens to the request.
-pub struct TempUpload(pub PathBuf);
-
-impl Drop for TempUpload {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+        UploadError::Body(other) => other,
+        UploadError::Io(error) => ApiError::Io(error),
+    })
 }
