@@ -21,7 +21,11 @@ pub async fn connect(path: &Path) -> Result<SqlitePool, sqlx::Error> {
         .create_if_missing(true)
         // WAL lets SSE readers replay history while a worker writes events.
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // FULL: every commit is on disk before it returns, so an event is durable before any
+        // subscriber sees its id. NORMAL could roll the last commits back on power loss, and a
+        // rolled-back event's id would be reused by a different event, silently skipped by a
+        // client resuming with that Last-Event-ID. The cost is one fsync per commit.
+        .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
@@ -32,4 +36,25 @@ pub async fn connect(path: &Path) -> Result<SqlitePool, sqlx::Error> {
 /// The current time as stored in every timestamp column.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite 3.7.0 to 3.51.2 can corrupt a WAL database when two connections write or
+    /// checkpoint at once (fixed in 3.51.3); the pool opens several. A lock-file refresh must
+    /// not bring such a build back.
+    #[tokio::test]
+    async fn the_bundled_sqlite_is_past_the_wal_reset_bug_and_commits_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = connect(&dir.path().join("t.sqlite3")).await.unwrap();
+        let (version,): (String,) = sqlx::query_as("SELECT sqlite_version()").fetch_one(&pool).await.unwrap();
+        let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+        assert!(parts.as_slice() >= [3, 51, 3].as_slice(), "SQLite {version} has the WAL-reset bug");
+        let (synchronous,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(&pool).await.unwrap();
+        assert_eq!(synchronous, 2, "synchronous=FULL");
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(&pool).await.unwrap();
+        assert_eq!(mode, "wal");
+    }
 }
