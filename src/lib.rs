@@ -24,5 +24,8 @@ pub mod jobs;
 pub mod process_env;
 /// Process-wide counters behind `/metrics`.
 pub mod telemetry;
+/// For unit tests: the shared weights and photos, skipped when absent.
+#[cfg(test)]
+mod test_support;
 /// Training on candle: models, data pipeline, fit loop, checkpoints.
 pub mod train;

@@ -387,6 +387,7 @@ mod tests {
 
     #[test]
     fn real_jpegs_from_cats_and_dogs() {
+        crate::test_support::require_shared_data!();
         let train = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/train");
         let mut items = Vec::new();
         for class in ["cats", "dogs"] {

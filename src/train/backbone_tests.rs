@@ -57,6 +57,7 @@ fn keras_parity(alpha: f32, weights: &str, reference: &str) -> (f32, f32) {
 
 #[test]
 fn mobilenet_v2_matches_keras_at_alpha_0_35() {
+    crate::test_support::require_shared_data!();
     let (diff, scale) = keras_parity(
         0.35,
         "mobilenet_v2_0.35_224_imagenet.keras.safetensors",
@@ -67,6 +68,7 @@ fn mobilenet_v2_matches_keras_at_alpha_0_35() {
 
 #[test]
 fn mobilenet_v2_matches_keras_at_alpha_1() {
+    crate::test_support::require_shared_data!();
     let (diff, scale) = keras_parity(
         1.0,
         "mobilenet_v2_1.0_224_imagenet.keras.safetensors",
@@ -77,6 +79,7 @@ fn mobilenet_v2_matches_keras_at_alpha_1() {
 
 #[test]
 fn torchvision_weights_see_a_cat() {
+    crate::test_support::require_shared_data!();
     let spec = backbone(Architecture::MobilenetV2, None, 1000, 0.0);
     let input = InputSpec {
         height: 224,
@@ -195,6 +198,7 @@ fn write_file(dir: &std::path::Path, name: &str, tensors: &[(&str, Tensor)]) -> 
 
 #[test]
 fn check_weights_names_the_first_bad_tensor() {
+    crate::test_support::require_shared_data!();
     let spec = backbone(Architecture::MobilenetV2, Some(0.35), 1, 0.2);
     let keras = weights_dir().join("mobilenet_v2_0.35_224_imagenet.keras.safetensors");
     let report = check_weights(&spec, WeightsFormat::Keras, &keras).unwrap();
@@ -313,6 +317,7 @@ fn top_blocks_and_group_rates_drive_a_phase() {
 
 #[test]
 fn a_job_from_torchvision_weights_keeps_their_numerics_through_predict() {
+    crate::test_support::require_shared_data!();
     use crate::train::tests::*;
     let f = fixture(3);
     let mut s = spec(vec![phase("head", &["head"], 0.01, 1)]);

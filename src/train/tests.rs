@@ -435,6 +435,7 @@ fn undecodable_files_are_skipped_and_counted() {
 
 #[test]
 fn trains_on_real_photos() {
+    crate::test_support::require_shared_data!();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/train");
     let mut samples = Vec::new();
     for (label, class) in ["cats", "dogs"].iter().enumerate() {
@@ -516,6 +517,7 @@ fn all_finite(weights: &HashMap<String, Tensor>) -> bool {
 
 #[test]
 fn an_absurd_learning_rate_fails_the_run_as_diverged_with_the_last_finite_metrics() {
+    crate::test_support::require_shared_data!();
     let dir = tempfile::tempdir().unwrap();
     let mut boom = phase("boom", &["all"], 1e35, 3);
     boom.optimizer.kind = OptimizerKind::Sgd;
@@ -535,6 +537,7 @@ fn an_absurd_learning_rate_fails_the_run_as_diverged_with_the_last_finite_metric
 
 #[test]
 fn restore_best_on_divergence_goes_back_and_trains_the_next_phase() {
+    crate::test_support::require_shared_data!();
     let dir = tempfile::tempdir().unwrap();
     let head = phase("head", &["head"], 1e-3, 1);
     let mut boom = phase("boom", &["all"], 1e35, 2);

@@ -8,6 +8,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_everything_but_probes_and_the_shell_needs_one() {
+    require_shared_data!();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
     std::fs::write(&file, "# ops\nfile-token\n\n").unwrap();
@@ -102,6 +103,7 @@ async fn with_tokens_everything_but_probes_and_the_shell_needs_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_metrics() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let (status, ready) = server.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
@@ -136,6 +138,7 @@ async fn readiness_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_shutdown_a_stream_ends_with_a_shutdown_event() {
+    require_shared_data!();
     let server = TestServer::start_with(|c| c.workers = 0).await;
     let dataset = upload_photos(&server, 4).await;
     let (_, job) = server.post_json("/v1/jobs", &small_spec(&dataset)).await;

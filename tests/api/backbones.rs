@@ -51,6 +51,7 @@ async fn xception_summary_matches_keras_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_are_checked_against_the_architecture() {
+    require_shared_data!();
     let server = TestServer::start_with(|c| c.workers = 0).await;
     let keras = weights_file("mobilenet_v2_0.35_224_imagenet.keras.safetensors");
     let (status, backbone) =
@@ -114,6 +115,7 @@ async fn uploads_are_checked_against_the_architecture() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_on_pretrained_mobilenet_predicts() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let (status, backbone) = upload_weights(
         &server,

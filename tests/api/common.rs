@@ -8,6 +8,31 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tanuki::config::Config;
 
+/// Whether `../shared/data` (the photos) and `../shared/weights` are here. When they are not, a
+/// test that needs them is skipped, saying so, unless `TANUKI_REQUIRE_SHARED_DATA=1` (which
+/// `.ci/run` sets) makes their absence a failure.
+pub fn shared_data_present() -> bool {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let present = shared_data().is_dir() && shared.join("weights").is_dir();
+    if !present {
+        let required = std::env::var("TANUKI_REQUIRE_SHARED_DATA").is_ok_and(|v| v == "1");
+        assert!(!required, "{} is missing and TANUKI_REQUIRE_SHARED_DATA=1", shared.display());
+        eprintln!("skipping: this test needs {}/data and {}/weights", shared.display(), shared.display());
+    }
+    present
+}
+
+/// First line of a test that reads `../shared`: returns early when it is absent (see
+/// [`shared_data_present`]).
+macro_rules! require_shared_data {
+    () => {
+        if !crate::common::shared_data_present() {
+            return;
+        }
+    };
+}
+pub(crate) use require_shared_data;
+
 pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,

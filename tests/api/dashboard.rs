@@ -37,6 +37,7 @@ async fn stored_events(server: &TestServer, job_id: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
+    require_shared_data!();
     let Some(chromium) = chromium_or_skip() else { return };
     let server = TestServer::start().await;
     let dataset = upload_photos(&server, 16).await;
@@ -162,6 +163,7 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_submit_form_shows_a_validation_error_beside_its_field() {
+    require_shared_data!();
     let Some(chromium) = chromium_or_skip() else { return };
     let server = TestServer::start_with(|c| c.workers = 0).await;
     let dataset = upload_photos(&server, 4).await;

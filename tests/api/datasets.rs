@@ -6,6 +6,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zip_upload_counts_classes_and_skips_bad_files() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let mut files = real_photos("train", 3);
     files.push(("cats/broken.jpg".into(), b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()));
@@ -29,6 +30,7 @@ async fn zip_upload_counts_classes_and_skips_bad_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tar_gz_and_multipart_uploads_with_a_wrapping_folder() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let wrapped: Vec<_> = real_photos("validation", 2).into_iter().map(|(p, b)| (format!("my_pets/{p}"), b)).collect();
     let (status, body) = server.upload("wrapped", tar_gz_of(&wrapped), "application/gzip").await;
@@ -52,6 +54,7 @@ async fn tar_gz_and_multipart_uploads_with_a_wrapping_folder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_archives_are_4xx_and_leave_nothing_behind() {
+    require_shared_data!();
     let server = TestServer::start_with(|c| c.max_upload_bytes = 200_000).await;
 
     let (status, body) = server.upload("x", b"this is not an archive at all".to_vec(), "application/zip").await;
@@ -118,6 +121,7 @@ fn tar_gz_of_raw(files: &[(String, Vec<u8>)]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_tar_with_hard_links_imports_each_link_as_a_copy() {
+    require_shared_data!();
     // What `tar` writes for a file stored twice (a photo in two classes' folders, say): the
     // second is a hard link to the first.
     let server = TestServer::start().await;
@@ -142,6 +146,7 @@ async fn a_plain_tar_with_hard_links_imports_each_link_as_a_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ids_are_404_and_a_dataset_in_use_cannot_be_deleted() {
+    require_shared_data!();
     // No workers: the job stays queued.
     let server = TestServer::start_with(|c| c.workers = 0).await;
     for path in [

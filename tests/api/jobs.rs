@@ -13,6 +13,7 @@ async fn expect_invalid(server: &TestServer, spec: Value, field: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_422_naming_the_field() {
+    require_shared_data!();
     let server = TestServer::start_with(|c| c.workers = 0).await;
     let dataset = upload_photos(&server, 2).await;
     let good = small_spec(&dataset);
@@ -94,6 +95,7 @@ async fn invalid_specs_are_422_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_list_summarise_and_cancel() {
+    require_shared_data!();
     let server = TestServer::start_with(|c| c.workers = 0).await;
     let dataset = upload_photos(&server, 2).await;
     let (status, job) = server.post_json("/v1/jobs", &small_spec(&dataset)).await;
@@ -149,6 +151,7 @@ async fn queued_jobs_list_summarise_and_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_ends_failed_with_its_reason_and_the_worker_lives_on() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let broken = upload_photos(&server, 4).await;
     let healthy = upload_photos(&server, 4).await;
@@ -172,6 +175,7 @@ async fn a_failing_job_ends_failed_with_its_reason_and_the_worker_lives_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_learning_rate_fails_the_job_as_diverged_instead_of_training_on_nan() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let dataset = upload_photos(&server, 4).await;
     let mut spec = small_spec(&dataset);

@@ -48,6 +48,7 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_resumes_the_job_from_its_last_checkpoint() {
+    require_shared_data!();
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let port = free_port();

@@ -11,6 +11,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_job_streams_stores_and_checkpoints() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let dataset = upload_photos(&server, 16).await;
     let (status, job) = server.post_json("/v1/jobs", &small_spec(&dataset)).await;
@@ -143,6 +144,7 @@ async fn two_phase_job_streams_stores_and_checkpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_cancels_at_a_batch_boundary() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let dataset = upload_photos(&server, 12).await;
     let mut spec = small_spec(&dataset);
@@ -180,6 +182,7 @@ async fn a_running_job_cancels_at_a_batch_boundary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_spec_and_data_give_the_same_metrics() {
+    require_shared_data!();
     let server = TestServer::start().await;
     let dataset = upload_photos(&server, 8).await;
     let mut spec = small_spec(&dataset);
