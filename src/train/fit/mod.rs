@@ -15,6 +15,7 @@
 mod callbacks;
 pub(crate) mod loss;
 pub(crate) mod optim;
+mod phase;
 mod step;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use crate::train::data::augment::Normalize;
 use crate::train::data::feature_cache::{self, Cached, FeatureCache};
 use crate::train::data::{self, AugmentFor, Dataset};
 use crate::train::error::TrainError;
-use crate::train::fit::callbacks::{EarlyStopping, ReduceLrOnPlateau};
+use crate::train::fit::phase::PhaseState;
 use crate::train::fit::step::{check_stop, Sums};
 use crate::train::job::{
     Control, Divergence, Metrics, Observer, ResumeFrom, ResumeState, TrainEvent, TrainJob, TrainOutcome,
@@ -206,44 +207,17 @@ impl Fit<'_> {
         resume: Option<&ResumeFrom>,
     ) -> Result<Option<Metrics>, TrainError> {
         let (trainable_params, non_trainable_params) = self.model.params.counts();
-        let mut optimizer = Optimizer::new(&phase.optimizer, &self.model.params)?;
-        let mut progress = EarlyStopping::new(phase.early_stopping.as_ref());
-        let mut plateau = phase.reduce_lr_on_plateau.as_ref().map(ReduceLrOnPlateau::new);
-        // Best weights are kept for early stopping's restore, and for a divergence to go back to.
-        let keep_best = progress.restore_best_weights || phase.on_divergence == OnDivergence::RestoreBest;
-        let mut best_weights: Option<HashMap<String, Tensor>> = None;
-        let mut best_epoch = None;
-        let mut epochs_done = 0;
-        let mut stopped_early = false;
+        let mut state = PhaseState::new(phase, &self.model.params, resume)?;
         let cache = self
             .model
             .cacheable_prefix()
             .filter(|_| self.options.feature_cache && feature_cache::phase_allows(phase, &self.job.spec.augmentation));
-        if let Some(r) = resume {
-            let s = &r.state;
-            epochs_done = s.epochs_done;
-            stopped_early = s.stopped_early;
-            if epochs_done < phase.epochs && !stopped_early {
-                optimizer.import(&load_weights(&r.optimizer)?)?;
-            }
-            optimizer.set_learning_rate(s.learning_rate);
-            progress.tracker.best = s.best_monitored;
-            progress.tracker.wait = s.epochs_without_improvement;
-            if let Some(p) = plateau.as_mut() {
-                p.tracker.best = s.plateau_best;
-                p.tracker.wait = s.plateau_wait;
-            }
-            best_epoch = s.best_epoch;
-            if keep_best {
-                best_weights = r.phase_best_weights.as_ref().map(load_weights).transpose()?;
-            }
-        }
         self.observer.on_event(&TrainEvent::PhaseStarted {
             phase_index: index,
             name: phase.name.clone(),
             epochs: phase.epochs,
-            learning_rate: optimizer.learning_rate(),
-            learning_rates: optimizer.learning_rates(),
+            learning_rate: state.optimizer.learning_rate(),
+            learning_rates: state.optimizer.learning_rates(),
             trainable_params,
             non_trainable_params,
             batch_norm: phase.batch_norm,
@@ -259,108 +233,75 @@ impl Fit<'_> {
             None => None,
         };
 
-        // What a divergence goes back to when no epoch has improved yet.
-        let start_weights = match phase.on_divergence {
-            OnDivergence::RestoreBest if best_weights.is_none() => Some(self.model.params.snapshot()?),
-            _ => None,
-        };
         let mut last_validation = None;
         let mut diverged = None;
-        while epochs_done < phase.epochs && !stopped_early {
+        while !state.finished(phase) {
             check_stop(self.control)?;
-            let epoch = epochs_done + 1;
-            let started = Instant::now();
-            let lr = optimizer.learning_rate();
-            let train = match self.train_epoch(index, phase, epoch, &mut optimizer, cache.as_ref()) {
-                Ok(train) => train,
+            match self.epoch(index, phase, &mut state, cache.as_ref()) {
+                Ok(validation) => last_validation = validation,
                 Err(TrainError::Diverged(at)) if phase.on_divergence == OnDivergence::RestoreBest => {
+                    tracing::warn!(%at, "phase diverged; restoring its best weights");
                     diverged = Some(*at);
                     break;
                 }
                 Err(error) => return Err(error),
-            };
-            self.last_finite = Some(train).filter(|m| m.loss.is_finite());
-            if let Some(name) = self.model.params.first_non_finite()? {
-                let at = Divergence {
-                    phase_index: index,
-                    epoch,
-                    batch: 0,
-                    global_step: self.global_step,
-                    what: name.to_owned(),
-                    last_finite: self.last_finite,
-                };
-                if phase.on_divergence == OnDivergence::RestoreBest {
-                    diverged = Some(at);
-                    break;
-                }
-                return Err(TrainError::Diverged(Box::new(at)));
             }
-            let validation = self.evaluate_validation(cache.as_ref())?;
-            let improved = progress.tracker.update(&train, validation.as_ref());
-            if improved {
-                best_epoch = Some(epoch);
-                if keep_best {
-                    best_weights = Some(self.model.params.snapshot()?);
-                }
-            }
-            if let Some(p) = plateau.as_mut() {
-                if let Some(new_lr) = p.update(&train, validation.as_ref(), optimizer.learning_rate()) {
-                    optimizer.set_learning_rate(new_lr);
-                }
-            }
-            stopped_early = progress.should_stop() && epoch < phase.epochs;
-            epochs_done = epoch;
-            last_validation = validation;
-            self.observer.on_event(&TrainEvent::EpochEnded {
-                phase_index: index,
-                epoch,
-                train,
-                validation,
-                learning_rate: lr,
-                epochs_without_improvement: progress.tracker.wait,
-                seconds: started.elapsed().as_secs_f64(),
-            });
-            let state = ResumeState {
-                phase_index: index,
-                epochs_done,
-                global_step: self.global_step,
-                learning_rate: optimizer.learning_rate(),
-                best_monitored: progress.tracker.best,
-                epochs_without_improvement: progress.tracker.wait,
-                plateau_wait: plateau.as_ref().map_or(0, |p| p.tracker.wait),
-                stopped_early,
-                plateau_best: plateau.as_ref().and_then(|p| p.tracker.best),
-                best_epoch,
-            };
-            self.write_checkpoint(&optimizer, validation, state)?;
         }
 
-        let mut restored_best_epoch = None;
-        if let Some(at) = &diverged {
-            tracing::warn!(%at, "phase diverged; restoring its best weights");
-            match (&best_weights, &start_weights) {
-                (Some(best), _) => {
-                    self.model.params.load(best, |_| true)?;
-                    restored_best_epoch = best_epoch;
-                }
-                (None, Some(start)) => self.model.params.load(start, |_| true)?,
-                (None, None) => unreachable!("restore_best keeps the phase's starting weights"),
-            }
-            last_validation = self.evaluate_validation(cache.as_ref())?;
-        } else if let (Some(best), true) = (&best_weights, progress.restore_best_weights) {
-            self.model.params.load(best, |_| true)?;
-            restored_best_epoch = best_epoch;
+        let (restored_best_epoch, restored) = state.restore(diverged.is_some(), &self.model.params)?;
+        if restored {
             last_validation = self.evaluate_validation(cache.as_ref())?;
         }
         self.observer.on_event(&TrainEvent::PhaseEnded {
             phase_index: index,
             name: phase.name.clone(),
-            epochs_run: epochs_done,
-            stopped_early,
+            epochs_run: state.epochs_done,
+            stopped_early: state.stopped_early,
             restored_best_epoch,
             diverged,
         });
         Ok(last_validation)
+    }
+
+    /// One epoch of a phase: train, check every weight is finite, validate, the callbacks, the
+    /// event, the checkpoint. Returns the validation metrics.
+    fn epoch(
+        &mut self,
+        index: usize,
+        phase: &PhaseSpec,
+        state: &mut PhaseState,
+        cache: Option<&FeatureCache>,
+    ) -> Result<Option<Metrics>, TrainError> {
+        let epoch = state.epochs_done + 1;
+        let started = Instant::now();
+        let lr = state.optimizer.learning_rate();
+        let train = self.train_epoch(index, phase, epoch, &mut state.optimizer, cache)?;
+        self.last_finite = Some(train).filter(|m| m.loss.is_finite());
+        // Before the checkpoint, so that no checkpoint ever holds a non-finite weight.
+        if let Some(name) = self.model.params.first_non_finite()? {
+            let at = Divergence {
+                phase_index: index,
+                epoch,
+                batch: 0,
+                global_step: self.global_step,
+                what: name.to_owned(),
+                last_finite: self.last_finite,
+            };
+            return Err(TrainError::Diverged(Box::new(at)));
+        }
+        let validation = self.evaluate_validation(cache)?;
+        state.end_epoch(phase, epoch, &train, validation.as_ref(), &self.model.params)?;
+        self.observer.on_event(&TrainEvent::EpochEnded {
+            phase_index: index,
+            epoch,
+            train,
+            validation,
+            learning_rate: lr,
+            epochs_without_improvement: state.progress.tracker.wait,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.write_checkpoint(&state.optimizer, validation, state.resume_state(index, self.global_step))?;
+        Ok(validation)
     }
 
     /// One pass over the shuffled training set (or its cached features); returns the epoch's
