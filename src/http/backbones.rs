@@ -2,7 +2,7 @@
 //! their architecture when uploaded so a job can rely on them. Reads the query and the body into
 //! a catalog upload and maps what the catalog answers; the files and rows are the catalog's.
 
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
+use super::query::Query;
 use super::upload::{check_declared_length, write_upload};
 use super::AppState;
 use crate::catalog::{self, NewWeights, Weights};

@@ -1,7 +1,7 @@
 //! `/v1/datasets`: the HTTP side of the dataset catalog. Reads the upload (raw or multipart) into
 //! a catalog upload, and maps what the catalog answers; the files and rows are the catalog's.
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
+use super::query::Query;
 use super::upload::{check_declared_length, write_upload};
 use super::AppState;
 use crate::catalog::Dataset;

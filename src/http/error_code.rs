@@ -70,6 +70,8 @@ error_codes! {
     UploadTooLarge = ("upload_too_large", PAYLOAD_TOO_LARGE);
     /// An unknown job state in a filter.
     InvalidState = ("invalid_state", BAD_REQUEST);
+    /// A query parameter that does not parse (not a number, out of range, not one of the values).
+    InvalidQuery = ("invalid_query", BAD_REQUEST);
     /// A `Last-Event-ID` that is not a non-negative integer.
     InvalidLastEventId = ("invalid_last_event_id", BAD_REQUEST);
 

@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::jobs::load_job;
+use super::query::Query;
 use super::AppState;
 use crate::jobs::{history_after, EventPayload, JobEvent, StreamClosed};
 

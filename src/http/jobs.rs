@@ -1,6 +1,6 @@
 //! `/v1/jobs`: submit, list, get, cancel, and the stored history and model summary of a job.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
+use super::query::Query;
 use super::AppState;
 use crate::db::{self, jobs::JobRow};
 use crate::jobs::{CancelOutcome, FailureCode, JobEvent, JobState};

@@ -16,6 +16,7 @@ mod metrics;
 mod models;
 pub mod openapi;
 mod predict;
+mod query;
 mod upload;
 
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorCode, Problem};
 use super::jobs::load_job;
 use super::json::Json;
+use super::query::Query;
 use super::AppState;
 use crate::db;
 use crate::train::{self, JobSpec};

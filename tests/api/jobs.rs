@@ -200,3 +200,21 @@ async fn an_absurd_learning_rate_fails_the_job_as_diverged_instead_of_training_o
     assert!(at["last_finite"]["loss"].as_f64().is_some_and(f64::is_finite), "{end}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_query_parameter_is_problem_json_naming_it() {
+    let server = TestServer::start_with(|c| c.workers = 0).await;
+    for (path, field) in [
+        ("/v1/jobs?limit=9223372036854775808", "limit"),
+        ("/v1/jobs?limit=abc", "limit"),
+    ] {
+        let response = server.client.get(server.url(path)).send().await.unwrap();
+        let content_type = response.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+        let (status, body) = read(response).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(content_type, "application/problem+json", "{path}");
+        assert_eq!(body["code"], "invalid_query", "{path}: {body}");
+        assert_eq!(body["field"], field, "{path}: {body}");
+    }
+    server.stop().await;
+}
