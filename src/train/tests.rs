@@ -436,25 +436,8 @@ fn undecodable_files_are_skipped_and_counted() {
 #[test]
 fn trains_on_real_photos() {
     crate::test_support::require_shared_data!();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/train");
-    let mut samples = Vec::new();
-    for (label, class) in ["cats", "dogs"].iter().enumerate() {
-        for i in 0..4 {
-            samples.push(Sample { path: root.join(class).join(format!("{}.{i}.jpg", &class[..3])), label });
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut s = spec(vec![phase("head", &["head"], 1e-3, 1)]);
-    s.input = InputSpec { height: 32, width: 32, ..InputSpec::default() };
-    let job = TrainJob {
-        spec: s,
-        classes: vec!["cats".into(), "dogs".into()],
-        samples,
-        validation_samples: None,
-        initial_weights: None,
-        resume: None,
-        checkpoint_dir: dir.path().to_path_buf(),
-    };
+    let job = real_photo_job(dir.path(), vec![phase("head", &["head"], 1e-3, 1)]);
     let (_, rec) = run_ok(&job);
     assert!(matches!(
         rec.events[0],
@@ -484,7 +467,7 @@ fn frozen_prefix_builds_no_graph() {
     assert!(grad_of("head.dense.kernel"));
 }
 
-/// Eight real photos (four cats, four dogs) at 32x32, for the divergence tests.
+/// Eight real photos (four cats, four dogs) at 32x32.
 fn real_photo_job(dir: &Path, phases: Vec<PhaseSpec>) -> TrainJob {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/train");
     let mut samples = Vec::new();
@@ -495,8 +478,6 @@ fn real_photo_job(dir: &Path, phases: Vec<PhaseSpec>) -> TrainJob {
     }
     let mut s = spec(phases);
     s.input = InputSpec { height: 32, width: 32, ..InputSpec::default() };
-    s.log_every_steps = 1;
-    s.batch_size = 2;
     TrainJob {
         spec: s,
         classes: vec!["cats".into(), "dogs".into()],
@@ -521,7 +502,9 @@ fn an_absurd_learning_rate_fails_the_run_as_diverged_with_the_last_finite_metric
     let dir = tempfile::tempdir().unwrap();
     let mut boom = phase("boom", &["all"], 1e35, 3);
     boom.optimizer.kind = OptimizerKind::Sgd;
-    let job = real_photo_job(dir.path(), vec![boom]);
+    let mut job = real_photo_job(dir.path(), vec![boom]);
+    // Several steps an epoch, so the loss goes non-finite within one.
+    job.spec.batch_size = 2;
     let mut rec = Recorder::default();
     let error = run(&job, &Control::new(), &mut rec).unwrap_err();
     let TrainError::Diverged(at) = error else { panic!("expected a divergence, got {error:?}") };
@@ -544,7 +527,8 @@ fn restore_best_on_divergence_goes_back_and_trains_the_next_phase() {
     boom.optimizer.kind = OptimizerKind::Sgd;
     boom.on_divergence = OnDivergence::RestoreBest;
     let after = phase("after", &["head"], 1e-3, 1);
-    let job = real_photo_job(dir.path(), vec![head, boom, after]);
+    let mut job = real_photo_job(dir.path(), vec![head, boom, after]);
+    job.spec.batch_size = 2;
     let (out, rec) = run_ok(&job);
     let ended: Vec<_> = rec
         .events

@@ -204,10 +204,7 @@ async fn an_absurd_learning_rate_fails_the_job_as_diverged_instead_of_training_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_query_parameter_is_problem_json_naming_it() {
     let server = TestServer::start_with(|c| c.workers = 0).await;
-    for (path, field) in [
-        ("/v1/jobs?limit=9223372036854775808", "limit"),
-        ("/v1/jobs?limit=abc", "limit"),
-    ] {
+    for (path, field) in [("/v1/jobs?limit=9223372036854775808", "limit"), ("/v1/jobs?limit=abc", "limit")] {
         let response = server.client.get(server.url(path)).send().await.unwrap();
         let content_type = response.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
         let (status, body) = read(response).await;
