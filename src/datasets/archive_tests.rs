@@ -77,6 +77,16 @@ pub(crate) fn write_tar(path: &Path, items: &[Item], gzip: bool) {
     tar.into_inner().unwrap().flush().unwrap();
 }
 
+/// Writes `items` as a `zip`, `tar` or `tar.gz` archive.
+pub(crate) fn write_archive(path: &Path, format: &str, items: &[Item]) {
+    match format {
+        "zip" => write_zip(path, items),
+        "tar" => write_tar(path, items, false),
+        "tar.gz" => write_tar(path, items, true),
+        _ => unreachable!("no archive format {format}"),
+    }
+}
+
 /// A temp folder with `upload` (the archive) and `datasets/` (where dest goes) side by side.
 pub(crate) struct Fixture {
     pub dir: tempfile::TempDir,
@@ -120,11 +130,7 @@ fn two_classes() -> Vec<Item> {
 fn imports_zip_tar_and_tar_gz() {
     for format in ["zip", "tar", "tar.gz"] {
         let fx = Fixture::new();
-        match format {
-            "zip" => write_zip(&fx.upload(), &two_classes()),
-            "tar" => write_tar(&fx.upload(), &two_classes(), false),
-            _ => write_tar(&fx.upload(), &two_classes(), true),
-        }
+        write_archive(&fx.upload(), format, &two_classes());
         let manifest = fx.import(&ImportLimits::default()).unwrap();
         assert_eq!(counts(&manifest), [("cats", 2), ("dogs", 1)], "{format}");
         assert_eq!(manifest.skipped, 0);
@@ -150,11 +156,7 @@ fn parent_dir_entry_is_rejected_and_nothing_escapes() {
     for format in ["zip", "tar"] {
         let fx = Fixture::new();
         let items = [file("cats/a.png", png()), file("../evil", b"x".to_vec())];
-        if format == "zip" {
-            write_zip(&fx.upload(), &items);
-        } else {
-            write_tar(&fx.upload(), &items, false);
-        }
+        write_archive(&fx.upload(), format, &items);
         let err = fx.import(&ImportLimits::default()).unwrap_err();
         assert!(matches!(&err, DatasetError::UnsafeEntry { entry } if entry == "../evil"), "{format}: {err:?}");
         assert_eq!(err.code(), "unsafe_archive_entry");
@@ -170,11 +172,7 @@ fn absolute_backslash_and_drive_entries_are_rejected() {
         for format in ["zip", "tar"] {
             let fx = Fixture::new();
             let items = [file("cats/a.png", png()), file(name, png())];
-            if format == "zip" {
-                write_zip(&fx.upload(), &items);
-            } else {
-                write_tar(&fx.upload(), &items, false);
-            }
+            write_archive(&fx.upload(), format, &items);
             let err = fx.import(&ImportLimits::default()).unwrap_err();
             assert!(matches!(err, DatasetError::UnsafeEntry { .. }), "{format} {name}: {err:?}");
             fx.assert_clean();
@@ -187,11 +185,7 @@ fn symlinks_are_rejected() {
     let items = [file("cats/a.png", png()), Item::Symlink("cats/b.png".into(), "/etc/passwd".into())];
     for format in ["zip", "tar"] {
         let fx = Fixture::new();
-        if format == "zip" {
-            write_zip(&fx.upload(), &items);
-        } else {
-            write_tar(&fx.upload(), &items, false);
-        }
+        write_archive(&fx.upload(), format, &items);
         let err = fx.import(&ImportLimits::default()).unwrap_err();
         assert!(matches!(&err, DatasetError::UnsafeEntry { entry } if entry == "cats/b.png"), "{format}: {err:?}");
         fx.assert_clean();
@@ -222,11 +216,7 @@ fn unpacked_size_limit_is_enforced() {
     let limits = ImportLimits { max_unpacked_bytes: 500_000, ..ImportLimits::default() };
     for format in ["zip", "tar.gz"] {
         let fx = Fixture::new();
-        if format == "zip" {
-            write_zip(&fx.upload(), &items);
-        } else {
-            write_tar(&fx.upload(), &items, true);
-        }
+        write_archive(&fx.upload(), format, &items);
         assert!(fs::metadata(fx.upload()).unwrap().len() < 10_000);
         let err = fx.import(&limits).unwrap_err();
         assert!(matches!(err, DatasetError::TooLarge { limit: 500_000 }), "{format}: {err:?}");
@@ -240,10 +230,7 @@ fn one_entry_over_the_size_limit_is_refused_by_its_header() {
     let limits = ImportLimits { max_entry_bytes: 200_000, ..ImportLimits::default() };
     for format in ["zip", "tar", "tar.gz"] {
         let fx = Fixture::new();
-        match format {
-            "zip" => write_zip(&fx.upload(), &items),
-            _ => write_tar(&fx.upload(), &items, format == "tar.gz"),
-        }
+        write_archive(&fx.upload(), format, &items);
         let err = fx.import(&limits).unwrap_err();
         assert!(
             matches!(&err, DatasetError::EntryTooLarge { entry, limit: 200_000 } if entry == "cats/big.png"),
@@ -261,11 +248,7 @@ fn decompression_bombs_are_refused_before_they_are_written() {
         let items = [file("cats/a.png", png()), file("cats/bomb.png", bytes)];
         for format in ["zip", "tar.gz"] {
             let fx = Fixture::new();
-            if format == "zip" {
-                write_zip(&fx.upload(), &items);
-            } else {
-                write_tar(&fx.upload(), &items, true);
-            }
+            write_archive(&fx.upload(), format, &items);
             assert!(fs::metadata(fx.upload()).unwrap().len() < 100_000);
             let err = fx.import(&ImportLimits::default()).unwrap_err();
             assert!(matches!(err, DatasetError::TooCompressed { limit: 100, .. }), "{format}: {err:?}");
@@ -290,11 +273,7 @@ fn entries_that_are_not_images_are_skipped_without_being_written() {
     ];
     for format in ["zip", "tar"] {
         let fx = Fixture::new();
-        if format == "zip" {
-            write_zip(&fx.upload(), &items);
-        } else {
-            write_tar(&fx.upload(), &items, false);
-        }
+        write_archive(&fx.upload(), format, &items);
         let manifest = fx.import(&ImportLimits::default()).unwrap();
         assert_eq!(counts(&manifest), [("cats", 1), ("dogs", 1)], "{format}");
         let skipped: Vec<_> = manifest.skipped_examples.iter().map(|s| (s.path.as_str(), s.reason.as_str())).collect();
@@ -348,11 +327,7 @@ fn entry_count_limit_is_enforced() {
     let limits = ImportLimits { max_entries: 4, ..ImportLimits::default() };
     for format in ["zip", "tar"] {
         let fx = Fixture::new();
-        if format == "zip" {
-            write_zip(&fx.upload(), &items);
-        } else {
-            write_tar(&fx.upload(), &items, false);
-        }
+        write_archive(&fx.upload(), format, &items);
         let err = fx.import(&limits).unwrap_err();
         assert!(matches!(err, DatasetError::TooManyEntries { limit: 4 }), "{format}: {err:?}");
         fx.assert_clean();
