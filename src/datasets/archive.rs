@@ -23,7 +23,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::images::looks_like_image;
+use super::images::{looks_like_image, read_full, NOT_AN_IMAGE};
 use super::{DatasetError, ImportLimits, SkippedFile};
 
 /// Archive formats, told apart by magic bytes only.
@@ -44,22 +44,11 @@ const MAX_DEPTH: usize = 32;
 /// Below this many unpacked bytes the compression ratio is not judged: small files (a blank
 /// PNG, an empty one) compress absurdly well and are harmless.
 const RATIO_FLOOR_BYTES: u64 = 1 << 20;
-/// The reason given for entries skipped at extraction; the same words as the image check's.
-const NOT_AN_IMAGE: &str = "not a JPEG or PNG image";
 
 /// Reads the first bytes of `path` and says which archive format it is.
 pub(crate) fn detect_format(path: &Path) -> Result<Format, DatasetError> {
     let mut head = [0u8; 512];
-    let mut filled = 0;
-    let mut file = File::open(path)?;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let filled = read_full(&mut File::open(path)?, &mut head)?;
     let head = &head[..filled];
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         Ok(Format::Zip)
@@ -430,20 +419,6 @@ impl<'a> Sink<'a> {
         }
         Ok(Some(written))
     }
-}
-
-/// Reads until `buf` is full or the source ends; returns how much was read.
-fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]

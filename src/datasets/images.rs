@@ -19,6 +19,9 @@ use image::{ImageFormat, ImageReader, Limits};
 /// few threads are enough; the service is also training on the same machine.
 const MAX_THREADS: usize = 4;
 
+/// Why a file that is not a JPEG or PNG is skipped (by the image check, or at extraction).
+pub(crate) const NOT_AN_IMAGE: &str = "not a JPEG or PNG image";
+
 /// `None` for a valid image, or why the file is skipped.
 pub(crate) type Verdict = Option<String>;
 
@@ -26,17 +29,22 @@ pub(crate) type Verdict = Option<String>;
 /// looks like an image before anything is decoded, never as the final verdict.
 pub(crate) fn sniff_image(path: &Path) -> io::Result<bool> {
     let mut head = [0u8; 8];
-    let mut file = File::open(path)?;
+    let filled = read_full(&mut File::open(path)?, &mut head)?;
+    Ok(looks_like_image(&head[..filled]))
+}
+
+/// Reads until `buf` is full or the source ends; returns how much was read.
+pub(crate) fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]) {
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(looks_like_image(&head[..filled]))
+    Ok(filled)
 }
 
 /// Whether these first bytes of a file are JPEG or PNG magic.
@@ -50,7 +58,7 @@ pub(crate) fn check_image(path: &Path, max_pixels: u64) -> io::Result<Verdict> {
     let reader = open(path)?;
     let reader_format = match reader.format() {
         Some(format @ (ImageFormat::Jpeg | ImageFormat::Png)) => format,
-        _ => return Ok(Some("not a JPEG or PNG image".to_owned())),
+        _ => return Ok(Some(NOT_AN_IMAGE.to_owned())),
     };
     // Read the header first so an oversized image is refused before anything is allocated for it.
     let (width, height) = match reader.into_dimensions() {
