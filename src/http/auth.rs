@@ -78,7 +78,7 @@ impl Auth {
 }
 
 /// Paths anyone may fetch: the probes and the static dashboard shell (which then asks for a token).
-fn is_public(path: &str) -> bool {
+pub(super) fn is_public(path: &str) -> bool {
     matches!(path, "/" | "/healthz" | "/readyz" | "/favicon.ico") || path.starts_with("/assets/")
 }
 

@@ -2,7 +2,7 @@
 //! their architecture when uploaded so a job can rely on them. Reads the query and the body into
 //! a catalog upload and maps what the catalog answers; the files and rows are the catalog's.
 
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -13,11 +13,12 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
+use super::path::Path as UrlPath;
 use super::query::Query;
-use super::upload::{check_declared_length, write_upload};
+use super::upload::{check_declared_length, check_name, write_upload};
 use super::AppState;
 use crate::catalog::{self, NewWeights, Weights};
-use crate::train::{ModelSpec, WeightsFormat};
+use crate::train::{Architecture, ModelSpec, WeightsFormat};
 
 pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -27,14 +28,21 @@ pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateBackboneParams {
+    // Read as strings and parsed by the handler, so each keeps its own error code; documented
+    // as the enums they must name.
     /// `mobilenet_v2`, `xception` or `small_cnn`.
+    #[param(value_type = Architecture)]
     pub architecture: String,
-    /// Width multiplier (MobileNetV2: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
+    /// Width multiplier (MobileNetV2: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4); only for `mobilenet_v2`.
+    #[param(exclusive_minimum = 0, maximum = 2)]
     pub alpha: Option<f32>,
     /// How tensors are named and laid out: `keras`, `torchvision`, or `tanuki` (our checkpoints).
+    #[param(value_type = WeightsFormat)]
     pub format: String,
     /// A name for people; defaults to the architecture.
+    #[param(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
 }
 
@@ -142,6 +150,9 @@ pub async fn create_backbone(
     check_declared_length(request.headers(), limit)?;
     let model = model_for(&params)?;
     let format = format_of(&params.format)?;
+    if let Some(name) = &params.name {
+        check_name(name)?;
+    }
     let mut upload = state.catalog.start_upload(limit).await?;
     let stream = request
         .into_body()

@@ -1,7 +1,9 @@
 //! Checkpoints: the list of a job's kept checkpoints and the download of their weights.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};

@@ -1,7 +1,7 @@
 //! `/v1/datasets`: the HTTP side of the dataset catalog. Reads the upload (raw or multipart) into
 //! a catalog upload, and maps what the catalog answers; the files and rows are the catalog's.
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -12,8 +12,9 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
 use super::json::Json;
+use super::path::Path as UrlPath;
 use super::query::Query;
-use super::upload::{check_declared_length, write_upload};
+use super::upload::{check_declared_length, check_name, write_upload};
 use super::AppState;
 use crate::catalog::Dataset;
 
@@ -59,9 +60,20 @@ pub struct DatasetList {
     pub datasets: Vec<DatasetView>,
 }
 
+/// A dataset archive sent as a form (as a browser's file input does).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Only documents the form: the handler streams the `file` part.
+pub struct DatasetForm {
+    /// The archive: zip, tar or tar.gz of class folders.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateDatasetParams {
     /// A name for people; defaults to `dataset`.
+    #[param(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
 }
 
@@ -94,7 +106,7 @@ impl From<Dataset> for DatasetView {
     post, path = "/v1/datasets", tag = "datasets", operation_id = "create_dataset",
     params(CreateDatasetParams),
     request_body(description = "The archive, raw or as the `file` field of multipart/form-data", content(
-        (Vec<u8> = "application/zip"), (Vec<u8> = "application/x-tar"), (Vec<u8> = "application/gzip"), (Vec<u8> = "multipart/form-data"))),
+        (Vec<u8> = "application/zip"), (Vec<u8> = "application/x-tar"), (Vec<u8> = "application/gzip"), (DatasetForm = "multipart/form-data"))),
     responses(
         (status = 201, description = "Unpacked and stored", body = DatasetView),
         (status = 400, description = "Not an archive, an unsafe entry, or no class folder", body = Problem, content_type = "application/problem+json"),
@@ -109,13 +121,7 @@ pub async fn create_dataset(
     let limit = state.max_upload_bytes;
     check_declared_length(request.headers(), limit)?;
     let name = params.name.unwrap_or_else(|| "dataset".to_owned());
-    if name.trim().is_empty() || name.len() > 200 {
-        return Err(ApiError::BadRequest {
-            code: ErrorCode::InvalidName,
-            detail: "name must be 1 to 200 characters".into(),
-            field: Some("name".into()),
-        });
-    }
+    check_name(&name)?;
     let mut upload = state.catalog.start_upload(limit).await?;
 
     let is_multipart = request

@@ -74,6 +74,8 @@ error_codes! {
     InvalidQuery = ("invalid_query", BAD_REQUEST);
     /// A `Last-Event-ID` that is not a non-negative integer.
     InvalidLastEventId = ("invalid_last_event_id", BAD_REQUEST);
+    /// A path segment that does not decode (percent-encoded bytes that are not UTF-8).
+    InvalidPath = ("invalid_path", BAD_REQUEST);
 
     // Training specs and weights.
     /// A job or model spec that cannot be trained; `field` names where.

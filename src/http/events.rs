@@ -14,7 +14,9 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
@@ -36,8 +38,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsParams {
     /// Same as the `Last-Event-ID` header (which wins when both are given): only events after it.
+    #[param(pattern = r"^[0-9]{0,18}$")]
     pub last_event_id: Option<String>,
 }
 
@@ -53,7 +57,7 @@ const PAGE: i64 = 500;
 /// a stream token from `POST /v1/stream-tokens` is accepted as `?access_token=`.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "stream_job_events",
     params(("id" = String, Path, description = "Job id"), EventsParams,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{0,18}$", description = "Resume after this event id (empty: from the start)"),
         ("access_token" = Option<String>, Query, description = "A stream token from POST /v1/stream-tokens (for EventSource, which cannot send headers)")),
     responses(
         (status = 200, description = "An event stream: each message's `event:` and `data:` are the tag and the content of one `EventPayload`", content_type = "text/event-stream", body = EventPayload),
@@ -67,19 +71,36 @@ pub async fn stream_job_events(
     Query(params): Query<EventsParams>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let header = headers.get("last-event-id").map(|v| v.to_str().unwrap_or("invalid").to_owned());
-    let last_event_id = match header.or(params.last_event_id) {
-        None => 0,
-        Some(raw) if raw.trim().is_empty() => 0,
-        Some(raw) => raw.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::BadRequest {
-            code: ErrorCode::InvalidLastEventId,
-            detail: format!("Last-Event-ID must be a non-negative integer, got {raw:?}"),
-            field: Some("Last-Event-ID".into()),
-        })?,
+    // Both are checked when both are given (a bad one is refused even where the other wins).
+    let query = params.last_event_id.as_deref().map(|raw| parse_last_event_id(raw, "last_event_id")).transpose()?;
+    let header = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(parse_last_event_id(value.to_str().unwrap_or("\u{fffd}"), "Last-Event-ID")?),
     };
+    let last_event_id = header.or(query).unwrap_or(0);
     load_job(&state, &id).await?;
     let keepalive = state.sse_keepalive;
     Ok(Sse::new(job_events(state, id, last_event_id)).keep_alive(KeepAlive::new().interval(keepalive)))
+}
+
+/// The largest id accepted has 18 digits (the schema's pattern: an `i64` always holds it).
+const MAX_ID_DIGITS: usize = 18;
+
+/// A `Last-Event-ID` as the schema states it: empty (from the start) or up to 18 digits.
+fn parse_last_event_id(raw: &str, field: &str) -> Result<i64, ApiError> {
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    if raw.len() > MAX_ID_DIGITS || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest {
+            code: ErrorCode::InvalidLastEventId,
+            detail: format!(
+                "{field} must be empty or a non-negative integer of at most {MAX_ID_DIGITS} digits, got {raw:?}"
+            ),
+            field: Some(field.into()),
+        });
+    }
+    Ok(raw.parse().unwrap_or(0))
 }
 
 fn to_sse(event: &JobEvent) -> Event {

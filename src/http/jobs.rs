@@ -1,6 +1,8 @@
 //! `/v1/jobs`: submit, list, get, cancel, and the stored history and model summary of a job.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -85,11 +87,13 @@ pub struct JobHistory {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListJobsParams {
     /// Only jobs in this state.
     #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -172,7 +176,14 @@ pub async fn list_jobs(
     let filter = params.state.as_deref().map(str::parse::<JobState>).transpose().map_err(|error| {
         ApiError::BadRequest { code: ErrorCode::InvalidState, detail: error.to_string(), field: Some("state".into()) }
     })?;
-    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            code: ErrorCode::InvalidQuery,
+            detail: format!("query parameter `limit`: must be 1 to 1000, got {limit}"),
+            field: Some("limit".into()),
+        });
+    }
     let rows = db::jobs::list(&state.jobs.pool, filter, limit).await?;
     let jobs = rows.into_iter().map(JobView::try_from).collect::<Result<_, _>>()?;
     Ok(Json(JobList { jobs }))

@@ -50,7 +50,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
+        // serde_json reports some shape errors as syntax (an array longer than a fixed-size
+        // one is "trailing characters"), so a syntax error counts only if the body does not
+        // parse as JSON at all.
+        let not_json =
+            (inner.is_syntax() || inner.is_eof()) && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err();
+        if not_json {
             ApiError::BadRequest {
                 code: ErrorCode::MalformedJson,
                 detail: format!("the body is not valid JSON: {inner}"),

@@ -15,6 +15,7 @@ pub mod json;
 mod metrics;
 mod models;
 pub mod openapi;
+mod path;
 mod predict;
 mod query;
 mod upload;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use futures::Stream;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::catalog::{Upload, UploadError};
 
 /// Refuses at once a body whose declared length is over the limit (before reading any of it).
@@ -14,6 +14,22 @@ pub fn check_declared_length(headers: &axum::http::HeaderMap, limit: u64) -> Res
         Some(length) if length > limit => Err(ApiError::PayloadTooLarge { limit }),
         _ => Ok(()),
     }
+}
+
+/// The bound on a dataset's or weights' name, in characters (the `name` parameter's schema
+/// states the same: `minLength`, `maxLength`, a non-space).
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Refuses a name that is blank or longer than [`MAX_NAME_CHARS`].
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::BadRequest {
+            code: ErrorCode::InvalidName,
+            detail: format!("name must be 1 to {MAX_NAME_CHARS} characters, not all spaces"),
+            field: Some("name".into()),
+        });
+    }
+    Ok(())
 }
 
 /// Streams a request body into a catalog upload, answering in the API's terms: over the limit

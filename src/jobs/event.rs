@@ -81,6 +81,9 @@ pub enum StateEvent {
     /// `failed`, and why.
     Failed { state: JobState, error: String },
     /// Any other change (`queued` on submit, `succeeded`, `canceled`).
+    // `maxProperties`, so a message matches one variant of the schema's `oneOf`: the others have
+    // `state` too, and `Changed` would match them all.
+    #[schema(max_properties = 1)]
     Changed { state: JobState },
 }
 

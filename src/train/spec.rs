@@ -28,6 +28,7 @@ pub struct JobSpec {
     pub augmentation: AugmentationSpec,
     pub model: ModelSpec,
     #[serde(default = "default_batch_size")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: usize,
     /// Seeds weight initialisation, shuffling, augmentation and dropout: the same spec and data
     /// give the same metrics.
@@ -35,8 +36,10 @@ pub struct JobSpec {
     pub seed: u64,
     /// A `step` event is emitted every this many training steps (and at the last step of an epoch).
     #[serde(default = "default_log_every_steps")]
+    #[schema(minimum = 1)]
     pub log_every_steps: u32,
     /// Run in order; each rebuilds the optimizer over its own trainable weights.
+    #[schema(min_items = 1)]
     pub phases: Vec<PhaseSpec>,
 }
 
@@ -46,9 +49,11 @@ pub struct JobSpec {
 pub struct SplitSpec {
     /// Fraction of the images held out for validation (ignored with `validation_dataset_id`).
     #[serde(default = "default_validation_fraction")]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub validation: f64,
     /// Fraction of the images held out for the final test evaluation.
     #[serde(default = "default_test_fraction")]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub test: f64,
     #[serde(default = "default_seed")]
     pub seed: u64,
@@ -58,19 +63,28 @@ pub struct SplitSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
+    /// At most 2048; the least depends on the architecture (32 for small_cnn and mobilenet_v2,
+    /// 71 for xception).
     #[serde(default = "default_side")]
+    #[schema(minimum = 1, maximum = 2048)]
     pub height: u32,
     #[serde(default = "default_side")]
+    #[schema(minimum = 1, maximum = 2048)]
     pub width: u32,
     /// Pixels (0..255) become `pixel * scale + offset`; the guide's 1/127.5 and -1 give [-1, 1].
     #[serde(default = "default_scale")]
+    #[schema(minimum = -3.4e38, maximum = 3.4e38)]
     pub scale: f32,
     #[serde(default = "default_offset")]
+    #[schema(minimum = -3.4e38, maximum = 3.4e38)]
     pub offset: f32,
     /// Per-channel (RGB) normalisation instead of scale/offset: `(pixel/255 - mean) / std`.
     #[serde(default)]
+    #[schema(min_items = 3, max_items = 3)]
     pub mean: Option<[f32; 3]>,
+    /// Each > 0.
     #[serde(default)]
+    #[schema(min_items = 3, max_items = 3)]
     pub std: Option<[f32; 3]>,
 }
 
@@ -82,6 +96,7 @@ pub struct AugmentationSpec {
     pub horizontal_flip: bool,
     /// As Keras's `RandomRotation(factor)`: a random angle in [-factor, factor] * 2π.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub rotation: f32,
 }
 
@@ -100,11 +115,13 @@ pub struct BackboneSpec {
     /// Where the initial weights come from; `null` is random initialisation.
     #[serde(default)]
     pub weights: Option<WeightsSource>,
-    /// Channel widths of `small_cnn`'s conv blocks (one block per entry).
+    /// Channel widths of `small_cnn`'s conv blocks (one block per entry, each 1 to 4096).
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub widths: Option<Vec<usize>>,
     /// MobileNetV2's width multiplier (Keras's `alpha`, default 1.0); only for `mobilenet_v2`.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 2)]
     pub alpha: Option<f32>,
 }
 
@@ -165,9 +182,11 @@ pub struct HeadSpec {
     #[serde(default)]
     pub pooling: Pooling,
     #[serde(default = "default_dropout")]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub dropout: f32,
     /// 1 gives one logit with binary cross-entropy (two classes); more gives softmax over classes.
     #[serde(default = "default_units")]
+    #[schema(minimum = 1)]
     pub units: usize,
 }
 
@@ -193,8 +212,10 @@ pub struct PhaseSpec {
     /// `backbone.expanded_conv`, `backbone.block_1`..`backbone.block_16`, `backbone.Conv_1` for
     /// mobilenet_v2.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub unfreeze_top_blocks: Option<usize>,
     pub optimizer: OptimizerSpec,
+    #[schema(minimum = 1)]
     pub epochs: u32,
     /// Batch normalisation mode of the backbone: `inference` (the guide's `training=False`, moving
     /// statistics never change) or `training` (batch statistics, moving statistics updated).
@@ -233,6 +254,7 @@ pub enum BatchNormMode {
 pub struct OptimizerSpec {
     #[serde(rename = "type")]
     pub kind: OptimizerKind,
+    #[schema(exclusive_minimum = 0)]
     pub learning_rate: f64,
     /// Per parameter group: selector (as in `trainable`) → learning rate. A weight takes the rate
     /// of the longest selector that matches its layer, `learning_rate` when none does.
@@ -241,15 +263,19 @@ pub struct OptimizerSpec {
     pub learning_rates: Option<std::collections::BTreeMap<String, f64>>,
     /// Adam's β1 (default 0.9).
     #[serde(default)]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub beta1: Option<f64>,
     /// Adam's β2 (default 0.999).
     #[serde(default)]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub beta2: Option<f64>,
     /// Adam's ε (default 1e-7, as Keras).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub epsilon: Option<f64>,
     /// SGD momentum (default 0).
     #[serde(default)]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub momentum: Option<f64>,
 }
 
@@ -278,6 +304,7 @@ pub struct EarlyStoppingSpec {
     #[serde(default = "default_patience")]
     pub patience: u32,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub min_delta: f64,
     #[serde(default = "default_true")]
     pub restore_best_weights: bool,
@@ -290,12 +317,15 @@ pub struct ReduceLrSpec {
     #[serde(default)]
     pub monitor: Monitor,
     #[serde(default = "default_factor")]
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
     pub factor: f64,
     #[serde(default = "default_patience")]
     pub patience: u32,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub min_delta: f64,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub min_lr: f64,
 }
 
