@@ -82,10 +82,10 @@ checkpoint = call("GET", f"/v1/jobs/{job['id']}/checkpoints")["checkpoints"][0]
 weights = call("GET", f"/v1/jobs/{job['id']}/weights")
 backbone = call("POST", "/v1/backbones?architecture=small_cnn&format=tanuki&name=fuzz", weights, "application/octet-stream")
 with open(os.path.join(work, "ids"), "w") as f:
-    f.write(f"{dataset['id']} {job['id']} {checkpoint['id']} {backbone['id']}\n")
+    for kind, row in (("datasets", dataset), ("jobs", job), ("checkpoints", checkpoint), ("backbones", backbone)):
+        f.write(f"{kind} {row['id']}\n")
 EOF
 stop_server
-read -r DATASET_ID JOB_ID CHECKPOINT_ID BACKBONE_ID <"$WORK/ids"
 
 # Where a schema-valid request may still be refused, and why. Everything else is the defaults;
 # the one health check suppressed (`filter_too_much`, on the command line) is about the
@@ -95,28 +95,15 @@ cat >"$WORK/schemathesis.toml" <<EOF
 # answers it 400 malformed_json, so strings are drawn from what UTF-8 can encode.
 generation.codec = "utf-8"
 
-[dictionaries]
-datasets = { values = ["$DATASET_ID"] }
-jobs = { values = ["$JOB_ID"] }
-checkpoints = { values = ["$CHECKPOINT_ID"] }
-backbones = { values = ["$BACKBONE_ID"] }
-
-# The seeded ids half the time, generated ones (404) the rest.
-[[operations]]
-include-path-regex = "^/v1/datasets/"
-parameters = { "path.id" = { dictionary = "datasets", probability = 0.5 } }
-
-[[operations]]
-include-path-regex = "^/v1/jobs/"
-parameters = { "path.id" = { dictionary = "jobs", probability = 0.5 } }
-
-[[operations]]
-include-path-regex = "^/v1/checkpoints/"
-parameters = { "path.id" = { dictionary = "checkpoints", probability = 0.5 } }
-
-[[operations]]
-include-path-regex = "^/v1/backbones/"
-parameters = { "path.id" = { dictionary = "backbones", probability = 0.5 } }
+EOF
+# Each resource's seeded id half the time on its `{id}` operations, generated ones (404) the rest.
+while read -r kind id; do
+    echo "dictionaries.$kind = { values = [\"$id\"] }"
+done <"$WORK/ids" >>"$WORK/schemathesis.toml"
+while read -r kind id; do
+    printf '\n[[operations]]\ninclude-path-regex = "^/v1/%s/"\nparameters = { "path.id" = { dictionary = "%s", probability = 0.5 } }\n' "$kind" "$kind"
+done <"$WORK/ids" >>"$WORK/schemathesis.toml"
+cat >>"$WORK/schemathesis.toml" <<'EOF'
 
 # A spec's cross-field rules are beyond JSON Schema: a selector must name a layer of the chosen
 # architecture, the least input side depends on it, alpha is only for mobilenet_v2 and widths
