@@ -75,6 +75,11 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     if requeued > 0 {
         tracing::info!(requeued, "jobs interrupted by the last stop are queued again");
     }
+    // The requests that held these died with the last process; a retry must be able to run.
+    let freed = crate::db::idempotency::release_all_unanswered(&pool).await?;
+    if freed > 0 {
+        tracing::info!(freed, "idempotency keys of requests interrupted by the last stop are free again");
+    }
     let workers = jobs::spawn_workers(jobs.clone(), config.workers);
     let telemetry = Telemetry::new();
     let steps_follower = telemetry.clone().follow_steps(&jobs.hub, shutdown.clone());

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 /// Why a body could not be written to its upload file.
@@ -25,13 +26,15 @@ pub struct Upload {
     path: PathBuf,
     limit: u64,
     written: u64,
+    /// SHA-256 (hex) of the bytes written, once all were.
+    sha256: String,
 }
 
 impl Upload {
     pub(super) fn new(dir: &Path, limit: u64) -> Self {
         let id = uuid::Uuid::now_v7().to_string();
         let path = dir.join(format!("{id}.upload"));
-        Self { id, path, limit, written: 0 }
+        Self { id, path, limit, written: 0, sha256: String::new() }
     }
 
     /// The id the dataset or weights will be stored under.
@@ -52,6 +55,11 @@ impl Upload {
         self.written
     }
 
+    /// SHA-256 (hex) of the whole body, once [`Upload::write`] returned.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
     /// Streams chunks into the (new) file, refusing more than the limit; the file is fsynced so
     /// a crash right after cannot leave a truncated archive that looks complete. Returns the
     /// bytes written.
@@ -61,6 +69,7 @@ impl Upload {
     {
         let mut file = tokio::fs::File::create(&self.path).await?;
         let mut written = 0u64;
+        let mut hasher = Sha256::new();
         futures::pin_mut!(stream);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(UploadError::Body)?;
@@ -68,10 +77,12 @@ impl Upload {
             if written > self.limit {
                 return Err(UploadError::TooLarge { limit: self.limit });
             }
+            hasher.update(&chunk);
             file.write_all(&chunk).await?;
         }
         file.sync_all().await?;
         self.written = written;
+        self.sha256 = hex::encode(hasher.finalize());
         Ok(written)
     }
 }

@@ -2,8 +2,6 @@
 //! `<backbones>/<id>.safetensors`, and its row, together. Which formats each architecture takes
 //! is asked of `train`, never written here.
 
-use sha2::{Digest, Sha256};
-
 use super::{Catalog, CatalogError, Upload};
 use crate::db::{self, backbones::BackboneRow};
 use crate::train::{self, ModelSpec, WeightsFormat};
@@ -48,12 +46,8 @@ impl Catalog {
         let path = upload.path().to_owned();
         let model = new.model.clone();
         let format = new.format;
-        let (report, sha256) = tokio::task::spawn_blocking(move || {
-            let report = train::check_weights(&model, format, &path)?;
-            let sha256 = hex::encode(Sha256::digest(std::fs::read(&path)?));
-            Ok::<_, CatalogError>((report, sha256))
-        })
-        .await??;
+        let sha256 = upload.sha256().to_owned();
+        let report = tokio::task::spawn_blocking(move || train::check_weights(&model, format, &path)).await??;
 
         let dir = &self.paths.backbones;
         tokio::fs::create_dir_all(dir).await?;

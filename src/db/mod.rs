@@ -5,6 +5,7 @@ pub mod backbones;
 pub mod checkpoints;
 pub mod datasets;
 pub mod events;
+pub mod idempotency;
 pub mod jobs;
 
 use std::path::Path;

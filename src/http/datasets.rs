@@ -3,6 +3,7 @@
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -11,12 +12,13 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
+use super::idempotency::{self, Claim, IdempotencyKey, IdempotencyParams, Operation};
 use super::json::Json;
 use super::path::Path as UrlPath;
 use super::query::Query;
 use super::upload::{check_declared_length, check_name, write_upload};
 use super::AppState;
-use crate::catalog::Dataset;
+use crate::catalog::{Dataset, Upload};
 
 pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -104,24 +106,54 @@ impl From<Dataset> for DatasetView {
 /// decodable images are skipped and counted.
 #[utoipa::path(
     post, path = "/v1/datasets", tag = "datasets", operation_id = "create_dataset",
-    params(CreateDatasetParams),
+    params(CreateDatasetParams, IdempotencyParams),
     request_body(description = "The archive, raw or as the `file` field of multipart/form-data", content(
         (Vec<u8> = "application/zip"), (Vec<u8> = "application/x-tar"), (Vec<u8> = "application/gzip"), (DatasetForm = "multipart/form-data"))),
     responses(
-        (status = 201, description = "Unpacked and stored", body = DatasetView),
-        (status = 400, description = "Not an archive, an unsafe entry, or no class folder", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Unpacked and stored (or, for a retried key, the first answer)", body = DatasetView),
+        (status = 400, description = "Not an archive, an unsafe entry, no class folder, or an invalid `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this `Idempotency-Key` is still being handled", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the upload or unpacked size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An `Idempotency-Key` used before with another name or archive", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_dataset(
     State(state): State<AppState>,
     Query(params): Query<CreateDatasetParams>,
+    key: Option<IdempotencyKey>,
     request: Request,
-) -> Result<(StatusCode, Json<DatasetView>), ApiError> {
+) -> Result<Response, ApiError> {
     let limit = state.max_upload_bytes;
     check_declared_length(request.headers(), limit)?;
     let name = params.name.unwrap_or_else(|| "dataset".to_owned());
     check_name(&name)?;
+    // Claimed before the body is read, so that a concurrent retry is refused at once.
+    let claim = match key {
+        Some(key) => Some(idempotency::claim(&state.jobs.pool, Operation::CreateDataset, key).await?),
+        None => None,
+    };
+    let upload = match receive(&state, request, limit).await {
+        Ok(upload) => upload,
+        Err(error) => {
+            if let Some(Claim::First(reservation)) = claim {
+                reservation.release().await;
+            }
+            return Err(error);
+        }
+    };
+    // Which archive it was is only known once it has all been read.
+    let hash = idempotency::request_hash(&[name.as_bytes(), upload.sha256().as_bytes()]);
+    let reservation = match claim {
+        None => None,
+        Some(Claim::Answered(answer)) => return answer.replay(&hash),
+        Some(Claim::First(reservation)) => Some(reservation),
+    };
+    let outcome = state.catalog.create_dataset(upload, &name).await.map(DatasetView::from).map_err(ApiError::from);
+    idempotency::finish(reservation, &hash, StatusCode::CREATED, outcome).await
+}
+
+/// Streams the archive (the raw body, or the multipart form's `file` field) into an upload.
+async fn receive(state: &AppState, request: Request, limit: u64) -> Result<Upload, ApiError> {
     let mut upload = state.catalog.start_upload(limit).await?;
 
     let is_multipart = request
@@ -130,7 +162,7 @@ pub async fn create_dataset(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     if is_multipart {
-        let mut multipart = Multipart::from_request(request, &state)
+        let mut multipart = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::bad_request(ErrorCode::InvalidMultipart, e.body_text()))?;
         let mut found = false;
@@ -160,8 +192,7 @@ pub async fn create_dataset(
         state.telemetry.add_upload_bytes(written);
     }
 
-    let dataset = state.catalog.create_dataset(upload, &name).await?;
-    Ok((StatusCode::CREATED, Json(dataset.into())))
+    Ok(upload)
 }
 
 fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {

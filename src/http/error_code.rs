@@ -76,6 +76,10 @@ error_codes! {
     InvalidLastEventId = ("invalid_last_event_id", BAD_REQUEST);
     /// A path segment that does not decode (percent-encoded bytes that are not UTF-8).
     InvalidPath = ("invalid_path", BAD_REQUEST);
+    /// An `Idempotency-Key` header that is empty, too long or not visible ASCII.
+    InvalidIdempotencyKey = ("invalid_idempotency_key", BAD_REQUEST);
+    /// The `Idempotency-Key` was used before on this operation with a different request.
+    IdempotencyKeyReused = ("idempotency_key_reused", UNPROCESSABLE_ENTITY);
 
     // Training specs and weights.
     /// A job or model spec that cannot be trained; `field` names where.
@@ -126,12 +130,16 @@ error_codes! {
     DatasetInUse = ("dataset_in_use", CONFLICT);
     /// A queued or running job starts from the weights.
     BackboneInUse = ("backbone_in_use", CONFLICT);
+    /// A request with the same `Idempotency-Key` is still being handled.
+    IdempotencyKeyInUse = ("idempotency_key_in_use", CONFLICT);
 
     // Access and the server itself.
     /// No valid bearer or stream token.
     Unauthorized = ("unauthorized", UNAUTHORIZED);
     /// The readiness probe: the database or the workers are not ready.
     NotReady = ("not_ready", SERVICE_UNAVAILABLE);
+    /// The server's disk is full: what the request would have stored was not stored.
+    InsufficientStorage = ("insufficient_storage", INSUFFICIENT_STORAGE);
     /// Something failed on our side; the cause is logged, not sent.
     InternalError = ("internal_error", INTERNAL_SERVER_ERROR);
 }

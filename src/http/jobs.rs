@@ -4,6 +4,7 @@ use axum::extract::State;
 
 use super::path::Path;
 use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -11,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorCode, Problem};
+use super::idempotency::{self, Claim, IdempotencyKey, IdempotencyParams, Operation};
 use super::json::Json;
 use super::query::Query;
 use super::AppState;
@@ -146,19 +148,38 @@ pub async fn load_job(state: &AppState, id: &str) -> Result<JobRow, ApiError> {
 /// Submit a job.
 ///
 /// The spec is validated before it is queued; an invalid one is a 422 naming the field.
+///
+/// With an `Idempotency-Key`, a retry of the same spec answers what the first request was
+/// answered (with `Idempotent-Replayed: true`) and queues nothing; the key is kept 24 hours.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "create_job",
+    params(IdempotencyParams),
     request_body = JobSpec,
     responses(
-        (status = 201, description = "Queued", body = JobView),
-        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An invalid spec; `field` names what was wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Queued (or, for a retried key, the first answer)", body = JobView),
+        (status = 400, description = "Not JSON, or an invalid `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this `Idempotency-Key` is still being handled", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid spec (`field` names what was wrong), or an `Idempotency-Key` used before with another spec", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_job(
     State(state): State<AppState>,
+    key: Option<IdempotencyKey>,
     Json(spec): Json<JobSpec>,
-) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let row = state.jobs.submit(spec).await?;
-    Ok((StatusCode::CREATED, Json(JobView::try_from(row)?)))
+) -> Result<Response, ApiError> {
+    // The spec as parsed (defaults filled in), so that two spellings of one spec are one request.
+    let encoded = serde_json::to_vec(&spec).map_err(|e| ApiError::Internal(format!("encoding the spec: {e}")))?;
+    let hash = idempotency::request_hash(&[&encoded]);
+    let reservation = match key {
+        None => None,
+        Some(key) => match idempotency::claim(&state.jobs.pool, Operation::CreateJob, key).await? {
+            Claim::Answered(answer) => return answer.replay(&hash),
+            Claim::First(reservation) => Some(reservation),
+        },
+    };
+    let outcome = match state.jobs.submit(spec).await {
+        Ok(row) => JobView::try_from(row),
+        Err(error) => Err(error.into()),
+    };
+    idempotency::finish(reservation, &hash, StatusCode::CREATED, outcome).await
 }
 
 /// List jobs, newest first.

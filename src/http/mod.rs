@@ -10,6 +10,7 @@ pub mod error;
 mod error_code;
 mod events;
 mod health;
+mod idempotency;
 mod jobs;
 pub mod json;
 mod metrics;

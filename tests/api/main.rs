@@ -7,6 +7,7 @@ mod browser;
 mod common;
 mod dashboard;
 mod datasets;
+mod idempotency;
 mod jobs;
 mod openapi;
 mod recovery;

@@ -1,0 +1,17 @@
+-- The first answer to a POST sent with an `Idempotency-Key`, so that a retry of the same request
+-- gets that answer instead of creating a second job or dataset.
+CREATE TABLE idempotency_keys (
+    -- The operation the key was used on (`create_job`, `create_dataset`): keys are per operation.
+    operation    TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    -- SHA-256 (hex) of what the request asked for; a retry must match it.
+    -- NULL, with status and response, while the first request is still being handled.
+    request_hash TEXT,
+    status       INTEGER,
+    -- The response body sent the first time (JSON).
+    response     TEXT,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (operation, key)
+) WITHOUT ROWID;
+
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
