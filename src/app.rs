@@ -96,6 +96,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             config.import_limits(),
         ),
         max_upload_bytes: config.max_upload_bytes,
+        data_dir: config.data_dir.clone(),
         sse_keepalive: std::time::Duration::from_secs(config.sse_keepalive_secs.max(1)),
         sse_max_lag_events: config.sse_max_lag_events.max(1),
         auth,

@@ -69,6 +69,9 @@ pub enum FailureCode {
     Weights,
     /// The spec cannot be trained as given (found only once training starts).
     InvalidSpec,
+    /// The data directory's disk filled up: a checkpoint, the final weights or the job's
+    /// progress could not be written (what was half-written is removed).
+    InsufficientStorage,
     /// Training failed in a way that is the service's fault (a tensor error, a file that could
     /// not be written, a panic).
     Internal,

@@ -14,6 +14,8 @@ pub mod config;
 pub mod datasets;
 /// SQLite: the pool, migrations, one file per table.
 pub mod db;
+/// The data directory's free space, and telling a full disk from other I/O errors (a leaf).
+pub mod disk;
 /// The HTTP API: router, handlers, problem+json errors, SSE, OpenAPI.
 pub mod http;
 /// The job lifecycle states, shared by `db`, `jobs` and `http` (a leaf).

@@ -75,6 +75,7 @@ impl DatasetError {
             DatasetError::TooManyEntries { .. } => "too_many_entries",
             DatasetError::NoClasses => "no_class_folders",
             DatasetError::Corrupt(_) => "corrupt_archive",
+            DatasetError::Io(error) if crate::disk::is_full(error) => "insufficient_storage",
             DatasetError::Io(_) => "io_error",
         }
     }

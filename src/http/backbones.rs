@@ -139,6 +139,7 @@ fn format_of(name: &str) -> Result<WeightsFormat, ApiError> {
         (status = 201, description = "Checked and stored", body = BackboneView),
         (status = 400, description = "Unknown architecture or format", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the upload limit", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The server's disk has no room for it; nothing was stored", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The file does not fit the architecture", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_backbone(
@@ -147,7 +148,7 @@ pub async fn create_backbone(
     request: Request,
 ) -> Result<(StatusCode, Json<BackboneView>), ApiError> {
     let limit = state.max_upload_bytes;
-    check_declared_length(request.headers(), limit)?;
+    check_declared_length(request.headers(), limit, &state.data_dir)?;
     let model = model_for(&params)?;
     let format = format_of(&params.format)?;
     if let Some(name) = &params.name {

@@ -115,6 +115,7 @@ impl From<Dataset> for DatasetView {
         (status = 409, description = "A request with this `Idempotency-Key` is still being handled", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the upload or unpacked size limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An `Idempotency-Key` used before with another name or archive", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The server's disk has no room for it; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_dataset(
@@ -124,7 +125,7 @@ pub async fn create_dataset(
     request: Request,
 ) -> Result<Response, ApiError> {
     let limit = state.max_upload_bytes;
-    check_declared_length(request.headers(), limit)?;
+    check_declared_length(request.headers(), limit, &state.data_dir)?;
     let name = params.name.unwrap_or_else(|| "dataset".to_owned());
     check_name(&name)?;
     // Claimed before the body is read, so that a concurrent retry is refused at once.

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 pub use super::error_code::ErrorCode;
 use crate::catalog::CatalogError;
 use crate::datasets::DatasetError;
+use crate::disk;
 use crate::jobs::JobsError;
 use crate::train::{SpecError, WeightsError};
 
@@ -37,6 +38,9 @@ pub enum ApiError {
     /// No valid `Authorization: Bearer` token (or stream token) where one is required.
     #[error("{0}")]
     Unauthorized(String),
+    /// The disk has no room for what the request would store; says how much was asked for.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Not ready to serve (readiness probe): the database or the workers.
     #[error("{0}")]
     Unavailable(String),
@@ -122,6 +126,9 @@ impl ApiError {
             ApiError::Weights(_) => ErrorCode::WeightsMismatch,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::Unavailable(_) => ErrorCode::NotReady,
+            ApiError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
+            ApiError::Io(error) if disk::is_full(error) => ErrorCode::InsufficientStorage,
+            ApiError::Database(error) if disk::is_database_full(error) => ErrorCode::InsufficientStorage,
             ApiError::Database(_)
             | ApiError::Io(_)
             | ApiError::Task(_)
@@ -142,13 +149,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        // A readiness failure says what is not ready; other 5xx details stay in the log.
-        let detail = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
-            "the server failed to handle this request".to_owned()
-        } else {
-            self.to_string()
-        };
         let code = self.code();
+        // A readiness failure says what is not ready, a full disk says so; other 5xx details
+        // stay in the log.
+        let detail = match &self {
+            ApiError::Unavailable(_) | ApiError::InsufficientStorage(_) => self.to_string(),
+            _ if code == ErrorCode::InsufficientStorage => {
+                "the server's disk is full: nothing of this request was stored".to_owned()
+            }
+            _ if status.is_server_error() => "the server failed to handle this request".to_owned(),
+            _ => self.to_string(),
+        };
         let problem = Problem {
             kind: format!("urn:tanuki:problem:{code}"),
             title: code.title().to_owned(),
@@ -180,6 +191,7 @@ fn dataset_code(error: &DatasetError) -> ErrorCode {
         DatasetError::TooCompressed { .. } => ErrorCode::ArchiveTooCompressed,
         DatasetError::NoClasses => ErrorCode::NoClassFolders,
         DatasetError::Corrupt(_) => ErrorCode::CorruptArchive,
+        DatasetError::Io(error) if disk::is_full(error) => ErrorCode::InsufficientStorage,
         DatasetError::Io(_) => ErrorCode::IoError,
     }
 }
@@ -242,6 +254,7 @@ mod tests {
             DatasetError::NoClasses,
             DatasetError::Corrupt("x".into()),
             DatasetError::Io(std::io::Error::other("x")),
+            DatasetError::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)),
         ];
         for error in errors {
             let code = dataset_code(&error);

@@ -1,5 +1,5 @@
 //! Probes: liveness (`/healthz`, answers as soon as the server accepts requests) and readiness
-//! (`/readyz`: the database answers and every worker is alive).
+//! (`/readyz`: the database answers and every worker is alive; it reports the disk's free space).
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, Problem};
 use super::json::Json;
 use super::AppState;
+use crate::disk;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_health)).routes(routes!(get_readiness))
@@ -30,6 +31,15 @@ pub struct Readiness {
     /// Workers whose task is alive, of `workers_configured`.
     pub workers_alive: usize,
     pub workers_configured: usize,
+    /// The filesystem of the data directory (absent where it cannot be read). A full disk does
+    /// not make the server unready: it still serves what it has stored.
+    pub disk: Option<DiskView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiskView {
+    pub available_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// Readiness probe: the database answers `SELECT 1` and every worker is alive.
@@ -57,5 +67,8 @@ pub async fn get_readiness(State(state): State<AppState>) -> Result<Json<Readine
     if alive < configured {
         return Err(ApiError::Unavailable(format!("{} of {configured} workers have stopped", configured - alive)));
     }
-    Ok(Json(Readiness { status: "ready".into(), workers_alive: alive, workers_configured: configured }))
+    let disk = disk::space(&state.data_dir)
+        .ok()
+        .map(|space| DiskView { available_bytes: space.available_bytes, total_bytes: space.total_bytes });
+    Ok(Json(Readiness { status: "ready".into(), workers_alive: alive, workers_configured: configured, disk }))
 }

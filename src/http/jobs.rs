@@ -55,7 +55,7 @@ pub struct JobView {
     /// Why it failed.
     pub error: Option<String>,
     /// Why it failed, as a code: `diverged`, `invalid_data`, `weights`, `invalid_spec`,
-    /// `internal`.
+    /// `insufficient_storage`, `internal`.
     pub error_code: Option<FailureCode>,
     /// How many times a worker started it (more than one after an interruption).
     pub attempts: i64,

@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::AppState;
+use crate::disk;
 use crate::jobs::JobState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -20,7 +21,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Prometheus metrics.
 ///
 /// Jobs by state, queue depth, training steps (total and per second), SSE subscribers, dropped
-/// subscribers, uploaded bytes, live workers.
+/// subscribers, uploaded bytes, live workers, free and total disk space of the data directory.
 #[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "get_metrics",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4", body = String),
@@ -82,5 +83,19 @@ pub async fn get_metrics(State(state): State<AppState>) -> Result<impl IntoRespo
         "Bytes of dataset archives received.",
         &[("", t.upload_bytes().to_string())],
     );
+    if let Ok(space) = disk::space(&state.data_dir) {
+        metric(
+            "tanuki_disk_available_bytes",
+            "gauge",
+            "Bytes free for the server on the data directory's filesystem.",
+            &[("", space.available_bytes.to_string())],
+        );
+        metric(
+            "tanuki_disk_total_bytes",
+            "gauge",
+            "Size of the data directory's filesystem.",
+            &[("", space.total_bytes.to_string())],
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
 }

@@ -49,6 +49,8 @@ pub struct StateInner {
     /// Datasets and backbone weights (files and rows).
     pub catalog: Catalog,
     pub max_upload_bytes: u64,
+    /// Where everything is stored: its free space is reported, and checked against uploads.
+    pub data_dir: std::path::PathBuf,
     pub sse_keepalive: Duration,
     /// A live subscriber this many events behind is dropped (see `events`).
     pub sse_max_lag_events: usize,

@@ -1,19 +1,35 @@
 //! Request bodies into catalog uploads: the declared length checked first, the stream's errors
 //! and the size bound answered as problem+json.
 
+use std::path::Path;
+
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 use super::error::{ApiError, ErrorCode};
 use crate::catalog::{Upload, UploadError};
+use crate::disk;
 
-/// Refuses at once a body whose declared length is over the limit (before reading any of it).
-pub fn check_declared_length(headers: &axum::http::HeaderMap, limit: u64) -> Result<(), ApiError> {
+/// Refuses at once (before reading any of it) a body whose declared length is over the limit
+/// (413), or more than the disk holding `data_dir` has room for (507).
+pub fn check_declared_length(headers: &axum::http::HeaderMap, limit: u64, data_dir: &Path) -> Result<(), ApiError> {
     let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit => Err(ApiError::PayloadTooLarge { limit }),
-        _ => Ok(()),
+    let Some(length) = declared else {
+        return Ok(());
+    };
+    if length > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
     }
+    // Where the space cannot be read, the write itself will tell.
+    if let Ok(space) = disk::space(data_dir) {
+        if length > space.available_bytes {
+            return Err(ApiError::InsufficientStorage(format!(
+                "the body is {length} bytes and the server's disk has {} bytes free: nothing was stored",
+                space.available_bytes
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The bound on a dataset's or weights' name, in characters (the `name` parameter's schema
@@ -39,11 +55,27 @@ where
     S: Stream<Item = Result<Bytes, ApiError>>,
 {
     let limit = upload.limit();
-    upload.write(stream).await.map_err(|error| match error {
+    futures::pin_mut!(stream);
+    let written = upload.write(stream.as_mut()).await;
+    if written.is_err() {
+        linger(stream).await;
+    }
+    written.map_err(|error| match error {
         UploadError::TooLarge { .. } | UploadError::Body(ApiError::PayloadTooLarge { .. }) => {
             ApiError::PayloadTooLarge { limit }
         }
         UploadError::Body(other) => other,
         UploadError::Io(error) => ApiError::Io(error),
     })
+}
+
+/// How long the rest of a refused body is read and dropped before the refusal is sent.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and drops what is left of a body that will not be stored (for at most [`LINGER`]), so
+/// that a client still sending gets the answer: closing a connection with unread data resets it,
+/// and the client sees a broken pipe instead of the 413 or 507 (nginx's lingering close).
+async fn linger<S: Stream<Item = Result<Bytes, ApiError>>>(stream: std::pin::Pin<&mut S>) {
+    let drain = stream.take_while(|chunk| std::future::ready(chunk.is_ok())).for_each(|_| std::future::ready(()));
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }

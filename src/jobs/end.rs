@@ -4,6 +4,7 @@
 use super::event::{EndEvent, EventPayload, StateEvent};
 use super::{hub, JobState, Jobs, JobsError};
 use crate::db;
+use crate::disk;
 use crate::job_state::FailureCode;
 use crate::train::{Divergence, TrainError, TrainOutcome};
 
@@ -30,8 +31,23 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// Storing the job's progress failed (the training itself did not).
+    pub(super) fn recording(error: &JobsError) -> Self {
+        let full = matches!(error, JobsError::Db(error) if disk::is_database_full(error));
+        let code = if full { FailureCode::InsufficientStorage } else { FailureCode::Internal };
+        Self { code, message: format!("recording training progress failed: {error}"), diverged: None }
+    }
+}
+
 impl From<&TrainError> for Failure {
     fn from(error: &TrainError) -> Self {
+        if let TrainError::Io(io) = error {
+            if disk::is_full(io) {
+                let message = format!("the disk is full: the job's files could not be written ({io})");
+                return Self { code: FailureCode::InsufficientStorage, message, diverged: None };
+            }
+        }
         let code = match error {
             TrainError::Diverged(_) => FailureCode::Diverged,
             TrainError::Data(_) => FailureCode::InvalidData,

@@ -136,7 +136,7 @@ impl Jobs {
                 "training panicked: {}",
                 panic_message(join_error)
             )))),
-            Ok((_, Some(failure))) => Ending::Ended(JobEnd::Failed(Failure::internal(failure))),
+            Ok((_, Some(failure))) => Ending::Ended(JobEnd::Failed(failure)),
             Ok((Ok(outcome), None)) => Ending::Ended(JobEnd::Succeeded(outcome)),
             Ok((Err(TrainError::Stopped(StopReason::Cancel)), None)) => Ending::Ended(JobEnd::Canceled),
             Ok((Err(TrainError::Stopped(StopReason::Shutdown)), None)) => Ending::Requeued,
@@ -328,7 +328,7 @@ struct Recorder {
     handle: Handle,
     phase_names: Vec<String>,
     control: Arc<Control>,
-    failure: Option<String>,
+    failure: Option<Failure>,
 }
 
 impl Observer for Recorder {
@@ -339,7 +339,7 @@ impl Observer for Recorder {
         let result = self.handle.block_on(self.jobs.record_train_event(&self.job_id, event, &self.phase_names));
         if let Err(error) = result {
             tracing::error!(%error, "recording a training event failed; stopping the job");
-            self.failure = Some(format!("recording training progress failed: {error}"));
+            self.failure = Some(Failure::recording(&error));
             self.control.request_stop(StopReason::Cancel);
         }
     }

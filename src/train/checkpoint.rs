@@ -40,12 +40,15 @@ pub fn write_with_metadata(
         .map_err(|source| TrainError::CheckpointEncode { name: name.to_string(), source })?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(error) = written.and_then(|()| fs::rename(&tmp, &path)) {
+        // A full disk (or any failed write) leaves no half-written file, and frees its space.
+        let _ = fs::remove_file(&tmp);
+        return Err(error.into());
     }
-    fs::rename(&tmp, &path)?;
     // The rename itself must reach the disk too; not every platform can open a directory.
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();

@@ -7,6 +7,7 @@ mod browser;
 mod common;
 mod dashboard;
 mod datasets;
+mod full_disk;
 mod idempotency;
 mod jobs;
 mod openapi;

@@ -418,7 +418,14 @@ impl Fit<'_> {
             &self.model.params.snapshot()?,
             Some(weights_metadata(&self.model)),
         )?;
-        let optimizer = checkpoint::write(dir, &optimizer_name, &optimizer.export()?)?;
+        let optimizer = match optimizer.export().and_then(|state| checkpoint::write(dir, &optimizer_name, &state)) {
+            Ok(file) => file,
+            Err(error) => {
+                // Weights without their optimizer state are no checkpoint: nothing refers to them.
+                let _ = std::fs::remove_file(&weights.path);
+                return Err(error);
+            }
+        };
         self.observer.on_event(&TrainEvent::CheckpointWritten {
             phase_index: state.phase_index,
             epoch: state.epochs_done,
