@@ -7,13 +7,15 @@
 //! `SSE_EPOCHS`, default 400). Reads photos from `../shared/data/cats_and_dogs_filtered`.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::{json, Value};
+
+#[path = "support/photos.rs"]
+mod photos;
+use photos::photos_zip;
 
 const TIME_LIMIT: Duration = Duration::from_secs(240);
 
@@ -27,22 +29,6 @@ fn memory() -> String {
         status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_owned()).unwrap_or_default()
     };
     format!("VmRSS {} (peak VmHWM {})", field("VmRSS:"), field("VmHWM:"))
-}
-
-fn photos_zip(per_class: usize) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cats_and_dogs_filtered/train");
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for class in ["cats", "dogs"] {
-        let mut names: Vec<_> =
-            std::fs::read_dir(root.join(class)).expect("shared photos").map(|e| e.unwrap().file_name()).collect();
-        names.sort();
-        for name in names.into_iter().take(per_class) {
-            writer.start_file(format!("{class}/{}", name.to_string_lossy()), options).unwrap();
-            writer.write_all(&std::fs::read(root.join(class).join(&name)).unwrap()).unwrap();
-        }
-    }
-    writer.finish().unwrap().into_inner()
 }
 
 /// Reads one subscription to the end; returns (id, receipt time) of each event and the name of
