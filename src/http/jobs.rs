@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorCode, Problem};
 use super::idempotency::{self, Claim, IdempotencyKey, IdempotencyParams, Operation};
 use super::json::Json;
-use super::query::Query;
+use super::query::{self, Query};
 use super::AppState;
 use crate::db::{self, jobs::JobRow};
 use crate::jobs::{CancelOutcome, FailureCode, JobEvent, JobState};
@@ -199,11 +199,7 @@ pub async fn list_jobs(
     })?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest {
-            code: ErrorCode::InvalidQuery,
-            detail: format!("query parameter `limit`: must be 1 to 1000, got {limit}"),
-            field: Some("limit".into()),
-        });
+        return Err(query::invalid_parameter("limit", format_args!("must be 1 to 1000, got {limit}")));
     }
     let rows = db::jobs::list(&state.jobs.pool, filter, limit).await?;
     let jobs = rows.into_iter().map(JobView::try_from).collect::<Result<_, _>>()?;

@@ -28,12 +28,24 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let field = if path == "." || path.is_empty() { None } else { Some(path) };
-        let detail = match &field {
-            Some(name) => format!("query parameter `{name}`: {}", error.inner()),
-            None => format!("the query string: {}", error.inner()),
-        };
-        ApiError::BadRequest { code: ErrorCode::InvalidQuery, detail, field }
+        match field {
+            Some(name) => invalid_parameter(&name, error.inner()),
+            None => ApiError::BadRequest {
+                code: ErrorCode::InvalidQuery,
+                detail: format!("the query string: {}", error.inner()),
+                field: None,
+            },
+        }
     })
+}
+
+/// A query parameter that parsed but is not acceptable (out of range), named with why.
+pub fn invalid_parameter(name: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest {
+        code: ErrorCode::InvalidQuery,
+        detail: format!("query parameter `{name}`: {why}"),
+        field: Some(name.to_owned()),
+    }
 }
 
 #[cfg(test)]
