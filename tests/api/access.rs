@@ -107,7 +107,10 @@ async fn readiness_and_metrics() {
     let server = TestServer::start().await;
     let (status, ready) = server.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
-    assert_eq!(ready, json!({"status": "ready", "workers_alive": 1, "workers_configured": 1}));
+    let disk = ready["disk"].clone();
+    assert!(disk["available_bytes"].as_u64().unwrap() <= disk["total_bytes"].as_u64().unwrap(), "{ready}");
+    assert!(disk["total_bytes"].as_u64().unwrap() > 0, "{ready}");
+    assert_eq!(ready, json!({"status": "ready", "workers_alive": 1, "workers_configured": 1, "disk": disk}));
 
     let dataset = upload_photos(&server, 8).await;
     let (_, job) = server.post_json("/v1/jobs", &small_spec(&dataset)).await;
