@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::cli::{ClientArgs, ClientCommand};
 use crate::datasets::ImportLimits;
 use crate::train::KernelSettings;
 
@@ -16,6 +17,8 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -24,6 +27,9 @@ pub enum Command {
     Serve,
     /// Print the OpenAPI document (JSON) and exit.
     Openapi,
+    /// A client of a running server (`--url`): datasets, backbones, jobs, models.
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 /// Everything the service needs to start.

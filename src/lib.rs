@@ -8,6 +8,8 @@
 pub mod app;
 /// Datasets and backbone weights: their files and rows, kept in step.
 pub mod catalog;
+/// The command-line client (`tanuki jobs …`): speaks only the public HTTP API (a leaf).
+pub mod cli;
 /// Command-line flags and environment variables.
 pub mod config;
 /// Dataset archives: safe extraction, class folders, image checks.

@@ -1,11 +1,17 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use tanuki::config::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    if let Some(Command::Openapi) = cli.command {
-        print!("{}", tanuki::http::openapi::document());
-        return Ok(());
+    match cli.command {
+        Some(Command::Openapi) => {
+            print!("{}", tanuki::http::openapi::document());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Client(command)) => return Ok(tanuki::cli::run(command, &cli.client)),
+        Some(Command::Serve) | None => {}
     }
     // Before the runtime's threads exist: the allocator reads its settings once.
     tanuki::process_env::reexec_with_tuned_env();
@@ -18,5 +24,6 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(tanuki::app::run(cli.config, tanuki::app::shutdown_signal()))
+        .block_on(tanuki::app::run(cli.config, tanuki::app::shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
 }

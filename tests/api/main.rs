@@ -4,6 +4,7 @@
 mod access;
 mod backbones;
 mod browser;
+mod cli;
 mod common;
 mod dashboard;
 mod datasets;
