@@ -6,25 +6,26 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::{ClientArgs, ClientCommand};
+use crate::cli::ClientCommand;
 use crate::datasets::ImportLimits;
 use crate::train::KernelSettings;
 
 #[derive(Debug, Parser)]
 #[command(name = "tanuki", version, about = "A training-job service for transfer learning and fine-tuning")]
+// The service's settings given before a subcommand would be silently ignored by `serve`, which
+// reads its own: refuse them instead.
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
-    #[command(flatten)]
-    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service (the default).
-    Serve,
+    Serve(Box<Config>),
     /// Print the OpenAPI document (JSON) and exit.
     Openapi,
     /// A client of a running server (`--url`): datasets, backbones, jobs, models.
@@ -36,50 +37,50 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "TANUKI_ADDR", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(long, env = "TANUKI_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Directory holding the SQLite database, datasets and checkpoints.
-    #[arg(long, env = "TANUKI_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(long, env = "TANUKI_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Number of jobs trained at once (0 runs the API without training anything).
-    #[arg(long, env = "TANUKI_WORKERS", default_value_t = 1, global = true)]
+    #[arg(long, env = "TANUKI_WORKERS", default_value_t = 1)]
     pub workers: usize,
     /// Largest accepted dataset upload, in bytes (larger ones get 413).
-    #[arg(long, env = "TANUKI_MAX_UPLOAD_BYTES", default_value_t = 4 << 30, global = true)]
+    #[arg(long, env = "TANUKI_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
     pub max_upload_bytes: u64,
     /// Largest total size an archive may unpack to, in bytes.
-    #[arg(long, env = "TANUKI_MAX_UNPACKED_BYTES", default_value_t = 16 << 30, global = true)]
+    #[arg(long, env = "TANUKI_MAX_UNPACKED_BYTES", default_value_t = 16 << 30)]
     pub max_unpacked_bytes: u64,
     /// Largest size one archive entry may unpack to, in bytes (by its header or in fact).
-    #[arg(long, env = "TANUKI_MAX_ENTRY_BYTES", default_value_t = 256 << 20, global = true)]
+    #[arg(long, env = "TANUKI_MAX_ENTRY_BYTES", default_value_t = 256 << 20)]
     pub max_entry_bytes: u64,
     /// Largest compression ratio (unpacked : compressed) of a zip entry or a tar.gz stream, once
     /// past 1 MiB unpacked; beyond it the upload is refused as a decompression bomb.
-    #[arg(long, env = "TANUKI_MAX_COMPRESSION_RATIO", default_value_t = 100, global = true)]
+    #[arg(long, env = "TANUKI_MAX_COMPRESSION_RATIO", default_value_t = 100)]
     pub max_compression_ratio: u64,
     /// Largest decoded image accepted, in pixels (width × height); larger ones are skipped.
-    #[arg(long, env = "TANUKI_MAX_IMAGE_PIXELS", default_value_t = 40_000_000, global = true)]
+    #[arg(long, env = "TANUKI_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     pub max_image_pixels: u64,
     /// Seconds to wait for running jobs to reach a batch boundary on shutdown.
-    #[arg(long, env = "TANUKI_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(long, env = "TANUKI_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
     /// Seconds between SSE keep-alive comments.
-    #[arg(long, env = "TANUKI_SSE_KEEPALIVE_SECS", default_value_t = 15, global = true)]
+    #[arg(long, env = "TANUKI_SSE_KEEPALIVE_SECS", default_value_t = 15)]
     pub sse_keepalive_secs: u64,
     /// A live SSE subscriber this many events behind the newest is too slow: it gets a final
     /// `dropped` event and its stream ends (it can reconnect with Last-Event-ID).
-    #[arg(long, env = "TANUKI_SSE_MAX_LAG_EVENTS", default_value_t = 1024, global = true)]
+    #[arg(long, env = "TANUKI_SSE_MAX_LAG_EVENTS", default_value_t = 1024)]
     pub sse_max_lag_events: usize,
     /// API tokens, comma-separated. When any token is configured (here or in the file), every
     /// endpoint except the probes and the dashboard shell needs `Authorization: Bearer <token>`.
-    #[arg(long, env = "TANUKI_API_TOKENS", value_delimiter = ',', global = true, hide_env_values = true)]
+    #[arg(long, env = "TANUKI_API_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub api_tokens: Vec<String>,
     /// A file of API tokens, one per line (blank lines and `#` comments ignored).
-    #[arg(long, env = "TANUKI_API_TOKENS_FILE", global = true)]
+    #[arg(long, env = "TANUKI_API_TOKENS_FILE")]
     pub api_tokens_file: Option<PathBuf>,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; `*` allows any.
     /// Empty (the default) sends no CORS headers.
-    #[arg(long, env = "TANUKI_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(long, env = "TANUKI_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub kernels: KernelArgs,
@@ -91,20 +92,20 @@ pub struct Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KernelArgs {
     /// Threads per kernel call (default: the available parallelism).
-    #[arg(long, env = "TANUKI_KERNEL_THREADS", value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    #[arg(long, env = "TANUKI_KERNEL_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub kernel_threads: Option<u16>,
     /// Never take the AVX-512 paths, even where the CPU has AVX-512 (the portable path).
-    #[arg(long, env = "TANUKI_KERNEL_NO_AVX512", global = true)]
+    #[arg(long, env = "TANUKI_KERNEL_NO_AVX512")]
     pub kernel_no_avx512: bool,
     /// Run every dense convolution as im2col + GEMM instead of the direct AVX-512 kernel.
-    #[arg(long, env = "TANUKI_CONV_NO_DIRECT", global = true)]
+    #[arg(long, env = "TANUKI_CONV_NO_DIRECT")]
     pub conv_no_direct: bool,
     /// Run 3x3 stride-1 convolutions on the direct kernel instead of Winograd F(2x2, 3x3).
-    #[arg(long, env = "TANUKI_CONV_NO_WINOGRAD", global = true)]
+    #[arg(long, env = "TANUKI_CONV_NO_WINOGRAD")]
     pub conv_no_winograd: bool,
     /// Size of an im2col tile of the GEMM convolution path, in KiB.
     #[arg(long, env = "TANUKI_CONV_TILE_KIB", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..=1 << 20), global = true)]
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub conv_tile_kib: u32,
 }
 

@@ -5,14 +5,15 @@ use tanuki::config::{Cli, Command};
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command {
+    let config = match cli.command {
         Some(Command::Openapi) => {
             print!("{}", tanuki::http::openapi::document());
             return Ok(ExitCode::SUCCESS);
         }
-        Some(Command::Client(command)) => return Ok(tanuki::cli::run(command, &cli.client)),
-        Some(Command::Serve) | None => {}
-    }
+        Some(Command::Client(command)) => return Ok(tanuki::cli::run(command)),
+        Some(Command::Serve(config)) => *config,
+        None => cli.config,
+    };
     // Before the runtime's threads exist: the allocator reads its settings once.
     tanuki::process_env::reexec_with_tuned_env();
     tracing_subscriber::fmt()
@@ -24,6 +25,6 @@ fn main() -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(tanuki::app::run(cli.config, tanuki::app::shutdown_signal()))?;
+        .block_on(tanuki::app::run(config, tanuki::app::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }

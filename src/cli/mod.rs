@@ -25,21 +25,37 @@ pub use error::CliError;
 pub use jobs::JobsCommand;
 pub use models::ModelsCommand;
 
-/// The client's commands.
+/// The client's commands, each with the options of every client command.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {
     /// Datasets on a server: upload a folder or an archive, list, show, delete.
-    #[command(subcommand)]
-    Datasets(DatasetsCommand),
+    Datasets {
+        #[command(flatten)]
+        args: ClientArgs,
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
     /// Pretrained weights on a server: upload, list.
-    #[command(subcommand)]
-    Backbones(BackbonesCommand),
-    /// Jobs: submit, follow, list, show, cancel, weights, predict.
-    #[command(subcommand)]
-    Jobs(JobsCommand),
-    /// The model a spec builds.
-    #[command(subcommand)]
-    Models(ModelsCommand),
+    Backbones {
+        #[command(flatten)]
+        args: ClientArgs,
+        #[command(subcommand)]
+        command: BackbonesCommand,
+    },
+    /// Jobs on a server: submit, follow, list, show, cancel, weights, predict.
+    Jobs {
+        #[command(flatten)]
+        args: ClientArgs,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// The model a job spec builds (asked of a server).
+    Models {
+        #[command(flatten)]
+        args: ClientArgs,
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
 }
 
 /// Options of every client command.
@@ -53,7 +69,7 @@ pub struct ClientArgs {
 }
 
 /// Runs one client command; what went wrong is printed here, and said by the exit status.
-pub fn run(command: ClientCommand, args: &ClientArgs) -> ExitCode {
+pub fn run(command: ClientCommand) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -61,7 +77,7 @@ pub fn run(command: ClientCommand, args: &ClientArgs) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match runtime.block_on(dispatch(command, args)) {
+    match runtime.block_on(dispatch(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tanuki: {error}");
@@ -70,13 +86,19 @@ pub fn run(command: ClientCommand, args: &ClientArgs) -> ExitCode {
     }
 }
 
-async fn dispatch(command: ClientCommand, args: &ClientArgs) -> Result<(), CliError> {
+async fn dispatch(command: ClientCommand) -> Result<(), CliError> {
+    let args = match &command {
+        ClientCommand::Datasets { args, .. }
+        | ClientCommand::Backbones { args, .. }
+        | ClientCommand::Jobs { args, .. }
+        | ClientCommand::Models { args, .. } => args,
+    };
     let client = client::Client::new(&args.connection)?;
     let out = output::Output::new(args.json);
     match command {
-        ClientCommand::Datasets(command) => datasets::run(&client, &out, command).await,
-        ClientCommand::Backbones(command) => backbones::run(&client, &out, command).await,
-        ClientCommand::Jobs(command) => jobs::run(&client, &out, command).await,
-        ClientCommand::Models(command) => models::run(&client, &out, command).await,
+        ClientCommand::Datasets { command, .. } => datasets::run(&client, &out, command).await,
+        ClientCommand::Backbones { command, .. } => backbones::run(&client, &out, command).await,
+        ClientCommand::Jobs { command, .. } => jobs::run(&client, &out, command).await,
+        ClientCommand::Models { command, .. } => models::run(&client, &out, command).await,
     }
 }
