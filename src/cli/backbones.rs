@@ -7,7 +7,7 @@ use reqwest::Method;
 use super::archive;
 use super::client::Client;
 use super::error::CliError;
-use super::output::{self, text, Output};
+use super::output::{self, items, text, Output};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BackbonesCommand {
@@ -64,10 +64,7 @@ pub async fn run(client: &Client, out: &Output, command: BackbonesCommand) -> Re
         BackbonesCommand::List => {
             let list = client.get("/v1/backbones").await?;
             out.value(&list, |list| {
-                let rows: Vec<Vec<String>> = list["weights"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = items(&list["weights"])
                     .map(|b| {
                         vec![
                             text(&b["id"]),

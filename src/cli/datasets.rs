@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::archive;
 use super::client::Client;
 use super::error::CliError;
-use super::output::{self, text, Output};
+use super::output::{self, items, text, Output};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DatasetsCommand {
@@ -41,10 +41,7 @@ pub async fn run(client: &Client, out: &Output, command: DatasetsCommand) -> Res
         DatasetsCommand::List => {
             let list = client.get("/v1/datasets").await?;
             out.value(&list, |list| {
-                let rows: Vec<Vec<String>> = list["datasets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = items(&list["datasets"])
                     .map(|d| {
                         vec![
                             text(&d["id"]),
@@ -100,13 +97,13 @@ fn print_dataset(dataset: &Value) -> String {
         format!("dataset {} ({})", text(&dataset["id"]), text(&dataset["name"])),
         format!("{} images, {} bytes", dataset["image_count"], dataset["size_bytes"]),
     ];
-    for class in dataset["classes"].as_array().into_iter().flatten() {
+    for class in items(&dataset["classes"]) {
         lines.push(format!("  {:<24} {}", text(&class["name"]), class["images"]));
     }
     let skipped = dataset["skipped"].as_u64().unwrap_or(0);
     if skipped > 0 {
         lines.push(format!("skipped {skipped} files:"));
-        for file in dataset["skipped_examples"].as_array().into_iter().flatten() {
+        for file in items(&dataset["skipped_examples"]) {
             lines.push(format!("  {}: {}", text(&file["path"]), text(&file["reason"])));
         }
     }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use super::client::Client;
 use super::error::CliError;
 use super::follow::follow;
-use super::output::{self, segment, text, Output};
+use super::output::{self, items, segment, text, Output};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum JobsCommand {
@@ -73,10 +73,7 @@ pub async fn run(client: &Client, out: &Output, command: JobsCommand) -> Result<
             }
             let list = client.json(request).await?;
             out.value(&list, |list| {
-                let rows: Vec<Vec<String>> = list["jobs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = items(&list["jobs"])
                     .map(|j| {
                         let phase = j["phase"]
                             .as_object()
@@ -118,8 +115,8 @@ pub async fn run(client: &Client, out: &Output, command: JobsCommand) -> Result<
             }
             out.value(&Value::Array(results), |results| {
                 let mut rows = Vec::new();
-                for result in results.as_array().into_iter().flatten() {
-                    for p in result["answer"]["predictions"].as_array().into_iter().flatten() {
+                for result in items(results) {
+                    for p in items(&result["answer"]["predictions"]) {
                         let probability = p["probability"].as_f64().unwrap_or(0.0);
                         rows.push(vec![text(&result["file"]), text(&p["class"]), format!("{probability:.4}")]);
                     }

@@ -8,7 +8,7 @@ use reqwest::Method;
 use super::client::Client;
 use super::error::CliError;
 use super::jobs::read_json;
-use super::output::{self, text, Output};
+use super::output::{self, items, text, Output};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelsCommand {
@@ -29,14 +29,10 @@ pub async fn run(client: &Client, out: &Output, command: ModelsCommand) -> Resul
     let spec = if body.is_empty() { spec } else { serde_json::Value::Object(body) };
     let summary = client.json(client.request(Method::POST, "/v1/models/summary").json(&spec)).await?;
     out.value(&summary, |summary| {
-        let phases: Vec<String> =
-            summary["phases"].as_array().into_iter().flatten().map(|p| text(&p["name"])).collect();
+        let phases: Vec<String> = items(&summary["phases"]).map(|p| text(&p["name"])).collect();
         let mut headers = vec!["LAYER", "TYPE", "OUTPUT SHAPE", "PARAMS"];
         headers.extend(phases.iter().map(String::as_str));
-        let rows: Vec<Vec<String>> = summary["layers"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = items(&summary["layers"])
             .map(|layer| {
                 let mut row = vec![
                     text(&layer["name"]),
@@ -44,18 +40,12 @@ pub async fn run(client: &Client, out: &Output, command: ModelsCommand) -> Resul
                     layer["output_shape"].to_string(),
                     layer["params"].to_string(),
                 ];
-                row.extend(
-                    layer["trainable"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|t| if t == true { "Y" } else { "N" }.to_owned()),
-                );
+                row.extend(items(&layer["trainable"]).map(|t| if t == true { "Y" } else { "N" }.to_owned()));
                 row
             })
             .collect();
         let mut lines = vec![output::table(&headers, &rows), format!("total params: {}", summary["total_params"])];
-        for phase in summary["phases"].as_array().into_iter().flatten() {
+        for phase in items(&summary["phases"]) {
             lines.push(format!(
                 "phase {}: {} trainable, {} non-trainable",
                 text(&phase["name"]),

@@ -36,6 +36,14 @@ fn photo_folder(dir: &Path, per_class: usize) -> std::path::PathBuf {
     root
 }
 
+/// Uploads a folder of `per_class` real photos of each class through the client, as `photos`.
+async fn upload_photo_folder(url: &str, work: &Path, per_class: usize) -> std::path::PathBuf {
+    let folder = photo_folder(work, per_class);
+    let (code, out, err) = tanuki(url, &["datasets", "upload", folder.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    folder
+}
+
 fn write_spec(dir: &Path, name: &str, spec: &Value) -> String {
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
@@ -91,9 +99,7 @@ async fn a_failing_job_or_a_wrong_spec_exits_non_zero_saying_why() {
     require_shared_data!();
     let server = TestServer::start().await;
     let work = tempfile::tempdir().unwrap();
-    let folder = photo_folder(work.path(), 4);
-    let (code, _, err) = tanuki(&server.base, &["datasets", "upload", folder.to_str().unwrap()]).await;
-    assert_eq!(code, 0, "{err}");
+    upload_photo_folder(&server.base, work.path(), 4).await;
 
     let mut wrong = small_spec("photos");
     wrong["phases"][0]["epochs"] = json!(0);
@@ -160,9 +166,7 @@ async fn a_cut_connection_mid_follow_resumes_without_printing_anything_twice() {
     let server = TestServer::start().await;
     let proxy = Proxy::to(&server.base).await;
     let work = tempfile::tempdir().unwrap();
-    let folder = photo_folder(work.path(), 8);
-    let (code, _, err) = tanuki(&proxy.url, &["datasets", "upload", folder.to_str().unwrap()]).await;
-    assert_eq!(code, 0, "{err}");
+    upload_photo_folder(&proxy.url, work.path(), 8).await;
     let mut spec = small_spec("photos");
     // Long enough that the stream is still live when the first epoch's line is read.
     spec["phases"][0]["epochs"] = json!(20);
