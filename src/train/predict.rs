@@ -43,7 +43,7 @@ pub fn predict(
         .iter()
         .map(|bytes| {
             // A decoder that panics on a hostile file fails that image, not the request.
-            std::panic::catch_unwind(|| decode::decode_bytes(bytes, input.height, input.width))
+            std::panic::catch_unwind(|| decode::decode_bytes(bytes, input))
                 .map_err(|_| "the decoder failed on this image".to_string())?
                 .map(|img| img.into_raw())
                 .map_err(|e| format!("cannot decode image: {e}"))

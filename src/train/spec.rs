@@ -86,6 +86,24 @@ pub struct InputSpec {
     #[serde(default)]
     #[schema(min_items = 3, max_items = 3)]
     pub std: Option<[f32; 3]>,
+    /// How an image is brought to `height` x `width`; the same in training, evaluation and
+    /// predict.
+    #[serde(default)]
+    pub resize: ResizeMode,
+}
+
+/// How an image is brought to the input size (bilinear, half-pixel centres, in every mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// To exactly the input size, aspect ratio not kept (Keras's `image_dataset_from_directory`).
+    #[default]
+    Stretch,
+    /// The shorter side to the input's, aspect kept, then the centre cut out (torchvision's
+    /// `Resize` + `CenterCrop`, what its weights were trained with).
+    CenterCrop,
+    /// The longer side to the input's, aspect kept, centred on black (letterbox).
+    Pad,
 }
 
 /// Random augmentation of training images (never of validation, test or prediction images).
@@ -359,6 +377,7 @@ impl Default for InputSpec {
             offset: default_offset(),
             mean: None,
             std: None,
+            resize: ResizeMode::default(),
         }
     }
 }

@@ -127,11 +127,14 @@ async fn a_job_on_pretrained_mobilenet_predicts() {
     let dataset = upload_photos(&server, 8).await;
     let mut spec = small_spec(&dataset);
     spec["model"]["backbone"] = json!({"architecture": "mobilenet_v2", "alpha": 0.35, "weights": backbone["id"]});
-    spec["input"] = json!({"height": 64, "width": 64, "scale": 0.00784313725490196, "offset": -1.0});
+    // Center-cropped in training and in predict alike.
+    spec["input"] =
+        json!({"height": 64, "width": 64, "scale": 0.00784313725490196, "offset": -1.0, "resize": "center_crop"});
     spec["split"] = json!({"validation": 0.25, "test": 0.0, "seed": 7});
     spec["phases"] = json!([{"name": "head", "trainable": ["head"], "optimizer": {"type": "adam", "learning_rate": 0.001}, "epochs": 1}]);
     let (status, job) = server.post_json("/v1/jobs", &spec).await;
     assert_eq!(status, 201, "{job}");
+    assert_eq!(job["spec"]["input"]["resize"], "center_crop");
     let id = job["id"].as_str().unwrap().to_owned();
     let (status, body) = server
         .client

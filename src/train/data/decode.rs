@@ -1,6 +1,7 @@
-//! Decoding: each image file is read once per job, converted to RGB8 and resized to the input
-//! size with bilinear filtering, as Keras's `image_dataset_from_directory` does (no crop, aspect
-//! ratio not preserved, no antialiasing, half-pixel centres). Pixels stay u8 in memory.
+//! Decoding: each image file is read once per job, converted to RGB8 and brought to the input
+//! size with bilinear filtering (no antialiasing, half-pixel centres) in the spec's resize mode:
+//! stretched as Keras's `image_dataset_from_directory` does by default, center-cropped as
+//! torchvision's evaluation transform, or padded. Pixels stay u8 in memory.
 //!
 //! Decoding allocations are capped so a decompression bomb fails that one file instead of the
 //! process; a file that fails to decode is skipped and counted, not fatal.
@@ -10,6 +11,7 @@ use std::path::Path;
 use image::{ImageReader, Limits, RgbImage};
 
 use crate::train::job::Sample;
+use crate::train::spec::{InputSpec, ResizeMode};
 
 /// The most memory one image may take while decoding.
 const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
@@ -25,7 +27,7 @@ pub struct Image {
 
 /// Decodes `samples` on all cores, keeping their order; returns the images that decoded and how
 /// many did not.
-pub fn decode_all(samples: &[Sample], height: u32, width: u32) -> (Vec<Image>, usize) {
+pub fn decode_all(samples: &[Sample], input: &InputSpec) -> (Vec<Image>, usize) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
     let chunk = samples.len().div_ceil(threads).max(1);
     let results: Vec<Vec<Option<Image>>> = std::thread::scope(|s| {
@@ -35,7 +37,7 @@ pub fn decode_all(samples: &[Sample], height: u32, width: u32) -> (Vec<Image>, u
                 s.spawn(move || {
                     part.iter()
                         .map(|sample| {
-                            let img = decode(&sample.path, height, width).ok()?;
+                            let img = decode(&sample.path, input).ok()?;
                             Some(Image { pixels: img.into_raw(), label: sample.label as u32 })
                         })
                         .collect()
@@ -54,21 +56,20 @@ pub fn decode_all(samples: &[Sample], height: u32, width: u32) -> (Vec<Image>, u
     (images, samples.len() - decoded)
 }
 
-/// One file to an RGB8 image of exactly `width` x `height`.
-pub fn decode(path: &Path, height: u32, width: u32) -> Result<RgbImage, image::ImageError> {
-    decode_reader(ImageReader::open(path)?.with_guessed_format()?, height, width)
+/// One file to an RGB8 image of exactly the input's size.
+pub fn decode(path: &Path, input: &InputSpec) -> Result<RgbImage, image::ImageError> {
+    decode_reader(ImageReader::open(path)?.with_guessed_format()?, input)
 }
 
-/// An encoded image (JPEG or PNG bytes) to an RGB8 image of exactly `width` x `height`, with the
+/// An encoded image (JPEG or PNG bytes) to an RGB8 image of exactly the input's size, with the
 /// same limits and resize as [`decode`].
-pub fn decode_bytes(bytes: &[u8], height: u32, width: u32) -> Result<RgbImage, image::ImageError> {
-    decode_reader(ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?, height, width)
+pub fn decode_bytes(bytes: &[u8], input: &InputSpec) -> Result<RgbImage, image::ImageError> {
+    decode_reader(ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?, input)
 }
 
 fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     mut reader: ImageReader<R>,
-    height: u32,
-    width: u32,
+    input: &InputSpec,
 ) -> Result<RgbImage, image::ImageError> {
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
@@ -76,7 +77,44 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     limits.max_image_height = Some(MAX_SIDE);
     reader.limits(limits);
     let rgb = reader.decode()?.into_rgb8();
-    Ok(resize_bilinear(&rgb, height, width))
+    Ok(fit(&rgb, input.height, input.width, input.resize))
+}
+
+/// `src` brought to exactly `width` x `height` in `mode`.
+pub fn fit(src: &RgbImage, height: u32, width: u32, mode: ResizeMode) -> RgbImage {
+    let (sw, sh) = src.dimensions();
+    // The source scaled by `scale`, aspect kept, each side at least one pixel.
+    let scaled = |scale: f64| {
+        let side = |s: u32| ((s as f64 * scale).round() as u32).max(1);
+        resize_bilinear(src, side(sh), side(sw))
+    };
+    match mode {
+        ResizeMode::Stretch => resize_bilinear(src, height, width),
+        ResizeMode::CenterCrop => {
+            let covered = scaled((height as f64 / sh as f64).max(width as f64 / sw as f64));
+            let (cw, ch) = covered.dimensions();
+            // Rounding can leave a side one short of the input's: stretch that last pixel.
+            if cw < width || ch < height {
+                return resize_bilinear(&covered, height, width);
+            }
+            let (x, y) = ((cw - width) / 2, (ch - height) / 2);
+            image::imageops::crop_imm(&covered, x, y, width, height).to_image()
+        }
+        ResizeMode::Pad => {
+            let inside = scaled((height as f64 / sh as f64).min(width as f64 / sw as f64));
+            let (iw, ih) = inside.dimensions();
+            let (iw, ih) = (iw.min(width), ih.min(height));
+            let mut canvas = RgbImage::new(width, height);
+            let (x, y) = ((width - iw) / 2, (height - ih) / 2);
+            image::imageops::replace(
+                &mut canvas,
+                &image::imageops::crop_imm(&inside, 0, 0, iw, ih).to_image(),
+                x.into(),
+                y.into(),
+            );
+            canvas
+        }
+    }
 }
 
 /// Bilinear resize with half-pixel centres (TensorFlow 2's `tf.image.resize`, antialias off).
@@ -112,4 +150,66 @@ pub fn resize_bilinear(src: &RgbImage, height: u32, width: u32) -> RgbImage {
         }
     }
     RgbImage::from_raw(width, height, out).expect("buffer has width * height * 3 bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 300 x 100: red, green and blue thirds, left to right.
+    fn thirds() -> RgbImage {
+        RgbImage::from_fn(300, 100, |x, _| match x / 100 {
+            0 => image::Rgb([255, 0, 0]),
+            1 => image::Rgb([0, 255, 0]),
+            _ => image::Rgb([0, 0, 255]),
+        })
+    }
+
+    #[test]
+    fn stretch_keeps_everything_and_loses_the_aspect_ratio() {
+        let out = fit(&thirds(), 30, 30, ResizeMode::Stretch);
+        assert_eq!(out.dimensions(), (30, 30));
+        assert_eq!(out.get_pixel(2, 15).0, [255, 0, 0]);
+        assert_eq!(out.get_pixel(15, 15).0, [0, 255, 0]);
+        assert_eq!(out.get_pixel(27, 15).0, [0, 0, 255]);
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle_at_its_aspect_ratio() {
+        // Scaled to 150 x 50, the middle 50 x 50 is the green third.
+        let out = fit(&thirds(), 50, 50, ResizeMode::CenterCrop);
+        assert_eq!(out.dimensions(), (50, 50));
+        for (x, y) in [(1, 1), (25, 25), (48, 48)] {
+            assert_eq!(out.get_pixel(x, y).0, [0, 255, 0], "({x}, {y})");
+        }
+        // A source already at the input's aspect ratio is only resized.
+        let square = RgbImage::from_pixel(80, 80, image::Rgb([9, 9, 9]));
+        assert_eq!(fit(&square, 40, 40, ResizeMode::CenterCrop).get_pixel(0, 39).0, [9, 9, 9]);
+    }
+
+    #[test]
+    fn pad_keeps_everything_at_its_aspect_ratio_on_black() {
+        // Scaled to 60 x 20, centred on a 60 x 60 black square.
+        let out = fit(&thirds(), 60, 60, ResizeMode::Pad);
+        assert_eq!(out.dimensions(), (60, 60));
+        assert_eq!(out.get_pixel(30, 5).0, [0, 0, 0]);
+        assert_eq!(out.get_pixel(30, 55).0, [0, 0, 0]);
+        assert_eq!(out.get_pixel(5, 30).0, [255, 0, 0]);
+        assert_eq!(out.get_pixel(30, 30).0, [0, 255, 0]);
+        assert_eq!(out.get_pixel(55, 30).0, [0, 0, 255]);
+    }
+
+    /// Training decodes files and predict decodes request bodies: the same pixels in every mode.
+    #[test]
+    fn a_real_photo_decodes_the_same_from_its_file_and_from_its_bytes() {
+        crate::test_support::require_shared_data!();
+        let path = crate::test_support::shared_dir().join("data/cats_and_dogs_filtered/validation/cats/cat.2000.jpg");
+        let bytes = std::fs::read(&path).unwrap();
+        for resize in [ResizeMode::Stretch, ResizeMode::CenterCrop, ResizeMode::Pad] {
+            let input = InputSpec { height: 64, width: 48, resize, ..InputSpec::default() };
+            let from_file = decode(&path, &input).unwrap();
+            assert_eq!(from_file.dimensions(), (48, 64));
+            assert_eq!(from_file, decode_bytes(&bytes, &input).unwrap(), "{resize:?}");
+        }
+    }
 }

@@ -63,7 +63,7 @@ pub struct Dataset {
 impl Dataset {
     /// Decodes `samples`; returns the set and how many files failed to decode.
     pub fn decode(samples: &[Sample], input: &InputSpec) -> (Self, usize) {
-        let (images, skipped) = decode::decode_all(samples, input.height, input.width);
+        let (images, skipped) = decode::decode_all(samples, input);
         (Self { images, height: input.height as usize, width: input.width as usize }, skipped)
     }
 
