@@ -51,7 +51,8 @@ const PAGE: i64 = 500;
 ///
 /// Event types: `state`, `phase`, `step`, `epoch`, `checkpoint`, `end`; each `data:` is one JSON
 /// object and each `id:` the per-job sequence number. Reconnect with `Last-Event-ID` to get
-/// exactly the events after it. The stream ends after `end`, or with a final `dropped` (the
+/// exactly the events after it. The stream ends after `end` (at once, empty, for a
+/// `Last-Event-ID` at or past a finished job's `end`), or with a final `dropped` (the
 /// client read too slowly) or `shutdown` event (no `id:`; `data` has `reason` and
 /// `last_event_id`): reconnect with `Last-Event-ID` to continue. With API tokens configured,
 /// a stream token from `POST /v1/stream-tokens` is accepted as `?access_token=`.
@@ -136,6 +137,16 @@ fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Ite
         let mut catch_up = true;
         loop {
             if catch_up {
+                // Read before the replay: a job that had ended by then has its `end` event among
+                // what the replay reads (it is stored with the final state), so a replay without
+                // it means the client is past the end already, and nothing more will come.
+                let ended = match crate::db::jobs::get(&state.jobs.pool, &job_id).await {
+                    Ok(job) => job.is_some_and(|job| job.state.is_terminal()),
+                    Err(error) => {
+                        tracing::error!(%job_id, %error, "reading the job failed; closing the stream");
+                        return;
+                    }
+                };
                 loop {
                     let page = match history_after(&state.jobs.pool, &job_id, last, PAGE).await {
                         Ok(page) => page,
@@ -155,6 +166,9 @@ fn job_events(state: AppState, job_id: String, mut last: i64) -> impl Stream<Ite
                     if !full {
                         break;
                     }
+                }
+                if ended {
+                    return;
                 }
                 catch_up = false;
             }

@@ -82,6 +82,19 @@ async fn two_phase_job_streams_stores_and_checkpoints() {
     let resumed = read_sse(response, |_| false).await;
     let resumed_ids: Vec<i64> = resumed.iter().map(|e| e.id.unwrap()).collect();
     assert_eq!(resumed_ids, ((cut + 1)..=ids.len() as i64).collect::<Vec<_>>());
+    // A client that has seen the end (or names an id past it) gets an empty stream that ends at
+    // once, not one that waits for events a finished job will never send.
+    for past_the_end in [ids.len() as i64, ids.len() as i64 + 1000] {
+        let response = server
+            .client
+            .get(server.url(&format!("/v1/jobs/{id}/events")))
+            .header("Last-Event-ID", past_the_end.to_string())
+            .send()
+            .await
+            .unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(5), read_sse(response, |_| false)).await;
+        assert_eq!(rest.expect("the stream ends").len(), 0, "after {past_the_end}");
+    }
     let response = server
         .client
         .get(server.url(&format!("/v1/jobs/{id}/events")))
