@@ -4,9 +4,12 @@ CREATE TABLE idempotency_keys (
     -- The operation the key was used on (`create_job`, `create_dataset`): keys are per operation.
     operation    TEXT NOT NULL,
     key          TEXT NOT NULL,
-    -- SHA-256 (hex) of what the request asked for; a retry must match it.
-    -- NULL, with status and response, while the first request is still being handled.
+    -- SHA-256 (hex) of what the request asked for; a retry must match it. Set, with
+    -- resource_id, in the transaction that creates the job or dataset: a crash after that commit
+    -- still knows what the key created.
     request_hash TEXT,
+    resource_id  TEXT,
+    -- NULL, with response, until the answer is recorded.
     status       INTEGER,
     -- The response body sent the first time (JSON).
     response     TEXT,

@@ -45,7 +45,12 @@ impl TryFrom<DatasetRow> for Dataset {
 impl Catalog {
     /// Unpacks the archive in `upload` as a dataset named `name` and stores its row. On any
     /// failure neither the folder nor the row exists afterwards (and the upload file is gone).
-    pub async fn create_dataset(&self, upload: Upload, name: &str) -> Result<Dataset, CatalogError> {
+    pub async fn create_dataset(
+        &self,
+        upload: Upload,
+        name: &str,
+        key: Option<db::idempotency::KeyClaim<'_>>,
+    ) -> Result<Dataset, CatalogError> {
         let id = upload.id().to_owned();
         let dest = self.paths.datasets.join(&id);
         let limits = self.import_limits.clone();
@@ -59,7 +64,7 @@ impl Catalog {
         drop(upload);
 
         let row = row_from_manifest(&id, name, &manifest);
-        if let Err(error) = db::datasets::insert(&self.pool, &row).await {
+        if let Err(error) = insert_with_key(&self.pool, &row, key).await {
             let _ = tokio::fs::remove_dir_all(&dest).await;
             return Err(error.into());
         }
@@ -91,6 +96,20 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+/// The row, and the idempotency key tied to it, in one transaction.
+async fn insert_with_key(
+    pool: &sqlx::SqlitePool,
+    row: &DatasetRow,
+    key: Option<db::idempotency::KeyClaim<'_>>,
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    db::datasets::insert(&mut *tx, row).await?;
+    if let Some(key) = key {
+        db::idempotency::attach(&mut *tx, key, &row.id).await?;
+    }
+    tx.commit().await
 }
 
 fn not_found(id: &str) -> CatalogError {

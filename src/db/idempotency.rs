@@ -5,10 +5,20 @@ use sqlx::SqliteExecutor;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
-    /// `None` (with `status` and `response`) while the first request is being handled.
+    /// Set with `resource_id` once the job or dataset exists.
     pub request_hash: Option<String>,
+    pub resource_id: Option<String>,
+    /// Set once the answer is recorded.
     pub status: Option<i64>,
     pub response: Option<String>,
+}
+
+/// A reserved key, to be tied to what its request creates in the transaction that creates it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyClaim<'a> {
+    pub operation: &'a str,
+    pub key: &'a str,
+    pub request_hash: &'a str,
 }
 
 /// Claims the key for a first request; `false` when it is already taken (answered or in flight).
@@ -31,11 +41,28 @@ pub async fn reserve<'e>(
 }
 
 pub async fn get<'e>(db: impl SqliteExecutor<'e>, operation: &str, key: &str) -> sqlx::Result<Option<KeyRow>> {
-    sqlx::query_as("SELECT request_hash, status, response FROM idempotency_keys WHERE operation = ? AND key = ?")
-        .bind(operation)
-        .bind(key)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT request_hash, resource_id, status, response FROM idempotency_keys WHERE operation = ? AND key = ?",
+    )
+    .bind(operation)
+    .bind(key)
+    .fetch_optional(db)
+    .await
+}
+
+/// Ties the key to the job or dataset its request creates: called in the creating transaction.
+pub async fn attach<'e>(db: impl SqliteExecutor<'e>, claim: KeyClaim<'_>, resource_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET request_hash = ?, resource_id = ?
+         WHERE operation = ? AND key = ? AND status IS NULL",
+    )
+    .bind(claim.request_hash)
+    .bind(resource_id)
+    .bind(claim.operation)
+    .bind(claim.key)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Records the answer to the request that reserved the key.
@@ -61,20 +88,26 @@ pub async fn complete<'e>(
     Ok(())
 }
 
-/// Frees a reserved key whose request failed or was abandoned, so that a retry runs again.
+/// Frees a reserved key whose request failed or was abandoned (and created nothing), so that a
+/// retry runs again.
 pub async fn release<'e>(db: impl SqliteExecutor<'e>, operation: &str, key: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE operation = ? AND key = ? AND status IS NULL")
-        .bind(operation)
-        .bind(key)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE operation = ? AND key = ? AND status IS NULL AND resource_id IS NULL",
+    )
+    .bind(operation)
+    .bind(key)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
-/// Frees every reserved key that has no answer: at start-up, the requests that held them died
-/// with the previous process.
+/// Frees every reserved key whose request created nothing: at start-up, the requests that held
+/// them died with the previous process. A key whose job or dataset was created stays: a retry
+/// gets that.
 pub async fn release_all_unanswered<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<u64> {
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE status IS NULL").execute(db).await?;
+    let done =
+        sqlx::query("DELETE FROM idempotency_keys WHERE status IS NULL AND resource_id IS NULL").execute(db).await?;
     Ok(done.rows_affected())
 }
 

@@ -147,9 +147,14 @@ pub async fn create_dataset(
     let reservation = match claim {
         None => None,
         Some(Claim::Answered(answer)) => return answer.replay(&hash),
+        Some(Claim::Created(created)) => {
+            let dataset = state.catalog.dataset(created.id_for(&hash)?).await?;
+            return idempotency::replayed(StatusCode::CREATED, &DatasetView::from(dataset));
+        }
         Some(Claim::First(reservation)) => Some(reservation),
     };
-    let outcome = state.catalog.create_dataset(upload, &name).await.map(DatasetView::from).map_err(ApiError::from);
+    let key = reservation.as_ref().map(|r| r.key_claim(&hash));
+    let outcome = state.catalog.create_dataset(upload, &name, key).await.map(DatasetView::from).map_err(ApiError::from);
     idempotency::finish(reservation, &hash, StatusCode::CREATED, outcome).await
 }
 

@@ -4,8 +4,9 @@
 //! while the first request is still being handled, a second one is 409.
 //!
 //! Only successful answers are kept (a failed request frees its key, so a retry runs again), for
-//! [`KEY_LIFETIME`]. A key is reserved before the work starts and answered after it, in two
-//! statements: a crash in between frees the key at the next start, so a retry then creates again.
+//! [`KEY_LIFETIME`]. A key is reserved before the work starts, tied to the job or dataset in the
+//! transaction that creates it, and answered after: a crash before the creation frees the key at
+//! the next start; one after it leaves the key naming what it created, and a retry gets that.
 
 use axum::extract::OptionalFromRequestParts;
 use axum::http::request::Parts;
@@ -84,14 +85,17 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
 
 /// What a request with a key found.
 pub enum Claim {
-    /// The key is new: this request does the work, then [`Reservation::answer`]s.
+    /// The key is new: this request does the work, then [`finish`]es.
     First(Reservation),
     /// The key was answered before.
     Answered(StoredAnswer),
+    /// The key's request created its job or dataset, but its answer was not recorded (it died in
+    /// between, or is finishing now): a retry is answered with that resource as it is now.
+    Created(CreatedResource),
 }
 
-/// Takes `key` for `operation`, or finds its stored answer. Keys older than [`KEY_LIFETIME`] are
-/// forgotten first.
+/// Takes `key` for `operation`, or finds what it was used for. Keys older than [`KEY_LIFETIME`]
+/// are forgotten first.
 pub async fn claim(pool: &Pool, operation: Operation, key: IdempotencyKey) -> Result<Claim, ApiError> {
     let now = db::now();
     db::idempotency::delete_older_than(pool, now - KEY_LIFETIME).await?;
@@ -104,6 +108,7 @@ pub async fn claim(pool: &Pool, operation: Operation, key: IdempotencyKey) -> Re
             request_hash: Some(request_hash),
             status: Some(status),
             response: Some(body),
+            ..
         }) => {
             let status = u16::try_from(status)
                 .ok()
@@ -111,12 +116,52 @@ pub async fn claim(pool: &Pool, operation: Operation, key: IdempotencyKey) -> Re
                 .ok_or_else(|| ApiError::Internal(format!("stored idempotent status {status}")))?;
             Ok(Claim::Answered(StoredAnswer { request_hash, status, body }))
         }
+        Some(db::idempotency::KeyRow { request_hash: Some(request_hash), resource_id: Some(resource_id), .. }) => {
+            Ok(Claim::Created(CreatedResource { request_hash, resource_id }))
+        }
         // In flight (or released between the two statements: a retry will find it free).
         _ => Err(ApiError::Conflict {
             code: ErrorCode::IdempotencyKeyInUse,
             detail: format!("a request with this {HEADER} is still being handled; retry when it has been answered"),
         }),
     }
+}
+
+/// The job or dataset a key's request created, without its recorded answer.
+pub struct CreatedResource {
+    request_hash: String,
+    resource_id: String,
+}
+
+impl CreatedResource {
+    /// Its id, if this request is the same as the one that created it.
+    pub fn id_for(&self, request_hash: &str) -> Result<&str, ApiError> {
+        check_same(&self.request_hash, request_hash)?;
+        Ok(&self.resource_id)
+    }
+}
+
+/// Refuses a request that differs from the key's first one.
+fn check_same(first: &str, this: &str) -> Result<(), ApiError> {
+    if first == this {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest {
+        code: ErrorCode::IdempotencyKeyReused,
+        detail: format!("this {HEADER} was used with a different request; use a new key for a new request"),
+        field: Some(HEADER.into()),
+    })
+}
+
+/// `body` with `status`, marked as the answer to a retry.
+pub fn replayed(status: StatusCode, body: &impl Serialize) -> Result<Response, ApiError> {
+    let body = serde_json::to_string(body).map_err(|e| ApiError::Internal(format!("encoding the answer: {e}")))?;
+    Ok(mark_replayed(json_response(status, body)))
+}
+
+fn mark_replayed(mut response: Response) -> Response {
+    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    response
 }
 
 /// The first answer to a key.
@@ -129,16 +174,8 @@ pub struct StoredAnswer {
 impl StoredAnswer {
     /// The first answer again, if this request is the same as the first one.
     pub fn replay(self, request_hash: &str) -> Result<Response, ApiError> {
-        if self.request_hash != request_hash {
-            return Err(ApiError::BadRequest {
-                code: ErrorCode::IdempotencyKeyReused,
-                detail: format!("this {HEADER} was used with a different request; use a new key for a new request"),
-                field: Some(HEADER.into()),
-            });
-        }
-        let mut response = json_response(self.status, self.body);
-        response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-        Ok(response)
+        check_same(&self.request_hash, request_hash)?;
+        Ok(mark_replayed(json_response(self.status, self.body)))
     }
 }
 
@@ -152,6 +189,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The key, to be tied to what the request creates in the transaction that creates it.
+    pub fn key_claim<'a>(&'a self, request_hash: &'a str) -> db::idempotency::KeyClaim<'a> {
+        db::idempotency::KeyClaim { operation: self.operation.as_str(), key: &self.key, request_hash }
+    }
+
     /// Frees the key of a request that failed, before its error is answered (so that a retry
     /// that follows the error at once finds the key free).
     pub async fn release(mut self) {

@@ -172,10 +172,14 @@ pub async fn create_job(
         None => None,
         Some(key) => match idempotency::claim(&state.jobs.pool, Operation::CreateJob, key).await? {
             Claim::Answered(answer) => return answer.replay(&hash),
+            Claim::Created(created) => {
+                let job = JobView::try_from(load_job(&state, created.id_for(&hash)?).await?)?;
+                return idempotency::replayed(StatusCode::CREATED, &job);
+            }
             Claim::First(reservation) => Some(reservation),
         },
     };
-    let outcome = match state.jobs.submit(spec).await {
+    let outcome = match state.jobs.submit(spec, reservation.as_ref().map(|r| r.key_claim(&hash))).await {
         Ok(row) => JobView::try_from(row),
         Err(error) => Err(error.into()),
     };

@@ -21,8 +21,13 @@ pub enum CancelOutcome {
 }
 
 impl Jobs {
-    /// Validates the spec against the database and queues it.
-    pub async fn submit(&self, spec: JobSpec) -> Result<db::jobs::JobRow, JobsError> {
+    /// Validates the spec against the database and queues it; an idempotency key is tied to the
+    /// job in the transaction that creates it.
+    pub async fn submit(
+        &self,
+        spec: JobSpec,
+        key: Option<db::idempotency::KeyClaim<'_>>,
+    ) -> Result<db::jobs::JobRow, JobsError> {
         train::validate(&spec)?;
         let classes = self.dataset_classes(&spec.dataset_id, "dataset_id").await?;
         if let Some(validation_id) = &spec.validation_dataset_id {
@@ -70,6 +75,9 @@ impl Jobs {
             },
         )
         .await?;
+        if let Some(key) = key {
+            db::idempotency::attach(&mut *tx, key, &id).await?;
+        }
         let queued = EventPayload::State(StateEvent::Changed { state: JobState::Queued });
         let event = hub::store(&mut *tx, &id, &queued).await?;
         // Read back inside the transaction: once committed and the workers woken, the job may

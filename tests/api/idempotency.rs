@@ -162,3 +162,50 @@ async fn a_second_request_while_the_first_is_being_handled_is_409() {
     assert_eq!(replay, created);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn after_a_crash_a_key_names_what_it_created_or_is_free_again() {
+    require_shared_data!();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let server = TestServer::start_with(|c| {
+        c.workers = 0;
+        c.data_dir = data_dir.clone();
+    })
+    .await;
+    let dataset = common::upload_photos(&server, 3).await;
+    let spec = small_spec(&dataset);
+    let (status, first, _) = post_job(&server, "created-then-crashed", &spec).await;
+    assert_eq!(status, 201, "{first}");
+    server.stop().await;
+
+    // As a crash would leave them: one key whose job was created but whose answer was never
+    // recorded, and one reserved by a request that died before creating anything.
+    let url = format!("sqlite://{}", data_dir.join("tanuki.sqlite3").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE idempotency_keys SET status = NULL, response = NULL").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO idempotency_keys (operation, key, created_at) VALUES ('create_job', 'died-early', ?)")
+        .bind(chrono::Utc::now())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let server = TestServer::start_with(|c| {
+        c.workers = 0;
+        c.data_dir = data_dir.clone();
+    })
+    .await;
+    let (status, again, replayed) = post_job(&server, "created-then-crashed", &spec).await;
+    assert_eq!((status, replayed.as_deref()), (201, Some("true")), "{again}");
+    assert_eq!(again["id"], first["id"], "the job the key created, not a new one");
+    let mut other = spec.clone();
+    other["name"] = Value::String("another".into());
+    let (status, problem, _) = post_job(&server, "created-then-crashed", &other).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("idempotency_key_reused")), "{problem}");
+    let (status, created, replayed) = post_job(&server, "died-early", &spec).await;
+    assert_eq!((status, replayed), (201, None), "a key that created nothing is free after a restart: {created}");
+    let (_, list) = server.get("/v1/jobs").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
+    server.stop().await;
+}
