@@ -99,8 +99,9 @@ pub enum ResizeMode {
     /// To exactly the input size, aspect ratio not kept (Keras's `image_dataset_from_directory`).
     #[default]
     Stretch,
-    /// The shorter side to the input's, aspect kept, then the centre cut out (torchvision's
-    /// `Resize` + `CenterCrop`, what its weights were trained with).
+    /// The centre, at the input's aspect ratio, resized to the input: what torchvision's
+    /// `Resize` of the shorter side + `CenterCrop` keeps (cropped before resizing here, so pixel
+    /// values can differ from torchvision's by the interpolation).
     CenterCrop,
     /// The longer side to the input's, aspect kept, centred on black (letterbox).
     Pad,

@@ -80,38 +80,30 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     Ok(fit(&rgb, input.height, input.width, input.resize))
 }
 
-/// `src` brought to exactly `width` x `height` in `mode`.
+/// `src` brought to exactly `width` x `height` in `mode`. No intermediate image is larger than
+/// the source or the output, whatever the source's shape (a 1 x 16384 image must not become a
+/// 224 x 3.7M one on its way to a 224 x 224 crop).
 pub fn fit(src: &RgbImage, height: u32, width: u32, mode: ResizeMode) -> RgbImage {
     let (sw, sh) = src.dimensions();
-    // The source scaled by `scale`, aspect kept, each side at least one pixel.
-    let scaled = |scale: f64| {
-        let side = |s: u32| ((s as f64 * scale).round() as u32).max(1);
-        resize_bilinear(src, side(sh), side(sw))
-    };
     match mode {
         ResizeMode::Stretch => resize_bilinear(src, height, width),
         ResizeMode::CenterCrop => {
-            let covered = scaled((height as f64 / sh as f64).max(width as f64 / sw as f64));
-            let (cw, ch) = covered.dimensions();
-            // Rounding can leave a side one short of the input's: stretch that last pixel.
-            if cw < width || ch < height {
-                return resize_bilinear(&covered, height, width);
-            }
-            let (x, y) = ((cw - width) / 2, (ch - height) / 2);
-            image::imageops::crop_imm(&covered, x, y, width, height).to_image()
+            // The centred part of the source with the output's aspect ratio, then resized:
+            // what resizing the shorter side and cropping the centre keeps.
+            let scale = (height as f64 / sh as f64).max(width as f64 / sw as f64);
+            let side = |out: u32, source: u32| ((out as f64 / scale).round() as u32).clamp(1, source);
+            let (cw, ch) = (side(width, sw), side(height, sh));
+            // Rounded as torchvision's `CenterCrop` places its crop.
+            let (x, y) = (((sw - cw) as f64 / 2.0).round() as u32, ((sh - ch) as f64 / 2.0).round() as u32);
+            resize_bilinear(&image::imageops::crop_imm(src, x, y, cw, ch).to_image(), height, width)
         }
         ResizeMode::Pad => {
-            let inside = scaled((height as f64 / sh as f64).min(width as f64 / sw as f64));
+            let scale = (height as f64 / sh as f64).min(width as f64 / sw as f64);
+            let side = |s: u32, out: u32| ((s as f64 * scale).round() as u32).clamp(1, out);
+            let inside = resize_bilinear(src, side(sh, height), side(sw, width));
             let (iw, ih) = inside.dimensions();
-            let (iw, ih) = (iw.min(width), ih.min(height));
             let mut canvas = RgbImage::new(width, height);
-            let (x, y) = ((width - iw) / 2, (height - ih) / 2);
-            image::imageops::replace(
-                &mut canvas,
-                &image::imageops::crop_imm(&inside, 0, 0, iw, ih).to_image(),
-                x.into(),
-                y.into(),
-            );
+            image::imageops::replace(&mut canvas, &inside, ((width - iw) / 2).into(), ((height - ih) / 2).into());
             canvas
         }
     }
@@ -176,7 +168,7 @@ mod tests {
 
     #[test]
     fn center_crop_keeps_the_middle_at_its_aspect_ratio() {
-        // Scaled to 150 x 50, the middle 50 x 50 is the green third.
+        // The middle 100 x 100 of the source, the green third, resized to 50 x 50.
         let out = fit(&thirds(), 50, 50, ResizeMode::CenterCrop);
         assert_eq!(out.dimensions(), (50, 50));
         for (x, y) in [(1, 1), (25, 25), (48, 48)] {
@@ -185,6 +177,17 @@ mod tests {
         // A source already at the input's aspect ratio is only resized.
         let square = RgbImage::from_pixel(80, 80, image::Rgb([9, 9, 9]));
         assert_eq!(fit(&square, 40, 40, ResizeMode::CenterCrop).get_pixel(0, 39).0, [9, 9, 9]);
+    }
+
+    #[test]
+    fn an_extreme_aspect_ratio_stays_small_on_its_way() {
+        // 1 x 16384 (a few hundred bytes as a PNG): cropped to 1 x 1 before it is resized.
+        let strip = RgbImage::from_pixel(1, 16_384, image::Rgb([5, 6, 7]));
+        for mode in [ResizeMode::CenterCrop, ResizeMode::Pad, ResizeMode::Stretch] {
+            let out = fit(&strip, 224, 224, mode);
+            assert_eq!(out.dimensions(), (224, 224), "{mode:?}");
+        }
+        assert_eq!(fit(&strip, 224, 224, ResizeMode::CenterCrop).get_pixel(100, 100).0, [5, 6, 7]);
     }
 
     #[test]
