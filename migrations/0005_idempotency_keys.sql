@@ -4,6 +4,9 @@ CREATE TABLE idempotency_keys (
     -- The operation the key was used on (`create_job`, `create_dataset`): keys are per operation.
     operation    TEXT NOT NULL,
     key          TEXT NOT NULL,
+    -- Which request holds the key: every later statement of that request names it, so a stale
+    -- one can never touch a row that another request has since reserved.
+    token        TEXT NOT NULL,
     -- SHA-256 (hex) of what the request asked for; a retry must match it. Set, with
     -- resource_id, in the transaction that creates the job or dataset: a crash after that commit
     -- still knows what the key created.

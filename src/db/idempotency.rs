@@ -18,23 +18,31 @@ pub struct KeyRow {
 pub struct KeyClaim<'a> {
     pub operation: &'a str,
     pub key: &'a str,
+    pub token: &'a str,
     pub request_hash: &'a str,
 }
 
-/// Claims the key for a first request; `false` when it is already taken (answered or in flight).
+/// Claims the key for a first request, under `token`; `false` when it is taken (answered, in
+/// flight, or naming what it created). An unanswered key that created nothing and was reserved
+/// before `stale_before` is taken over: its request died without freeing it.
 pub async fn reserve<'e>(
     db: impl SqliteExecutor<'e>,
     operation: &str,
     key: &str,
+    token: &str,
     now: DateTime<Utc>,
+    stale_before: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO idempotency_keys (operation, key, created_at) VALUES (?, ?, ?)
-         ON CONFLICT (operation, key) DO NOTHING",
+        "INSERT INTO idempotency_keys (operation, key, token, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (operation, key) DO UPDATE SET token = ?3, created_at = ?4
+         WHERE status IS NULL AND resource_id IS NULL AND created_at < ?5",
     )
     .bind(operation)
     .bind(key)
+    .bind(token)
     .bind(now)
+    .bind(stale_before)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -50,39 +58,43 @@ pub async fn get<'e>(db: impl SqliteExecutor<'e>, operation: &str, key: &str) ->
     .await
 }
 
-/// Ties the key to the job or dataset its request creates: called in the creating transaction.
+/// Ties the key to the job or dataset its request creates: called in the creating transaction,
+/// which fails (`RowNotFound`) if the request no longer holds the key.
 pub async fn attach<'e>(db: impl SqliteExecutor<'e>, claim: KeyClaim<'_>, resource_id: &str) -> sqlx::Result<()> {
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE idempotency_keys SET request_hash = ?, resource_id = ?
-         WHERE operation = ? AND key = ? AND status IS NULL",
+         WHERE operation = ? AND key = ? AND token = ? AND status IS NULL",
     )
     .bind(claim.request_hash)
     .bind(resource_id)
     .bind(claim.operation)
     .bind(claim.key)
+    .bind(claim.token)
     .execute(db)
     .await?;
+    if done.rows_affected() == 0 {
+        return Err(sqlx::Error::RowNotFound);
+    }
     Ok(())
 }
 
 /// Records the answer to the request that reserved the key.
 pub async fn complete<'e>(
     db: impl SqliteExecutor<'e>,
-    operation: &str,
-    key: &str,
-    request_hash: &str,
+    claim: KeyClaim<'_>,
     status: u16,
     response: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE idempotency_keys SET request_hash = ?, status = ?, response = ?
-         WHERE operation = ? AND key = ? AND status IS NULL",
+         WHERE operation = ? AND key = ? AND token = ? AND status IS NULL",
     )
-    .bind(request_hash)
+    .bind(claim.request_hash)
     .bind(i64::from(status))
     .bind(response)
-    .bind(operation)
-    .bind(key)
+    .bind(claim.operation)
+    .bind(claim.key)
+    .bind(claim.token)
     .execute(db)
     .await?;
     Ok(())
@@ -90,13 +102,14 @@ pub async fn complete<'e>(
 
 /// Frees a reserved key whose request failed or was abandoned (and created nothing), so that a
 /// retry runs again.
-pub async fn release<'e>(db: impl SqliteExecutor<'e>, operation: &str, key: &str) -> sqlx::Result<()> {
+pub async fn release<'e>(db: impl SqliteExecutor<'e>, operation: &str, key: &str, token: &str) -> sqlx::Result<()> {
     sqlx::query(
         "DELETE FROM idempotency_keys
-         WHERE operation = ? AND key = ? AND status IS NULL AND resource_id IS NULL",
+         WHERE operation = ? AND key = ? AND token = ? AND status IS NULL AND resource_id IS NULL",
     )
     .bind(operation)
     .bind(key)
+    .bind(token)
     .execute(db)
     .await?;
     Ok(())

@@ -26,6 +26,10 @@ pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
 pub const KEY_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 /// The longest key accepted (a UUID is 36).
 pub const MAX_KEY_LEN: usize = 255;
+/// An unanswered key that created nothing is taken over by a new request after this long: the
+/// request that reserved it died without freeing it (long enough for a slow multi-gigabyte
+/// upload to still be the one holding it).
+pub const ABANDONED_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// The operations that take a key; a key is scoped to one.
 #[derive(Debug, Clone, Copy)]
@@ -99,9 +103,22 @@ pub enum Claim {
 pub async fn claim(pool: &Pool, operation: Operation, key: IdempotencyKey) -> Result<Claim, ApiError> {
     let now = db::now();
     db::idempotency::delete_older_than(pool, now - KEY_LIFETIME).await?;
-    if db::idempotency::reserve(pool, operation.as_str(), &key.0, now).await? {
-        return Ok(Claim::First(Reservation { pool: pool.clone(), operation, key: key.0, answered: false }));
+    // The guard exists before the row does: a request dropped while the insert runs still
+    // frees what it inserted.
+    let mut reservation = Reservation {
+        pool: pool.clone(),
+        operation,
+        key: key.0.clone(),
+        token: uuid::Uuid::new_v4().to_string(),
+        answered: false,
+    };
+    if db::idempotency::reserve(pool, operation.as_str(), &key.0, &reservation.token, now, now - ABANDONED_AFTER)
+        .await?
+    {
+        return Ok(Claim::First(reservation));
     }
+    // Not ours: nothing to free.
+    reservation.answered = true;
     let row = db::idempotency::get(pool, operation.as_str(), &key.0).await?;
     match row {
         Some(db::idempotency::KeyRow {
@@ -119,7 +136,7 @@ pub async fn claim(pool: &Pool, operation: Operation, key: IdempotencyKey) -> Re
         Some(db::idempotency::KeyRow { request_hash: Some(request_hash), resource_id: Some(resource_id), .. }) => {
             Ok(Claim::Created(CreatedResource { request_hash, resource_id }))
         }
-        // In flight (or released between the two statements: a retry will find it free).
+        // In flight (or freed between the two statements: a retry will find it free).
         _ => Err(ApiError::Conflict {
             code: ErrorCode::IdempotencyKeyInUse,
             detail: format!("a request with this {HEADER} is still being handled; retry when it has been answered"),
@@ -185,30 +202,42 @@ pub struct Reservation {
     pool: Pool,
     operation: Operation,
     key: String,
+    /// Names this request in the row, so that nothing it does later can touch a reservation of
+    /// another request under the same key.
+    token: String,
     answered: bool,
 }
 
 impl Reservation {
     /// The key, to be tied to what the request creates in the transaction that creates it.
     pub fn key_claim<'a>(&'a self, request_hash: &'a str) -> db::idempotency::KeyClaim<'a> {
-        db::idempotency::KeyClaim { operation: self.operation.as_str(), key: &self.key, request_hash }
+        db::idempotency::KeyClaim {
+            operation: self.operation.as_str(),
+            key: &self.key,
+            token: &self.token,
+            request_hash,
+        }
     }
 
     /// Frees the key of a request that failed, before its error is answered (so that a retry
     /// that follows the error at once finds the key free).
     pub async fn release(mut self) {
-        if let Err(error) = db::idempotency::release(&self.pool, self.operation.as_str(), &self.key).await {
+        if let Err(error) = db::idempotency::release(&self.pool, self.operation.as_str(), &self.key, &self.token).await
+        {
+            // It is taken over once abandoned (ABANDONED_AFTER).
             tracing::warn!(%error, "the idempotency key of a failed request could not be freed");
         }
         self.answered = true;
     }
 
-    /// Stores the answer under the key.
-    async fn answer(mut self, request_hash: &str, status: StatusCode, body: &str) -> Result<(), ApiError> {
-        db::idempotency::complete(&self.pool, self.operation.as_str(), &self.key, request_hash, status.as_u16(), body)
-            .await?;
+    /// Stores the answer under the key. The job or dataset exists by now (and the key names it),
+    /// so a failure here is logged, not answered: a retry gets what was created.
+    async fn answer(mut self, request_hash: &str, status: StatusCode, body: &str) {
+        let claim = self.key_claim(request_hash);
+        if let Err(error) = db::idempotency::complete(&self.pool, claim, status.as_u16(), body).await {
+            tracing::warn!(%error, "the answer to an idempotent request could not be stored; a retry gets what it created");
+        }
         self.answered = true;
-        Ok(())
     }
 }
 
@@ -217,10 +246,11 @@ impl Drop for Reservation {
         if self.answered {
             return;
         }
-        let (pool, operation, key) = (self.pool.clone(), self.operation, std::mem::take(&mut self.key));
+        let (pool, operation) = (self.pool.clone(), self.operation);
+        let (key, token) = (std::mem::take(&mut self.key), std::mem::take(&mut self.token));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = db::idempotency::release(&pool, operation.as_str(), &key).await {
+                if let Err(error) = db::idempotency::release(&pool, operation.as_str(), &key, &token).await {
                     tracing::warn!(%error, "an unanswered idempotency key could not be freed");
                 }
             });
@@ -252,7 +282,7 @@ pub async fn finish(
     });
     match (encoded, reservation) {
         (Ok(body), Some(reservation)) => {
-            reservation.answer(request_hash, status, &body).await?;
+            reservation.answer(request_hash, status, &body).await;
             Ok(json_response(status, body))
         }
         (Ok(body), None) => Ok(json_response(status, body)),

@@ -184,11 +184,14 @@ async fn after_a_crash_a_key_names_what_it_created_or_is_free_again() {
     let url = format!("sqlite://{}", data_dir.join("tanuki.sqlite3").display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     sqlx::query("UPDATE idempotency_keys SET status = NULL, response = NULL").execute(&pool).await.unwrap();
-    sqlx::query("INSERT INTO idempotency_keys (operation, key, created_at) VALUES ('create_job', 'died-early', ?)")
-        .bind(chrono::Utc::now())
-        .execute(&pool)
-        .await
-        .unwrap();
+    let reserved = |key: &'static str, at: chrono::DateTime<chrono::Utc>| {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (operation, key, token, created_at) VALUES ('create_job', ?, 'gone', ?)",
+        )
+        .bind(key)
+        .bind(at)
+    };
+    reserved("died-early", chrono::Utc::now()).execute(&pool).await.unwrap();
     pool.close().await;
 
     let server = TestServer::start_with(|c| {
@@ -207,5 +210,16 @@ async fn after_a_crash_a_key_names_what_it_created_or_is_free_again() {
     assert_eq!((status, replayed), (201, None), "a key that created nothing is free after a restart: {created}");
     let (_, list) = server.get("/v1/jobs").await;
     assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
+
+    // While the server runs: a key held for over an hour by a request that never answered is
+    // taken over; one held for a moment is still in flight.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    reserved("abandoned", chrono::Utc::now() - chrono::TimeDelta::hours(2)).execute(&pool).await.unwrap();
+    reserved("in-flight", chrono::Utc::now()).execute(&pool).await.unwrap();
+    pool.close().await;
+    let (status, taken, _) = post_job(&server, "abandoned", &spec).await;
+    assert_eq!(status, 201, "{taken}");
+    let (status, problem, _) = post_job(&server, "in-flight", &spec).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("idempotency_key_in_use")), "{problem}");
     server.stop().await;
 }
