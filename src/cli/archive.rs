@@ -27,6 +27,8 @@ pub async fn body_of(path: &Path) -> Result<UploadBody, CliError> {
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 16);
         return Ok(UploadBody { stream: Box::pin(stream), size: meta.len(), exact: true });
     }
+    // Walked once before sending: an unreadable file or a link to a folder is refused before a
+    // byte is sent.
     let (files, bytes) = count_files(path).map_err(|e| CliError::file(path, e))?;
     if files == 0 {
         return Err(CliError::Usage(format!("{}: no files in this folder", path.display())));
@@ -46,35 +48,55 @@ pub async fn body_of(path: &Path) -> Result<UploadBody, CliError> {
     Ok(UploadBody { stream: Box::pin(stream.fuse()), size, exact: false })
 }
 
-/// Each top-level entry of `root` under its own name (class folders at the archive's top).
+/// Each entry of `root` under its path below it (class folders at the archive's top), in name
+/// order. A link to a file is sent as the file; a link to a folder is refused (it could loop).
 fn write_tar(root: &Path, writer: ChannelWriter) -> std::io::Result<()> {
     let mut builder = tar::Builder::new(writer);
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    entries.sort();
-    for entry in entries {
-        let name = entry.file_name().map(PathBuf::from).unwrap_or_default();
-        if entry.is_dir() {
-            builder.append_dir_all(&name, &entry)?;
-        } else {
-            builder.append_path_with_name(&entry, &name)?;
-        }
-    }
+    append_folder(&mut builder, root, Path::new(""))?;
     builder.into_inner()?.flush()
 }
 
-/// Files under `dir` and their total size.
+fn append_folder(builder: &mut tar::Builder<ChannelWriter>, dir: &Path, name: &Path) -> std::io::Result<()> {
+    for (path, is_dir) in entries(dir)? {
+        let entry_name = name.join(path.file_name().unwrap_or_default());
+        if is_dir {
+            builder.append_dir(&entry_name, &path)?;
+            append_folder(builder, &path, &entry_name)?;
+        } else {
+            builder.append_path_with_name(&path, &entry_name)?;
+        }
+    }
+    Ok(())
+}
+
+/// The entries of `dir`, sorted, each with whether it is a folder; a link to a folder is an
+/// error.
+fn entries(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let link = std::fs::symlink_metadata(&path)?.file_type().is_symlink();
+        let is_dir = path.is_dir();
+        if link && is_dir {
+            return Err(std::io::Error::other(format!("{}: a link to a folder is not followed", path.display())));
+        }
+        out.push((path, is_dir));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Files under `dir` (and folders, counted as files for tar's headers) and their total size.
 fn count_files(dir: &Path) -> std::io::Result<(u64, u64)> {
     let (mut files, mut bytes) = (0, 0);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = std::fs::metadata(entry.path())?;
-        if meta.is_dir() {
-            let (f, b) = count_files(&entry.path())?;
+    for (path, is_dir) in entries(dir)? {
+        if is_dir {
+            let (f, b) = count_files(&path)?;
             files += f + 1;
             bytes += b;
         } else {
             files += 1;
-            bytes += meta.len();
+            bytes += std::fs::metadata(&path)?.len();
         }
     }
     Ok((files, bytes))
@@ -130,6 +152,17 @@ mod tests {
         let mut names: Vec<String> =
             archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         names.sort();
-        assert_eq!(names, ["cats/", "cats/a.jpg", "dogs/", "dogs/b.jpg"]);
+        assert_eq!(names, ["cats", "cats/a.jpg", "dogs", "dogs/b.jpg"]);
+    }
+
+    #[tokio::test]
+    async fn a_link_to_a_folder_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cats")).unwrap();
+        std::fs::write(dir.path().join("cats/a.jpg"), b"x").unwrap();
+        // A loop: cats/again -> the root.
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("cats/again")).unwrap();
+        let Err(error) = body_of(dir.path()).await else { panic!("a loop must be refused") };
+        assert!(error.to_string().contains("a link to a folder"), "{error}");
     }
 }

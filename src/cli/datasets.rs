@@ -16,7 +16,7 @@ pub enum DatasetsCommand {
     /// Upload a folder of class folders (sent as a tar, streamed) or a zip/tar/tar.gz archive.
     Upload {
         path: PathBuf,
-        /// A name for people; defaults to the folder's or file's name.
+        /// A name for people; defaults to the folder's name, or the archive's without its suffix.
         #[arg(long)]
         name: Option<String>,
     },
@@ -31,10 +31,7 @@ pub enum DatasetsCommand {
 pub async fn run(client: &Client, out: &Output, command: DatasetsCommand) -> Result<(), CliError> {
     match command {
         DatasetsCommand::Upload { path, name } => {
-            let name = name.unwrap_or_else(|| {
-                let stem = path.file_stem().or(path.file_name()).map(|s| s.to_string_lossy().into_owned());
-                stem.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "dataset".to_owned())
-            });
+            let name = name.unwrap_or_else(|| default_name(&path));
             let dataset = upload(client, out, &path, &name).await?;
             out.value(&dataset, print_dataset)
         }
@@ -64,6 +61,25 @@ pub async fn run(client: &Client, out: &Output, command: DatasetsCommand) -> Res
             out.line(&format!("deleted dataset {id}"));
             Ok(())
         }
+    }
+}
+
+/// The folder's name, or the archive's without its archive suffix (`cats.tar.gz` is `cats`).
+fn default_name(path: &std::path::Path) -> String {
+    let name = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let name = if path.is_dir() {
+        name.as_str()
+    } else {
+        [".tar.gz", ".tgz", ".tar", ".zip"].iter().find_map(|suffix| name.strip_suffix(suffix)).unwrap_or(name.as_str())
+    };
+    if name.trim().is_empty() {
+        "dataset".to_owned()
+    } else {
+        name.to_owned()
     }
 }
 

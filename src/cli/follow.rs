@@ -40,13 +40,15 @@ pub async fn follow(client: &Client, out: &Output, id: &str) -> Result<Value, Cl
             Ok(response) => {
                 last_progress = Instant::now();
                 let mut stream = response.bytes_stream();
-                let mut buffer = String::new();
+                // Bytes, decoded a whole message at a time: a character split across two chunks
+                // stays whole.
+                let mut buffer: Vec<u8> = Vec::new();
                 'read: while let Some(chunk) = stream.next().await {
                     let Ok(chunk) = chunk else { break };
-                    buffer.push_str(&String::from_utf8_lossy(&chunk));
-                    while let Some(end) = buffer.find("\n\n") {
-                        let block: String = buffer.drain(..end + 2).collect();
-                        let Some(message) = parse(&block) else { continue };
+                    buffer.extend_from_slice(&chunk);
+                    while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                        let block: Vec<u8> = buffer.drain(..end + 2).collect();
+                        let Some(message) = parse(&String::from_utf8_lossy(&block)) else { continue };
                         let Some(event_id) = message.id else {
                             // `dropped` or `shutdown`: the server ends the stream; reconnect.
                             break 'read;

@@ -174,28 +174,41 @@ async fn resolve_dataset_names(client: &Client, spec: &mut Value) -> Result<(), 
     Ok(())
 }
 
-/// Streams a download to `path` (through a temporary file, renamed when complete).
+/// Streams a download to `path` (through `PATH.partial`, renamed when complete, removed if not).
 async fn save(response: reqwest::Response, path: &Path) -> Result<u64, CliError> {
-    let partial = path.with_extension("partial");
-    let mut file = tokio::fs::File::create(&partial).await.map_err(|e| CliError::file(&partial, e))?;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    // create_new: an unrelated file that happens to have the name is neither overwritten nor
+    // removed.
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .await
+        .map_err(|e| CliError::file(&partial, e))?;
+    let written = write_download(response, file, &partial, path).await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    written
+}
+
+async fn write_download(
+    response: reqwest::Response,
+    mut file: tokio::fs::File,
+    partial: &Path,
+    path: &Path,
+) -> Result<u64, CliError> {
     let mut stream = response.bytes_stream();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(CliError::Protocol(format!("the download broke off: {error}")));
-            }
-        };
-        if let Err(error) = file.write_all(&chunk).await {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(CliError::file(&partial, error));
-        }
+        let chunk = chunk.map_err(|error| CliError::Protocol(format!("the download broke off: {error}")))?;
+        file.write_all(&chunk).await.map_err(|e| CliError::file(partial, e))?;
         written += chunk.len() as u64;
     }
-    file.sync_all().await.map_err(|e| CliError::file(&partial, e))?;
-    tokio::fs::rename(&partial, path).await.map_err(|e| CliError::file(path, e))?;
+    file.sync_all().await.map_err(|e| CliError::file(partial, e))?;
+    tokio::fs::rename(partial, path).await.map_err(|e| CliError::file(path, e))?;
     Ok(written)
 }
 
