@@ -64,8 +64,9 @@ pub async fn run(client: &Client, out: &Output, command: BackbonesCommand) -> Re
         BackbonesCommand::List => {
             let list = client.get("/v1/backbones").await?;
             out.value(&list, |list| {
-                let rows: Vec<Vec<String>> = items(&list["weights"])
-                    .map(|b| {
+                output::table(
+                    &["ID", "NAME", "ARCHITECTURE", "FORMAT", "PARAMS"],
+                    items(&list["weights"]).map(|b| {
                         vec![
                             text(&b["id"]),
                             text(&b["name"]),
@@ -73,9 +74,8 @@ pub async fn run(client: &Client, out: &Output, command: BackbonesCommand) -> Re
                             text(&b["format"]),
                             b["params"].to_string(),
                         ]
-                    })
-                    .collect();
-                output::table(&["ID", "NAME", "ARCHITECTURE", "FORMAT", "PARAMS"], &rows)
+                    }),
+                )
             })
         }
     }

@@ -38,8 +38,9 @@ pub async fn run(client: &Client, out: &Output, command: DatasetsCommand) -> Res
         DatasetsCommand::List => {
             let list = client.get("/v1/datasets").await?;
             out.value(&list, |list| {
-                let rows: Vec<Vec<String>> = items(&list["datasets"])
-                    .map(|d| {
+                output::table(
+                    &["ID", "NAME", "IMAGES", "CLASSES", "CREATED"],
+                    items(&list["datasets"]).map(|d| {
                         vec![
                             text(&d["id"]),
                             text(&d["name"]),
@@ -47,9 +48,8 @@ pub async fn run(client: &Client, out: &Output, command: DatasetsCommand) -> Res
                             d["classes"].as_array().map_or(0, Vec::len).to_string(),
                             text(&d["created_at"]),
                         ]
-                    })
-                    .collect();
-                output::table(&["ID", "NAME", "IMAGES", "CLASSES", "CREATED"], &rows)
+                    }),
+                )
             })
         }
         DatasetsCommand::Show { id } => {

@@ -73,15 +73,15 @@ pub async fn run(client: &Client, out: &Output, command: JobsCommand) -> Result<
             }
             let list = client.json(request).await?;
             out.value(&list, |list| {
-                let rows: Vec<Vec<String>> = items(&list["jobs"])
-                    .map(|j| {
+                output::table(
+                    &["ID", "NAME", "STATE", "PHASE"],
+                    items(&list["jobs"]).map(|j| {
                         let phase = j["phase"]
                             .as_object()
                             .map_or(String::new(), |p| format!("{} {}/{}", text(&p["name"]), p["epoch"], p["epochs"]));
                         vec![text(&j["id"]), j["name"].as_str().unwrap_or("").to_owned(), text(&j["state"]), phase]
-                    })
-                    .collect();
-                output::table(&["ID", "NAME", "STATE", "PHASE"], &rows)
+                    }),
+                )
             })
         }
         JobsCommand::Show { id } => {
@@ -121,7 +121,7 @@ pub async fn run(client: &Client, out: &Output, command: JobsCommand) -> Result<
                         rows.push(vec![text(&result["file"]), text(&p["class"]), format!("{probability:.4}")]);
                     }
                 }
-                output::table(&["IMAGE", "CLASS", "PROBABILITY"], &rows)
+                output::table(&["IMAGE", "CLASS", "PROBABILITY"], rows)
             })
         }
     }

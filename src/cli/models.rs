@@ -32,19 +32,17 @@ pub async fn run(client: &Client, out: &Output, command: ModelsCommand) -> Resul
         let phases: Vec<String> = items(&summary["phases"]).map(|p| text(&p["name"])).collect();
         let mut headers = vec!["LAYER", "TYPE", "OUTPUT SHAPE", "PARAMS"];
         headers.extend(phases.iter().map(String::as_str));
-        let rows: Vec<Vec<String>> = items(&summary["layers"])
-            .map(|layer| {
-                let mut row = vec![
-                    text(&layer["name"]),
-                    text(&layer["type"]),
-                    layer["output_shape"].to_string(),
-                    layer["params"].to_string(),
-                ];
-                row.extend(items(&layer["trainable"]).map(|t| if t == true { "Y" } else { "N" }.to_owned()));
-                row
-            })
-            .collect();
-        let mut lines = vec![output::table(&headers, &rows), format!("total params: {}", summary["total_params"])];
+        let rows = items(&summary["layers"]).map(|layer| {
+            let mut row = vec![
+                text(&layer["name"]),
+                text(&layer["type"]),
+                layer["output_shape"].to_string(),
+                layer["params"].to_string(),
+            ];
+            row.extend(items(&layer["trainable"]).map(|t| if t == true { "Y" } else { "N" }.to_owned()));
+            row
+        });
+        let mut lines = vec![output::table(&headers, rows), format!("total params: {}", summary["total_params"])];
         for phase in items(&summary["phases"]) {
             lines.push(format!(
                 "phase {}: {} trainable, {} non-trainable",

@@ -56,9 +56,10 @@ impl Output {
 }
 
 /// Columns padded to their widest cell.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.into_iter().collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -102,7 +103,7 @@ mod tests {
     #[test]
     fn tables_pad_columns_and_ids_are_one_segment() {
         let rows = vec![vec!["a".to_owned(), "long value".to_owned()], vec!["bbb".to_owned(), "x".to_owned()]];
-        assert_eq!(table(&["ID", "NAME"], &rows), "ID   NAME\na    long value\nbbb  x");
+        assert_eq!(table(&["ID", "NAME"], rows), "ID   NAME\na    long value\nbbb  x");
         assert_eq!(segment("0192-ab/../x y"), "0192-ab%2F..%2Fx%20y");
     }
 }
