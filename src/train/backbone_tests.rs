@@ -100,7 +100,7 @@ fn torchvision_weights_see_a_cat() {
         [2007, 2009].iter().map(|k| Sample { path: dir.join(format!("cat.{k}.jpg")), label: 0 }).collect();
     let (ds, skipped) = data::Dataset::decode(&samples, &input);
     assert_eq!(skipped, 0);
-    let batch = data::make_batch(&ds, &[0, 1], None, data::augment::Normalize::new(&input));
+    let batch = data::make_batch(&ds, &[0, 1], None, data::augment::Normalize::new(&input, spec.backbone.architecture));
     let logits = model.forward(&batch.tensor(&Device::Cpu).unwrap(), &mut inference()).unwrap();
     let p: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits).unwrap().to_vec2().unwrap();
     for (sample, p) in samples.iter().zip(p) {
@@ -349,7 +349,8 @@ fn a_job_from_torchvision_weights_keeps_their_numerics_through_predict() {
     let m = Model::with_convention(&s.model, &s.input, 0, Convention::Torchvision).unwrap();
     m.params.load(&after, |_| true).unwrap();
     let (ds, _) = data::Dataset::decode(&f.samples[..1], &s.input);
-    let batch = data::make_batch(&ds, &[0], None, data::augment::Normalize::new(&s.input));
+    let batch =
+        data::make_batch(&ds, &[0], None, data::augment::Normalize::new(&s.input, s.model.backbone.architecture));
     let logit = m.forward(&batch.tensor(&Device::Cpu).unwrap(), &mut inference()).unwrap();
     let p_b = candle_nn::ops::sigmoid(&logit).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
     let ours = first.iter().find(|(c, _)| c == "b").unwrap().1;

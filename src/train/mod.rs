@@ -34,6 +34,8 @@ mod weights;
 #[cfg(test)]
 mod backbone_tests;
 #[cfg(test)]
+mod efficientnet_tests;
+#[cfg(test)]
 mod tests;
 
 pub use checkpoint::load_weights;

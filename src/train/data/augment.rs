@@ -9,7 +9,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::train::spec::{AugmentationSpec, InputSpec};
+use crate::train::spec::{Architecture, AugmentationSpec, InputSpec};
 
 /// Per-channel affine map from a pixel value (0..255) to the network input.
 #[derive(Debug, Clone, Copy)]
@@ -19,13 +19,18 @@ pub struct Normalize {
 }
 
 impl Normalize {
-    pub fn new(input: &InputSpec) -> Self {
+    /// The map `input` gives a backbone of `architecture` (whose weights' convention fills in
+    /// an absent scale/offset).
+    pub fn new(input: &InputSpec, architecture: Architecture) -> Self {
         match (input.mean, input.std) {
             (Some(mean), Some(std)) => Self {
                 mul: std::array::from_fn(|c| 1.0 / (255.0 * std[c])),
                 add: std::array::from_fn(|c| -mean[c] / std[c]),
             },
-            _ => Self { mul: [input.scale; 3], add: [input.offset; 3] },
+            _ => {
+                let (scale, offset) = input.affine(architecture);
+                Self { mul: [scale; 3], add: [offset; 3] }
+            }
         }
     }
 }
@@ -134,7 +139,7 @@ mod tests {
         let spec = AugmentationSpec { horizontal_flip: true, rotation: 0.5 };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut out = vec![0f32; 3 * h * w];
-        write_image(&pixels, h, w, Some((&spec, &mut rng)), Normalize::new(&input), &mut out);
+        write_image(&pixels, h, w, Some((&spec, &mut rng)), Normalize::new(&input, Architecture::SmallCnn), &mut out);
         let expected = (100.0 / 255.0 - 0.5) / 0.25;
         assert!(out.iter().all(|v| (v - expected).abs() < 1e-5), "{out:?}");
     }
@@ -142,9 +147,9 @@ mod tests {
     #[test]
     fn pixels_land_channel_major() {
         let pixels: Vec<u8> = (0..2 * 3).map(|i| i as u8 * 10).collect(); // 1 x 2, RGB
-        let input = InputSpec { scale: 1.0, offset: 0.0, ..InputSpec::default() };
+        let input = InputSpec { scale: Some(1.0), offset: Some(0.0), ..InputSpec::default() };
         let mut out = vec![0f32; 6];
-        write_image(&pixels, 1, 2, None, Normalize::new(&input), &mut out);
+        write_image(&pixels, 1, 2, None, Normalize::new(&input, Architecture::SmallCnn), &mut out);
         assert_eq!(out, [0.0, 30.0, 10.0, 40.0, 20.0, 50.0]);
     }
 }

@@ -119,7 +119,7 @@ pub fn run_with(
         train,
         validation,
         loss_kind,
-        norm: Normalize::new(&spec.input),
+        norm: Normalize::new(&spec.input, spec.model.backbone.architecture),
         options,
         global_step: job.resume.as_ref().map_or(0, |r| r.state.global_step),
         last_finite: None,

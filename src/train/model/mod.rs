@@ -12,6 +12,7 @@
 //! Residual connections: a layer with `inputs` takes named earlier outputs instead of the
 //! previous one; [`Model::forward`] keeps exactly the outputs that are referenced later.
 
+pub mod efficientnet_lite0;
 pub mod mobilenet_v2;
 pub mod small_cnn;
 mod summary;
@@ -87,7 +88,8 @@ pub fn selector_matches(sel: &str, name: &str) -> bool {
 /// The backbone's blocks, bottom to top, as selectors: what `unfreeze_top_blocks` counts.
 /// small_cnn: `backbone.block{i}`; MobileNetV2: `backbone.expanded_conv` (Keras's block 0),
 /// `backbone.block_1` ... `backbone.block_16`, then `backbone.Conv_1` (the stem `Conv1` is in
-/// none); Xception: `backbone.block1` ... `backbone.block14`.
+/// none); Xception: `backbone.block1` ... `backbone.block14`; EfficientNet-Lite0:
+/// `backbone.block1a` ... `backbone.block7a` (16 blocks), then `backbone.top`.
 pub fn blocks(model: &ModelSpec) -> Vec<String> {
     match model.backbone.architecture {
         Architecture::SmallCnn => {
@@ -96,6 +98,7 @@ pub fn blocks(model: &ModelSpec) -> Vec<String> {
         }
         Architecture::MobilenetV2 => mobilenet_v2::blocks(),
         Architecture::Xception => (1..=14).map(|i| format!("backbone.block{i}")).collect(),
+        Architecture::EfficientnetLite0 => efficientnet_lite0::blocks(),
     }
 }
 
@@ -129,6 +132,7 @@ pub fn plan_with(model: &ModelSpec, input: &InputSpec, convention: Convention) -
         Architecture::SmallCnn => small_cnn::layers(backbone.widths.as_deref(), h, w)?,
         Architecture::MobilenetV2 => mobilenet_v2::layers(backbone.alpha, h, w, convention)?,
         Architecture::Xception => xception::layers(h, w, convention)?,
+        Architecture::EfficientnetLite0 => efficientnet_lite0::layers(h, w, convention)?,
     };
     let channels = *layers.last().map(|l| l.output_shape.last().unwrap_or(&0)).unwrap_or(&0);
     let head = &model.head;

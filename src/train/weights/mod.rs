@@ -1,6 +1,6 @@
-//! Importing pretrained weights: our own checkpoints, Keras files and torchvision files, each
-//! mapped onto our parameter names and layouts, and checked against the architecture before
-//! anything trains ([`check_weights`], which the service calls at upload time).
+//! Importing pretrained weights: our own checkpoints, Keras, torchvision and EfficientNet-PyTorch
+//! files, each mapped onto our parameter names and layouts, and checked against the architecture
+//! before anything trains ([`check_weights`], which the service calls at upload time).
 //!
 //! An importer is a table: for every parameter of the model, the name(s) it may have in the file,
 //! its shape there and how that layout becomes ours ([`Expected`]). Reading goes through the
@@ -8,6 +8,7 @@
 //! wrong dtype, a wrong shape, a missing tensor or a non-finite value is an error naming the
 //! tensor. Nothing here panics on a hostile file.
 
+pub mod efficientnet_pytorch;
 pub mod keras;
 pub mod torchvision;
 
@@ -33,6 +34,7 @@ pub fn formats(architecture: Architecture) -> &'static [WeightsFormat] {
         Architecture::SmallCnn => &[WeightsFormat::Tanuki],
         Architecture::MobilenetV2 => &[WeightsFormat::Keras, WeightsFormat::Torchvision, WeightsFormat::Tanuki],
         Architecture::Xception => &[WeightsFormat::Keras, WeightsFormat::Tanuki],
+        Architecture::EfficientnetLite0 => &[WeightsFormat::EfficientnetPytorch, WeightsFormat::Tanuki],
     }
 }
 
@@ -115,7 +117,8 @@ fn expected(
     let mut out = Vec::new();
     for layer in layers {
         let head = layer.name.starts_with("head.");
-        if head && !(with_head && format == WeightsFormat::Torchvision) {
+        let has_classifier = matches!(format, WeightsFormat::Torchvision | WeightsFormat::EfficientnetPytorch);
+        if head && !(with_head && has_classifier) {
             continue;
         }
         for w in layer.kind.weights() {
@@ -124,6 +127,7 @@ fn expected(
                 WeightsFormat::Tanuki => (vec![ours.clone()], Layout::Same),
                 WeightsFormat::Keras => keras::names(layer, w.name),
                 WeightsFormat::Torchvision => torchvision::names(model, layer, w.name)?,
+                WeightsFormat::EfficientnetPytorch => efficientnet_pytorch::names(model, layer, w.name)?,
             };
             out.push(Expected { ours, names, shape: w.shape, layout });
         }
@@ -142,7 +146,7 @@ fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>, WeightsError> {
 /// The numerics of weights in `format`; our own files say in their metadata.
 fn convention_of(format: WeightsFormat, bytes: &[u8]) -> Result<Convention, WeightsError> {
     Ok(match format {
-        WeightsFormat::Keras => Convention::Keras,
+        WeightsFormat::Keras | WeightsFormat::EfficientnetPytorch => Convention::Keras,
         WeightsFormat::Torchvision => Convention::Torchvision,
         WeightsFormat::Tanuki => {
             let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Unreadable(e.to_string()))?;
@@ -232,7 +236,7 @@ pub fn check_weights_bytes(
     })
 }
 
-/// The backbone parameters (and with `with_head` the classifier, for torchvision files) of the
+/// The backbone parameters (and with `with_head` the classifier, for formats that carry one) of the
 /// file at `path`, under our names and layouts, with the numerics the model must use.
 pub fn import(
     model: &ModelSpec,

@@ -9,7 +9,7 @@
 //! `head.dense` → `classifier.1` (only when asked for, e.g. an ImageNet check).
 
 use crate::train::error::WeightsError;
-use crate::train::nn::Layer;
+use crate::train::nn::{Layer, LayerKind};
 use crate::train::spec::{Architecture, ModelSpec};
 use crate::train::weights::Layout;
 
@@ -56,15 +56,21 @@ pub fn names(model: &ModelSpec, layer: &Layer, weight: &str) -> Result<(Vec<Stri
     let ours = layer.name.strip_prefix("backbone.").unwrap_or(&layer.name);
     let m = module(ours)
         .ok_or_else(|| WeightsError::Unsupported(format!("no torchvision counterpart for layer {}", layer.name)))?;
-    let (w, layout) = match weight {
-        "kernel" if ours == "head.dense" => ("weight", Layout::Transposed),
-        "kernel" | "depthwise_kernel" | "gamma" => ("weight", Layout::Same),
-        "beta" | "bias" => ("bias", Layout::Same),
-        "moving_mean" => ("running_mean", Layout::Same),
-        "moving_variance" => ("running_var", Layout::Same),
-        other => {
-            return Err(WeightsError::Unsupported(format!("no torchvision counterpart for {}.{other}", layer.name)))
-        }
-    };
+    let (w, layout) = parameter(layer, weight)?;
     Ok((vec![format!("{m}.{w}")], layout))
+}
+
+/// The PyTorch name of our weight `weight` of `layer` within its module, and its layout there:
+/// `kernel`/`gamma` → `weight`, `beta` → `bias`, batch norm's moving statistics → `running_*`.
+pub fn parameter(layer: &Layer, weight: &str) -> Result<(&'static str, Layout), WeightsError> {
+    Ok(match (&layer.kind, weight) {
+        (LayerKind::Dense { .. }, "kernel") => ("weight", Layout::Transposed),
+        (_, "kernel" | "depthwise_kernel" | "gamma") => ("weight", Layout::Same),
+        (_, "beta" | "bias") => ("bias", Layout::Same),
+        (_, "moving_mean") => ("running_mean", Layout::Same),
+        (_, "moving_variance") => ("running_var", Layout::Same),
+        (_, other) => {
+            return Err(WeightsError::Unsupported(format!("no PyTorch counterpart for {}.{other}", layer.name)))
+        }
+    })
 }
