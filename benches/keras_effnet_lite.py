@@ -19,9 +19,9 @@ STAGES = [
 ]
 
 
-def build(side, classes=None):
+def build(side, classes=None, pooled=True):
     """`(model, layers)`: the backbone on a `side` x `side` RGB input (already normalised), then
-    global average pooling and, with `classes`, the 1000-class `_fc`. `layers` maps each module
+    (with `pooled`) global average pooling and, with `classes`, the 1000-class `_fc`. `layers` maps each module
     name of the PyTorch port (`_conv_stem`, `_blocks.3._bn1`, `_fc`) to its Keras layer, for
     loading weights by those names."""
     import keras
@@ -54,6 +54,8 @@ def build(side, classes=None):
                 x = L.Add()([block_input, x])
             channels, n = filters, n + 1
     x = L.ReLU(6.0)(bn("_bn1")(conv("_conv_head", 1280, 1)(x)))
+    if not pooled:
+        return keras.Model(inputs, x), named
     x = L.GlobalAveragePooling2D()(x)
     if classes:
         named["_fc"] = L.Dense(classes)

@@ -12,7 +12,8 @@ and a full training step; (d) MobileNetV2 alpha 1.0 at 160x160 (random weights; 
 not depend on them): a training step with the backbone frozen (BN in inference mode) and with
 everything trainable. A step is one compiled `train_on_batch`-equivalent (`tf.function` with
 GradientTape and Adam), as `model.fit` runs it; the head is global average pooling, dropout 0.2
-and a 1-unit dense layer with binary cross-entropy, as in the Rust bench.
+and a 1-unit dense layer with binary cross-entropy, as in the Rust bench. (e) EfficientNet-Lite0 at
+160x160, the same two steps (built from Keras layers in benches/keras_effnet_lite.py).
 Environment: BENCH_QUICK=1 (fewer runs), BENCH_FILTER=substring, TF_THREADS (default: all cores).
 """
 import os
@@ -68,6 +69,14 @@ def main():
         frozen = base(inputs, training=False)
         return keras.Model(inputs, head(frozen)), keras.Model(inputs, head(base(inputs))), base
 
+    def effnet_lite0(side):
+        from keras_effnet_lite import build
+
+        base, _ = build(side, pooled=False)
+        inputs = keras.Input((side, side, 3))
+        frozen = base(inputs, training=False)
+        return keras.Model(inputs, head(frozen)), keras.Model(inputs, head(base(inputs))), base
+
     loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
 
     def step_fn(model):
@@ -109,6 +118,14 @@ def main():
     base.trainable = True
     step = step_fn(full_model)
     row("(d) MobileNetV2 160, step, all trainable", lambda: step(x, y).numpy())
+
+    frozen_model, full_model, base = effnet_lite0(160)
+    base.trainable = False
+    step = step_fn(frozen_model)
+    row("(e) EfficientNet-Lite0 160, step, backbone frozen", lambda: step(x, y).numpy())
+    base.trainable = True
+    step = step_fn(full_model)
+    row("(e) EfficientNet-Lite0 160, step, all trainable", lambda: step(x, y).numpy())
 
 
 if __name__ == "__main__":

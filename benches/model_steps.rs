@@ -6,8 +6,8 @@
 //! Cases: (c) the small CNN (conv3x3–BN–ReLU–pool blocks 32/64/128/256, 96x96, batch 32)
 //! forward and full training step; (d) MobileNetV2 alpha 1.0 at 160x160, batch 32, a training
 //! step with the backbone frozen and with everything trainable; then an epoch of a frozen-backbone
-//! phase on cached features vs one that runs the backbone. `benches/keras_steps.py` times (c)
-//! and (d) in Keras.
+//! phase on cached features vs one that runs the backbone; (e) EfficientNet-Lite0 at 160x160,
+//! the same two steps as (d). `benches/keras_steps.py` times (c), (d) and (e) in Keras.
 //!
 //! Steps run as the fit loop runs them: frozen phases with batch norm in inference mode and
 //! folded into the frozen convolutions, trainable ones with batch norm in training mode (as
@@ -150,6 +150,20 @@ fn main() {
     bench.row("(d) MobileNetV2 160, step, all trainable", |backend| {
         train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, true)).expect("step");
     });
+
+    // (e) EfficientNet-Lite0.
+    let lite0 =
+        BackboneSpec { architecture: Architecture::EfficientnetLite0, weights: None, alpha: None, widths: None };
+    let mut lite = model(lite0, 160);
+    let mut opt = phase(&mut lite, &["head"], false);
+    bench.row("(e) EfficientNet-Lite0 160, step, backbone frozen", |backend| {
+        train_step(&lite, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, false)).expect("step");
+    });
+    let mut opt = phase(&mut lite, &["all"], true);
+    bench.row("(e) EfficientNet-Lite0 160, step, all trainable", |backend| {
+        train_step(&lite, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, true)).expect("step");
+    });
+    drop(lite);
 
     // A frozen-backbone epoch: the backbone every step vs the head on cached features (the
     // cache is built once per phase; its cost is one backbone pass per image, shown apart).

@@ -14,13 +14,13 @@ pub enum BackbonesCommand {
     /// Upload a safetensors weights file for an architecture (checked against it by the server).
     Upload {
         file: PathBuf,
-        /// `mobilenet_v2`, `xception` or `small_cnn`.
+        /// `mobilenet_v2`, `efficientnet_lite0`, `xception` or `small_cnn`.
         #[arg(long)]
         architecture: String,
         /// Width multiplier (MobileNetV2 only).
         #[arg(long)]
         alpha: Option<f32>,
-        /// How the tensors are named: `keras`, `torchvision` or `tanuki`.
+        /// How the tensors are named: `keras`, `torchvision`, `efficientnet_pytorch` or `tanuki`.
         #[arg(long)]
         format: String,
         #[arg(long)]

@@ -32,13 +32,14 @@ pub fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
 pub struct CreateBackboneParams {
     // Read as strings and parsed by the handler, so each keeps its own error code; documented
     // as the enums they must name.
-    /// `mobilenet_v2`, `xception` or `small_cnn`.
+    /// `mobilenet_v2`, `efficientnet_lite0`, `xception` or `small_cnn`.
     #[param(value_type = Architecture)]
     pub architecture: String,
     /// Width multiplier (MobileNetV2: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4); only for `mobilenet_v2`.
     #[param(exclusive_minimum = 0, maximum = 2)]
     pub alpha: Option<f32>,
-    /// How tensors are named and laid out: `keras`, `torchvision`, or `tanuki` (our checkpoints).
+    /// How tensors are named and laid out: `keras`, `torchvision`, `efficientnet_pytorch`, or
+    /// `tanuki` (our checkpoints).
     #[param(value_type = WeightsFormat)]
     pub format: String,
     /// A name for people; defaults to the architecture.
@@ -122,7 +123,10 @@ fn model_for(params: &CreateBackboneParams) -> Result<ModelSpec, ApiError> {
 fn format_of(name: &str) -> Result<WeightsFormat, ApiError> {
     serde_json::from_value(serde_json::json!(name)).map_err(|_| ApiError::BadRequest {
         code: ErrorCode::InvalidFormat,
-        detail: format!("format must be keras, torchvision or tanuki, got {name:?}"),
+        detail: format!(
+            "format must be one of {}, got {name:?}",
+            WeightsFormat::ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+        ),
         field: Some("format".into()),
     })
 }

@@ -473,6 +473,10 @@ pub enum WeightsFormat {
 }
 
 impl WeightsFormat {
+    /// Every format, in the order errors list them.
+    pub const ALL: [WeightsFormat; 4] =
+        [WeightsFormat::Keras, WeightsFormat::Torchvision, WeightsFormat::EfficientnetPytorch, WeightsFormat::Tanuki];
+
     /// The name in the API (`keras`).
     pub fn name(self) -> &'static str {
         match self {

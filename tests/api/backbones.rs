@@ -195,3 +195,65 @@ async fn a_job_on_pretrained_mobilenet_predicts() {
     assert_eq!(body["code"], "invalid_image");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_on_pretrained_efficientnet_lite0_predicts() {
+    require_shared_data!();
+    let server = TestServer::start().await;
+    let file = weights_file("efficientnet_lite0_imagenet.effnetlite_names.safetensors");
+    // Its names are the PyTorch port's: not Keras's, and not for another architecture.
+    let (status, body) = upload_weights(&server, "architecture=efficientnet_lite0&format=keras", file.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) =
+        upload_weights(&server, "architecture=mobilenet_v2&format=efficientnet_pytorch", file.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, backbone) =
+        upload_weights(&server, "architecture=efficientnet_lite0&format=efficientnet_pytorch", file).await;
+    assert_eq!(status, 201, "{backbone}");
+    assert_eq!(backbone["tensors"], 245);
+    assert_eq!(backbone["params"], 3_413_024);
+    let (_, list) = server.get("/v1/backbones").await;
+    let lite0 = list["architectures"].as_array().unwrap().iter().find(|a| a["name"] == "efficientnet_lite0").unwrap();
+    assert_eq!(lite0["formats"], json!(["efficientnet_pytorch", "tanuki"]), "{lite0}");
+
+    let dataset = upload_photos(&server, 8).await;
+    let mut spec = small_spec(&dataset);
+    spec["model"]["backbone"] = json!({"architecture": "efficientnet_lite0", "weights": backbone["id"]});
+    // No scale or offset: the weights' own (x - 127) / 128.
+    spec["input"] = json!({"height": 64, "width": 64, "resize": "center_crop"});
+    spec["split"] = json!({"validation": 0.25, "test": 0.0, "seed": 7});
+    spec["phases"] = json!([
+        {"name": "head", "trainable": ["head"], "optimizer": {"type": "adam", "learning_rate": 0.001}, "epochs": 1},
+        {"name": "top", "trainable": ["head"], "unfreeze_top_blocks": 2,
+         "optimizer": {"type": "adam", "learning_rate": 0.00001}, "epochs": 1}
+    ]);
+    let request = json!({"model": spec["model"], "input": spec["input"], "phases": spec["phases"]});
+    let (status, summary) = server.post_json("/v1/models/summary", &request).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["total_params"], 3_413_024 + 1_281);
+    assert_eq!(summary["phases"][0]["trainable_params"], 1_281);
+    // `top` (top_conv and its batch norm's gamma/beta) and block7a (expand, depthwise, project
+    // and their batch norms' gamma/beta): 412,160 + 605,440.
+    assert_eq!(summary["phases"][1]["trainable_params"], 1_281 + 412_160 + 605_440);
+    let (status, job) = server.post_json("/v1/jobs", &spec).await;
+    assert_eq!(status, 201, "{job}");
+    assert!(job["spec"]["input"].get("scale").is_none(), "the default is not written into the spec: {job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = server.wait_for_end(&id, Duration::from_secs(600)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    let photos = real_photos("validation", 1);
+    let response = server
+        .client
+        .post(server.url(&format!("/v1/jobs/{id}/predict")))
+        .header("content-type", "image/jpeg")
+        .body(photos[0].1.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = read(response).await;
+    assert_eq!(status, 200, "{answer}");
+    let total: f64 = answer["predictions"].as_array().unwrap().iter().map(|p| p["probability"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "{answer}");
+    server.stop().await;
+}
