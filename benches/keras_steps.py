@@ -95,12 +95,12 @@ def main():
     def row(name, f):
         if filt and filt not in name:
             return
-        print(f"| {name:<46} | {time_ms(f):>9.1f} |", flush=True)
+        print(f"| {name:<50} | {time_ms(f):>9.1f} |", flush=True)
 
     print(f"TensorFlow {tf.__version__}, keras {keras.__version__}, {threads} threads")
     print("batch 32, f32, NHWC; milliseconds per step, median\n")
-    print(f"| {'case':<46} | {'Keras':>9} |")
-    print(f"|{'-' * 48}|{'-' * 11}|")
+    print(f"| {'case':<50} | {'Keras':>9} |")
+    print(f"|{'-' * 52}|{'-' * 11}|")
     y = tf.constant((np.arange(32) % 2).astype(np.float32).reshape(32, 1))
 
     x = tf.constant(rng.uniform(-1, 1, (32, 96, 96, 3)).astype(np.float32))

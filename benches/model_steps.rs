@@ -55,9 +55,9 @@ impl Bench {
         let fast = self.time_ms(|| f(Backend::Fast));
         if self.stock {
             let stock = self.time_ms(|| f(Backend::Stock));
-            println!("| {name:<46} | {fast:>9.1} | {stock:>9.1} | {:>7.1}x |", stock / fast);
+            println!("| {name:<50} | {fast:>9.1} | {stock:>9.1} | {:>7.1}x |", stock / fast);
         } else {
-            println!("| {name:<46} | {fast:>9.1} | {:>9} | {:>8} |", "-", "-");
+            println!("| {name:<50} | {fast:>9.1} | {:>9} | {:>8} |", "-", "-");
         }
     }
 }
@@ -112,8 +112,8 @@ fn main() {
         filter: std::env::var("BENCH_FILTER").unwrap_or_default(),
     };
     println!("batch {BATCH}, f32; milliseconds per step, median; kernel threads: {}", tanuki::train::bench::threads());
-    println!("| {:<46} | {:>9} | {:>9} | {:>8} |", "case", "tanuki", "stock", "speed-up");
-    println!("|{:-<48}|{:-<11}|{:-<11}|{:-<10}|", "", "", "", "");
+    println!("| {:<50} | {:>9} | {:>9} | {:>8} |", "case", "tanuki", "stock", "speed-up");
+    println!("|{:-<52}|{:-<11}|{:-<11}|{:-<10}|", "", "", "", "");
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
 
     // (c) small CNN.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::SqliteExecutor;
 
-use crate::train::ResumeState;
+use crate::train::{Evaluation, ResumeState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CheckpointRow {
@@ -16,6 +16,8 @@ pub struct CheckpointRow {
     pub global_step: i64,
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
+    /// The validation set's evaluation of these weights.
+    pub evaluation: Option<Json<Evaluation>>,
     pub path: String,
     pub size_bytes: i64,
     pub sha256: String,
@@ -28,8 +30,8 @@ pub struct CheckpointRow {
 pub async fn insert<'e>(db: impl SqliteExecutor<'e>, row: &CheckpointRow) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO checkpoints (id, job_id, phase_index, phase_name, epoch, global_step, val_loss, val_accuracy,
-                                  path, size_bytes, sha256, optimizer_path, resume_state, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                  path, size_bytes, sha256, optimizer_path, resume_state, created_at, evaluation)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&row.id)
     .bind(&row.job_id)
@@ -45,6 +47,7 @@ pub async fn insert<'e>(db: impl SqliteExecutor<'e>, row: &CheckpointRow) -> sql
     .bind(&row.optimizer_path)
     .bind(&row.resume_state)
     .bind(row.created_at)
+    .bind(&row.evaluation)
     .execute(db)
     .await?;
     Ok(())

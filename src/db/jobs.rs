@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::SqliteExecutor;
 
 use crate::job_state::{FailureCode, JobState};
-use crate::train::{JobSpec, Metrics, ModelSummary};
+use crate::train::{Evaluations, JobSpec, Metrics, ModelSummary};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
@@ -24,6 +24,8 @@ pub struct JobRow {
     pub latest_metrics: Option<Json<serde_json::Value>>,
     /// Test-set loss and accuracy, once finished.
     pub test_metrics: Option<Json<Metrics>>,
+    /// The final weights' evaluations, once succeeded.
+    pub evaluation: Option<Json<Evaluations>>,
     pub error: Option<String>,
     /// Why it failed, as a code; `None` unless failed (and for jobs that failed before codes).
     pub error_code: Option<FailureCode>,
@@ -156,6 +158,11 @@ pub async fn set_latest_metrics<'e>(
 
 pub async fn set_test_metrics<'e>(db: impl SqliteExecutor<'e>, id: &str, metrics: &Metrics) -> sqlx::Result<()> {
     sqlx::query("UPDATE jobs SET test_metrics = ? WHERE id = ?").bind(Json(metrics)).bind(id).execute(db).await?;
+    Ok(())
+}
+
+pub async fn set_evaluation<'e>(db: impl SqliteExecutor<'e>, id: &str, evaluation: &Evaluations) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET evaluation = ? WHERE id = ?").bind(Json(evaluation)).bind(id).execute(db).await?;
     Ok(())
 }
 

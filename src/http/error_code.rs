@@ -126,6 +126,9 @@ error_codes! {
     JobFinished = ("job_finished", CONFLICT);
     /// The job has no checkpoint to predict with yet.
     NoCheckpoint = ("no_checkpoint", CONFLICT);
+    /// The job has not succeeded, so its final weights have no evaluation (a kept checkpoint's
+    /// has one: `?checkpoint=ID`).
+    NoEvaluation = ("no_evaluation", CONFLICT);
     /// A queued or running job uses the dataset.
     DatasetInUse = ("dataset_in_use", CONFLICT);
     /// A queued or running job starts from the weights.

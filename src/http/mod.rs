@@ -8,6 +8,7 @@ mod dashboard;
 mod datasets;
 pub mod error;
 mod error_code;
+mod evaluation;
 mod events;
 mod health;
 mod idempotency;
@@ -94,6 +95,7 @@ pub fn api_routes(max_upload: usize) -> OpenApiRouter<AppState> {
         .merge(jobs::routes())
         .merge(models::routes())
         .merge(predict::routes())
+        .merge(evaluation::routes())
         .merge(events::routes())
         .merge(checkpoints::routes())
 }

@@ -11,7 +11,7 @@ use crate::train::{Divergence, TrainError, TrainOutcome};
 /// How a job ended.
 #[derive(Debug)]
 pub(super) enum JobEnd {
-    Succeeded(TrainOutcome),
+    Succeeded(Box<TrainOutcome>),
     Failed(Failure),
     Canceled,
 }
@@ -98,6 +98,7 @@ impl JobEnd {
             state: self.state(),
             test: outcome.and_then(|o| o.test),
             validation: outcome.and_then(|o| o.validation),
+            evaluation: outcome.map(|o| o.evaluations()),
             error: self.error().map(str::to_owned),
             error_code: self.failure().map(|f| f.code),
             diverged: self.failure().and_then(|f| f.diverged.clone()),
@@ -123,6 +124,7 @@ impl Jobs {
             if let Some(test) = &outcome.test {
                 db::jobs::set_test_metrics(&mut *tx, job_id, test).await?;
             }
+            db::jobs::set_evaluation(&mut *tx, job_id, &outcome.evaluations()).await?;
             if let Some(weights) = &outcome.weights {
                 let path = weights.path.to_string_lossy();
                 db::jobs::set_final_weights(&mut *tx, job_id, &path, weights.size as i64, &weights.sha256).await?;

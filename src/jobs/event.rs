@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::job_state::{FailureCode, JobState};
-use crate::train::{BatchNormMode, Divergence, Metrics};
+use crate::train::{BatchNormMode, Divergence, Evaluation, Evaluations, Metrics};
 
 /// One event of a job's stream: the SSE `event:` is the tag, the SSE `data:` the content.
 ///
@@ -162,6 +162,9 @@ pub struct EpochEvent {
     pub epoch: u32,
     pub train: Metrics,
     pub validation: Option<Metrics>,
+    /// The validation set's confusion matrix and per-class metrics (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Evaluation>,
     pub learning_rate: f64,
     pub epochs_without_improvement: u32,
     pub seconds: f64,
@@ -191,6 +194,9 @@ pub struct EndEvent {
     pub test: Option<Metrics>,
     /// The last validation metrics, when it succeeded.
     pub validation: Option<Metrics>,
+    /// The final weights' evaluations on the validation and test sets, when it succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Evaluations>,
     /// Why it failed.
     pub error: Option<String>,
     /// Why it failed, as a code (absent unless it failed).
@@ -220,6 +226,7 @@ mod tests {
             state: JobState::Canceled,
             test: None,
             validation: None,
+            evaluation: None,
             error: None,
             error_code: None,
             diverged: None,

@@ -137,7 +137,7 @@ impl Jobs {
                 panic_message(join_error)
             )))),
             Ok((_, Some(failure))) => Ending::Ended(JobEnd::Failed(failure)),
-            Ok((Ok(outcome), None)) => Ending::Ended(JobEnd::Succeeded(outcome)),
+            Ok((Ok(outcome), None)) => Ending::Ended(JobEnd::Succeeded(Box::new(outcome))),
             Ok((Err(TrainError::Stopped(StopReason::Cancel)), None)) => Ending::Ended(JobEnd::Canceled),
             Ok((Err(TrainError::Stopped(StopReason::Shutdown)), None)) => Ending::Requeued,
             Ok((Err(error), None)) => Ending::Ended(JobEnd::Failed(Failure::from(&error))),
@@ -250,6 +250,7 @@ impl Jobs {
                 epoch,
                 train,
                 validation,
+                evaluation,
                 learning_rate,
                 epochs_without_improvement,
                 seconds,
@@ -260,17 +261,31 @@ impl Jobs {
                     epoch: *epoch,
                     train: *train,
                     validation: *validation,
+                    evaluation: evaluation.clone(),
                     learning_rate: *learning_rate,
                     epochs_without_improvement: *epochs_without_improvement,
                     seconds: *seconds,
                 };
                 db::jobs::set_progress(&mut *tx, job_id, *phase_index as i64, &epoch_event.phase, i64::from(*epoch))
                     .await?;
-                let latest = serde_json::to_value(&epoch_event)?;
+                let mut latest = serde_json::to_value(&epoch_event)?;
+                // The job's summary keeps the figures; the matrix is in the event and the
+                // checkpoint.
+                if let Some(object) = latest.as_object_mut() {
+                    object.remove("evaluation");
+                }
                 db::jobs::set_latest_metrics(&mut *tx, job_id, &latest).await?;
                 EventPayload::Epoch(epoch_event)
             }
-            TrainEvent::CheckpointWritten { phase_index, epoch, weights, optimizer, validation, resume } => {
+            TrainEvent::CheckpointWritten {
+                phase_index,
+                epoch,
+                weights,
+                optimizer,
+                validation,
+                evaluation,
+                resume,
+            } => {
                 let id = uuid::Uuid::now_v7().to_string();
                 let row = db::checkpoints::CheckpointRow {
                     id: id.clone(),
@@ -281,6 +296,7 @@ impl Jobs {
                     global_step: resume.global_step as i64,
                     val_loss: validation.map(|m| m.loss),
                     val_accuracy: validation.map(|m| m.accuracy),
+                    evaluation: evaluation.clone().map(sqlx::types::Json),
                     path: weights.path.to_string_lossy().into_owned(),
                     size_bytes: weights.size as i64,
                     sha256: weights.sha256.clone(),

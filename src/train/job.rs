@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::train::evaluation::{Evaluation, Evaluations};
 use crate::train::spec::{JobSpec, WeightsFormat};
 
 /// One labelled image file.
@@ -227,6 +228,8 @@ pub enum TrainEvent {
         epoch: u32,
         train: Metrics,
         validation: Option<Metrics>,
+        /// The validation set's evaluation (with `validation`).
+        evaluation: Option<Evaluation>,
         learning_rate: f64,
         epochs_without_improvement: u32,
         seconds: f64,
@@ -238,6 +241,8 @@ pub enum TrainEvent {
         weights: CheckpointFile,
         optimizer: CheckpointFile,
         validation: Option<Metrics>,
+        /// The validation set's evaluation of these weights.
+        evaluation: Option<Evaluation>,
         resume: ResumeState,
     },
     /// A phase ended.
@@ -262,9 +267,22 @@ pub struct TrainOutcome {
     /// The last validation metrics of the last phase (of the restored weights when early
     /// stopping restored the best ones).
     pub validation: Option<Metrics>,
+    /// The test set's evaluation (with `test`).
+    #[serde(default)]
+    pub test_evaluation: Option<Evaluation>,
+    /// The validation set's evaluation of the final weights (with `validation`).
+    #[serde(default)]
+    pub validation_evaluation: Option<Evaluation>,
     /// The final model weights (after any restore of best weights), every parameter included.
     #[serde(default)]
     pub weights: Option<CheckpointFile>,
+}
+
+impl TrainOutcome {
+    /// The final weights' evaluations.
+    pub fn evaluations(&self) -> Evaluations {
+        Evaluations { validation: self.validation_evaluation.clone(), test: self.test_evaluation.clone() }
+    }
 }
 
 /// Keras's `model.summary(show_trainable=True)`, as data.

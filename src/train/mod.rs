@@ -11,7 +11,7 @@
 //! from a trained model).
 //!
 //! Inside, each layer imports only the ones below it (docs/architecture.md draws the order):
-//! `spec`, `job`, `error`, `rng` and `kernels` at the bottom; `nn` (layers, params, ops, batch
+//! `spec`, `evaluation`, `job`, `error`, `rng` and `kernels` at the bottom; `nn` (layers, params, ops, batch
 //! norm); `graph` (folding, fusion, the forward pass); `model` (the layer plans, one file per
 //! architecture, and the summary); `weights` (pretrained files); `data` (decoding, augmentation,
 //! the feature cache); `checkpoint`; `fit` (the loop); and the entry points on top.
@@ -19,6 +19,7 @@
 mod checkpoint;
 mod data;
 mod error;
+mod evaluation;
 mod fit;
 mod graph;
 mod job;
@@ -40,6 +41,7 @@ mod tests;
 
 pub use checkpoint::load_weights;
 pub use error::{TrainError, WeightsError};
+pub use evaluation::{ClassMetrics, Evaluation, Evaluations};
 pub use fit::run;
 pub use job::*;
 pub use kernels::{configure as configure_kernels, has_avx512 as kernels_use_avx512, KernelSettings};

@@ -10,7 +10,6 @@ use crate::train::checkpoint::load_weights;
 use crate::train::data::augment::{self, Normalize};
 use crate::train::data::decode;
 use crate::train::error::TrainError;
-use crate::train::fit::loss::LossKind;
 use crate::train::fit::loss_kind;
 use crate::train::model::Model;
 use crate::train::spec::{InputSpec, ModelSpec};
@@ -62,13 +61,7 @@ pub fn predict(
         }
         let x = Tensor::from_vec(pixels, (chunk.len(), 3, h, w), &m.device)?; // [n, 3, h, w]
         let logits = m.forward_inference(0, &x, &folding)?; // [n, units]
-        let probs: Vec<Vec<f32>> = match kind {
-            LossKind::Binary => {
-                let p: Vec<f32> = candle_nn::ops::sigmoid(&logits.flatten_all()?)?.to_vec1()?;
-                p.into_iter().map(|p| vec![1.0 - p, p]).collect()
-            }
-            LossKind::Softmax => candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
-        };
+        let probs = kind.probabilities(&logits)?;
         for ((i, _), p) in chunk.iter().zip(probs) {
             let mut ranked: Vec<(String, f32)> = classes.iter().cloned().zip(p).collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod dashboard;
 mod datasets;
+mod evaluation;
 mod full_disk;
 mod idempotency;
 mod jobs;

@@ -49,6 +49,19 @@ impl LossKind {
             })
             .count())
     }
+
+    /// Per image, the probability of each class: one logit gives `[1 - p, p]` (sigmoid),
+    /// several a softmax.
+    pub fn probabilities(self, logits: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
+        let logits = logits.to_dtype(DType::F32)?;
+        Ok(match self {
+            LossKind::Binary => {
+                let p: Vec<f32> = candle_nn::ops::sigmoid(&logits.flatten_all()?)?.to_vec1()?;
+                p.into_iter().map(|p| vec![1.0 - p, p]).collect()
+            }
+            LossKind::Softmax => candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
+        })
+    }
 }
 
 fn argmax(row: &[f32]) -> usize {

@@ -28,6 +28,7 @@ use crate::train::data::augment::Normalize;
 use crate::train::data::feature_cache::{self, Cached, FeatureCache};
 use crate::train::data::{self, AugmentFor, Dataset};
 use crate::train::error::TrainError;
+use crate::train::evaluation::{Evaluation, Evaluator};
 use crate::train::fit::phase::PhaseState;
 use crate::train::fit::step::{check_stop, Sums};
 use crate::train::job::{
@@ -132,13 +133,22 @@ pub fn run_with(
     }
 
     let test = if test.is_empty() { None } else { Some(fit.evaluate(&test, None)?) };
+    let (test, test_evaluation) = split(test);
+    let (validation, validation_evaluation) = split(last_validation);
     let weights = checkpoint::write_with_metadata(
         &job.checkpoint_dir,
         &format!("weights-final-s{}.safetensors", fit.global_step),
         &fit.model.params.snapshot()?,
         Some(weights_metadata(&fit.model)),
     )?;
-    Ok(TrainOutcome { test, validation: last_validation, weights: Some(weights) })
+    Ok(TrainOutcome { test, validation, test_evaluation, validation_evaluation, weights: Some(weights) })
+}
+
+/// Metrics and the evaluation of one pass over a held-out set.
+type Evaluated = (Metrics, Evaluation);
+
+fn split(evaluated: Option<Evaluated>) -> (Option<Metrics>, Option<Evaluation>) {
+    evaluated.map_or((None, None), |(m, e)| (Some(m), Some(e)))
 }
 
 /// The model a job starts from: fresh, or with the backbone of `initial_weights` (imported from
@@ -186,8 +196,8 @@ struct Fit<'a> {
 
 impl Fit<'_> {
     /// Runs phase `index` (continuing from `resume` when given); returns its final validation
-    /// metrics.
-    fn phase(&mut self, index: usize, resume: Option<&ResumeFrom>) -> Result<Option<Metrics>, TrainError> {
+    /// metrics and evaluation.
+    fn phase(&mut self, index: usize, resume: Option<&ResumeFrom>) -> Result<Option<Evaluated>, TrainError> {
         let job = self.job;
         let phase = &job.spec.phases[index];
         self.model.set_trainable(&model::phase_selectors(&self.job.spec.model, phase));
@@ -205,7 +215,7 @@ impl Fit<'_> {
         index: usize,
         phase: &PhaseSpec,
         resume: Option<&ResumeFrom>,
-    ) -> Result<Option<Metrics>, TrainError> {
+    ) -> Result<Option<Evaluated>, TrainError> {
         let (trainable_params, non_trainable_params) = self.model.params.counts();
         let mut state = PhaseState::new(phase, &self.model.params, resume)?;
         let cache = self
@@ -264,14 +274,14 @@ impl Fit<'_> {
     }
 
     /// One epoch of a phase: train, check every weight is finite, validate, the callbacks, the
-    /// event, the checkpoint. Returns the validation metrics.
+    /// event, the checkpoint. Returns the validation metrics and evaluation.
     fn epoch(
         &mut self,
         index: usize,
         phase: &PhaseSpec,
         state: &mut PhaseState,
         cache: Option<&FeatureCache>,
-    ) -> Result<Option<Metrics>, TrainError> {
+    ) -> Result<Option<Evaluated>, TrainError> {
         let epoch = state.epochs_done + 1;
         let started = Instant::now();
         let lr = state.optimizer.learning_rate();
@@ -289,19 +299,21 @@ impl Fit<'_> {
             };
             return Err(TrainError::Diverged(Box::new(at)));
         }
-        let validation = self.evaluate_validation(cache)?;
+        let evaluated = self.evaluate_validation(cache)?;
+        let (validation, evaluation) = split(evaluated.clone());
         state.end_epoch(phase, epoch, &train, validation.as_ref(), &self.model.params)?;
         self.observer.on_event(&TrainEvent::EpochEnded {
             phase_index: index,
             epoch,
             train,
             validation,
+            evaluation: evaluation.clone(),
             learning_rate: lr,
             epochs_without_improvement: state.progress.tracker.wait,
             seconds: started.elapsed().as_secs_f64(),
         });
-        self.write_checkpoint(&state.optimizer, validation, state.resume_state(index, self.global_step))?;
-        Ok(validation)
+        self.write_checkpoint(&state.optimizer, validation, evaluation, state.resume_state(index, self.global_step))?;
+        Ok(evaluated)
     }
 
     /// One pass over the shuffled training set (or its cached features); returns the epoch's
@@ -369,15 +381,19 @@ impl Fit<'_> {
         Ok(sums.metrics())
     }
 
-    /// Loss and accuracy over `ds` in inference mode, without building any graph.
-    fn evaluate(&self, ds: &Dataset, cached: Option<(usize, &Cached)>) -> Result<Metrics, TrainError> {
+    /// Loss, accuracy and the evaluation over `ds` in inference mode, without building any graph.
+    fn evaluate(&self, ds: &Dataset, cached: Option<(usize, &Cached)>) -> Result<Evaluated, TrainError> {
         let mut sums = Sums::default();
+        let mut evaluator = Evaluator::new(&self.job.classes);
         // The weights hold still for the whole pass: every batch norm folds into its convolution.
         let folding = self.model.inference_folding()?;
         let mut add = |start: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
             let logits = self.model.forward_inference(start, x, &folding)?;
             let loss = self.loss_kind.loss(&logits, labels)?;
             sums.add(loss.to_scalar::<f32>()? as f64, self.loss_kind.correct(&logits, labels)?, labels.len());
+            for (&label, p) in labels.iter().zip(self.loss_kind.probabilities(&logits)?) {
+                evaluator.add(label, p);
+            }
             Ok(())
         };
         let order: Vec<usize> = (0..ds.len()).collect();
@@ -392,10 +408,10 @@ impl Fit<'_> {
                 add(0, &batch.tensor(&self.model.device)?, &batch.labels)
             })?,
         }
-        Ok(sums.metrics())
+        Ok((sums.metrics(), evaluator.finish()))
     }
 
-    fn evaluate_validation(&self, cache: Option<&FeatureCache>) -> Result<Option<Metrics>, TrainError> {
+    fn evaluate_validation(&self, cache: Option<&FeatureCache>) -> Result<Option<Evaluated>, TrainError> {
         if self.validation.is_empty() {
             return Ok(None);
         }
@@ -407,6 +423,7 @@ impl Fit<'_> {
         &mut self,
         optimizer: &Optimizer,
         validation: Option<Metrics>,
+        evaluation: Option<Evaluation>,
         state: ResumeState,
     ) -> Result<(), TrainError> {
         let dir = &self.job.checkpoint_dir;
@@ -432,6 +449,7 @@ impl Fit<'_> {
             weights,
             optimizer,
             validation,
+            evaluation,
             resume: state,
         });
         Ok(())
