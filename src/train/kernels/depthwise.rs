@@ -19,7 +19,7 @@ use super::prefetch::{next_plane, Ahead};
 use super::simd::{dispatch, Kernel};
 use super::{dims4, f32_slice, Pad};
 
-/// Planes narrower than this run "flat" (3x3 kernels): rows are swept as one long vector
+/// Planes narrower than this run "flat" (3x3 and 5x5 kernels): rows are swept as one long vector
 /// instead of one short row at a time, which on a 10x10 or 5x5 plane would use 10 or 5 of
 /// the 16 lanes and pay the loop overhead per row.
 const FLAT_MAX_WIDTH: usize = 64;
@@ -28,19 +28,20 @@ const FLAT_MAX_WIDTH: usize = 64;
 const SEG: usize = 32;
 const _: () = assert!(SEG.is_multiple_of(LANES));
 
-/// Where each tap of a 3x3 kernel reads output `(0, 0)` in [`phase_pad_2d`]'s layout.
-fn flat_offsets(g: &Geom) -> [usize; 9] {
-    std::array::from_fn(|t| g.tap_offset(t / 3, t % 3))
+/// Where each tap of a `k x k` kernel (`T = k * k` taps) reads output `(0, 0)` in
+/// [`phase_pad_2d`]'s layout.
+fn flat_offsets<const T: usize>(g: &Geom, k: usize) -> [usize; T] {
+    std::array::from_fn(|t| g.tap_offset(t / k, t % k))
 }
 
-/// One `ho x wo` output plane of a 3x3 kernel swept flat over `q` (see [`phase_pad_2d`]):
+/// One `ho x wo` output plane of a square kernel of `T` taps swept flat over a padded plane
+/// (see [`phase_pad_2d`]), whose `l` values from output `a` on each tap reads are `src(a, l)`:
 /// `wide` (scratch) gets `ho` rows of `wq`, whose first `wo` columns are the output.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn plane_fwd_flat<const FMA: bool>(
+fn plane_fwd_flat<'q, const T: usize, const FMA: bool>(
     ahead: &mut Ahead<'_>,
-    q: &[f32],
-    offsets: &[usize; 9],
+    src: impl Fn(usize, usize) -> [&'q [f32]; T],
     w: &[f32],
     ho: usize,
     wo: usize,
@@ -50,12 +51,11 @@ fn plane_fwd_flat<const FMA: bool>(
 ) {
     let n = ho * wq;
     wide.resize(n, 0.0);
-    let w9: &[f32; 9] = w.try_into().expect("9 taps");
+    let wt: &[f32; T] = w.try_into().expect("one weight per tap");
     for (si, seg) in wide.chunks_mut(SEG).enumerate() {
         let a = si * SEG;
         let l = seg.len().next_multiple_of(LANES);
-        let src = nine(|t| &q[offsets[t] + a..][..l]);
-        taps::<9, FMA>(seg, &src, w9);
+        taps::<T, FMA>(seg, &src(a, l), wt);
         ahead.step();
     }
     for (orow, wrow) in out.chunks_exact_mut(wo).zip(wide.chunks_exact(wq)) {
@@ -151,6 +151,11 @@ pub(crate) fn plane_fwd<const FMA: bool>(
             let src = nine(|t| v.tap_row(oy * s + t / 3, t % 3, len));
             let w9: &[f32; 9] = w.try_into().expect("9 taps");
             taps::<9, FMA>(orow, &src, w9);
+        } else if kh == 5 && kw == 5 {
+            let len = wo.next_multiple_of(LANES);
+            let src: [&[f32]; 25] = std::array::from_fn(|t| v.tap_row(oy * s + t / 5, t % 5, len));
+            let w25: &[f32; 25] = w.try_into().expect("25 taps");
+            taps::<25, FMA>(orow, &src, w25);
         } else {
             orow.fill(0.0);
             for ky in 0..kh {
@@ -180,8 +185,8 @@ impl Kernel for Fwd<'_, '_> {
         let g = self.g;
         let (kk, pin) = (g.kh * g.kw, g.plane_in());
         let (mut q, mut wide, mut row) = (Vec::new(), Vec::new(), Vec::new());
-        let flat = g.kh == 3 && g.kw == 3 && g.wo < FLAT_MAX_WIDTH;
-        let offsets = flat_offsets(g);
+        let flat = g.kh == g.kw && matches!(g.kh, 3 | 5) && g.wo < FLAT_MAX_WIDTH;
+        let (offsets3, offsets5) = (flat_offsets::<9>(g, 3), flat_offsets::<25>(g, 5));
         let planes = self.out.remaining();
         while let Some((pi, out)) = self.out.next_zeroed() {
             let c = pi % g.c;
@@ -189,17 +194,15 @@ impl Kernel for Fwd<'_, '_> {
             let next = next_plane(self.x, pin, pi, &planes);
             if flat {
                 phase_pad_2d(g, plane, 0.0, &mut q, &mut row);
-                plane_fwd_flat::<FMA>(
-                    &mut Ahead::new(next, (g.ho * g.wq()).div_ceil(SEG)),
-                    &q,
-                    &offsets,
-                    w,
-                    g.ho,
-                    g.wo,
-                    g.wq(),
-                    &mut wide,
-                    out,
-                );
+                let mut ahead = Ahead::new(next, (g.ho * g.wq()).div_ceil(SEG));
+                let (ho, wo, wq) = (g.ho, g.wo, g.wq());
+                if g.kh == 3 {
+                    let src = |a, l| nine(|t| &q[offsets3[t] + a..][..l]);
+                    plane_fwd_flat::<9, FMA>(&mut ahead, src, w, ho, wo, wq, &mut wide, out);
+                } else {
+                    let src = |a, l| std::array::from_fn(|t| &q[offsets5[t] + a..][..l]);
+                    plane_fwd_flat::<25, FMA>(&mut ahead, src, w, ho, wo, wq, &mut wide, out);
+                }
             } else {
                 phase_pad(g, plane, 0.0, &mut q, &mut row);
                 let v = Phased { q: &q, hp: g.hp(), wq: g.wq(), s: g.s };
@@ -233,7 +236,7 @@ impl Kernel for Bwd<'_, '_> {
         let (mut q, mut u, mut acc, mut wide, mut row) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let flat_w = kh == 3 && kw == 3 && g.wo < FLAT_MAX_WIDTH;
         let flat_x = kh == 3 && kw == 3 && g.w < FLAT_MAX_WIDTH;
-        let offsets = flat_offsets(g);
+        let offsets = flat_offsets::<9>(g, 3);
         // The dX gather's geometry: stride 1 over U, (h + kh - 1) x (w + kw - 1).
         let (oh, ow) = (kh - 1 - g.pt, kw - 1 - g.pl);
         let (uh, uw) = (g.h + kh - 1, g.w + kw - 1);
@@ -304,7 +307,8 @@ impl Kernel for Bwd<'_, '_> {
                     // U at stride 1 is its own (single) phase: tap (ky, kx) at ky * uw + kx.
                     let flipped: [f32; 9] = std::array::from_fn(|t| wc[8 - t]);
                     let offsets: [usize; 9] = std::array::from_fn(|t| t / 3 * uw + t % 3);
-                    plane_fwd_flat::<FMA>(&mut ahead, &u, &offsets, &flipped, g.h, g.w, uw, &mut wide, dx);
+                    let src = |a, l| nine(|t| &u[offsets[t] + a..][..l]);
+                    plane_fwd_flat::<9, FMA>(&mut ahead, src, &flipped, g.h, g.w, uw, &mut wide, dx);
                 } else {
                     let flipped: Vec<f32> = (0..kk).map(|t| wc[kk - 1 - t]).collect();
                     let v = Phased { q: &u, hp: uh, wq: uw, s: 1 };

@@ -284,6 +284,9 @@ const DW_CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (1, 2, 7, 65, 3, 2, 1),  // output flat (33 wide), input gradient row by row (65 wide)
     (1, 3, 9, 9, 5, 1, 2),
     (2, 3, 10, 9, 5, 2, 2),
+    (1, 2, 20, 37, 5, 1, 2), // 5x5 flat over rows longer than 16 lanes
+    (1, 2, 6, 70, 5, 1, 2),  // 5x5 row by row (70 wide)
+    (1, 2, 7, 140, 5, 2, 2), // 5x5 stride 2 row by row (output 70 wide)
     (2, 2, 6, 6, 1, 1, 0),
 ];
 
