@@ -271,7 +271,7 @@ function onEvent(v, kind, e) {
   const data = JSON.parse(e.data);
   data._at = Date.now();
   switch (kind) {
-    case "state": v.state = data.state; break;
+    case "state": v.state = data.state; if (data.classes) v.classes = data.classes; break;
     case "phase":
       if (data.status === "started") v.phases[data.phase_index] = data;
       break;
@@ -363,6 +363,46 @@ function renderAll() {
   const epochBounds = offsets.slice(1).filter((o, i) => epochPhases.includes(i + 1)).map((o) => o + 0.5);
   drawChart(charts.epochLoss, epochXs, epochSeries("loss"), epochBounds);
   drawChart(charts.epochAcc, epochXs, epochSeries("accuracy"), epochBounds);
+
+  // Evaluation: the final weights' on the test set (else validation) once the job has ended,
+  // the latest epoch's on validation while it runs.
+  const final = v.end && v.end.evaluation;
+  const latest = epochs.filter(({ e }) => e.evaluation).pop();
+  let shown = null;
+  if (final && final.test) shown = { title: "Test set, final weights", e: final.test };
+  else if (final && final.validation) shown = { title: "Validation set, final weights", e: final.validation };
+  else if (latest) shown = { title: `Validation set after ${phases[latest.e.phase_index].name} epoch ${latest.e.epoch}`, e: latest.e.evaluation };
+  renderEvaluation(shown, v.classes || []);
+}
+
+// The confusion matrix as a heat map (each cell shaded by its share of its true class's row)
+// and the per-class table.
+function renderEvaluation(shown, classes) {
+  const root = $("#evaluation");
+  root.hidden = !shown;
+  if (!shown) return;
+  const e = shown.e;
+  const name = (i) => classes[i] || String(i);
+  root.dataset.images = String(e.images);
+  $("#eval-title").textContent = `${shown.title}: accuracy ${pct(e.accuracy)} of ${count(e.images)} images`;
+  const head = el("tr", {}, el("th", { class: "true" }, "true ↓ predicted →"), ...e.confusion_matrix.map((_, j) => el("th", {}, name(j))));
+  const rows = e.confusion_matrix.map((row, i) => {
+    const total = row.reduce((a, b) => a + b, 0);
+    return el("tr", {}, el("th", { class: "true" }, name(i)), ...row.map((n, j) => {
+      const share = total ? n / total : 0;
+      const color = i === j ? "31,138,76" : "198,47,47";
+      return el("td", { style: `background: rgba(${color},${(0.08 + 0.8 * share).toFixed(3)})`, title: `${name(i)} predicted as ${name(j)}: ${n} (${pct(share)})` }, String(n));
+    }));
+  });
+  $("#confusion").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+  $("#per-class tbody").replaceChildren(...e.per_class.map((c) => el("tr", {},
+    el("td", {}, c.class), el("td", { class: "num" }, pct(c.precision)), el("td", { class: "num" }, pct(c.recall)),
+    el("td", { class: "num" }, fmt(c.f1, 3)), el("td", { class: "num" }, count(c.support)))));
+  const extra = [];
+  if (e.roc_auc != null) extra.push(`ROC-AUC ${fmt(e.roc_auc, 3)}`);
+  if (e.pr_auc != null) extra.push(`PR-AUC ${fmt(e.pr_auc, 3)}`);
+  if (e.top5_accuracy != null) extra.push(`top-5 accuracy ${pct(e.top5_accuracy)}`);
+  $("#eval-extra").textContent = extra.join(" · ");
 }
 
 // Seconds left in the phase and the job, from the pace of this phase (epoch durations, else the

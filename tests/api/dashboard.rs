@@ -136,7 +136,11 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     let counts = "JSON.stringify({checkpoints: document.querySelectorAll('#checkpoints tbody tr').length, \
         layers: document.querySelectorAll('#model tbody tr').length, \
         test: document.getElementById('test-metrics').hidden ? '' : document.getElementById('test-metrics').textContent, \
-        charts: document.querySelectorAll('.uplot').length})";
+        charts: document.querySelectorAll('.uplot').length, \
+        evaluation: document.getElementById('evaluation').hidden ? null : { \
+          title: document.getElementById('eval-title').textContent, images: Number(document.getElementById('evaluation').dataset.images), \
+          cells: [...document.querySelectorAll('#confusion tbody td')].reduce((n, td) => n + Number(td.textContent), 0), \
+          classes: document.querySelectorAll('#per-class tbody tr').length}})";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let counts = loop {
         let counts: Value = serde_json::from_str(browser.eval(counts).await.as_str().unwrap()).unwrap();
@@ -151,6 +155,13 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     assert_eq!(counts["layers"], 11, "{counts}");
     assert!(counts["test"].as_str().unwrap().starts_with("Test set: loss"), "{counts}");
     assert_eq!(counts["charts"], 4, "{counts}");
+    // The final weights' test-set confusion matrix and per-class table, as the API reports them.
+    let (_, evaluation) = server.get(&format!("/v1/jobs/{id}/evaluation")).await;
+    let shown = &counts["evaluation"];
+    assert!(shown["title"].as_str().unwrap().starts_with("Test set, final weights"), "{counts}");
+    assert_eq!(shown["images"], evaluation["test"]["images"], "{counts}");
+    assert_eq!(shown["cells"], evaluation["test"]["images"], "every test image is in one cell: {counts}");
+    assert_eq!(shown["classes"], 2, "{counts}");
 
     let png = browser.screenshot_png().await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
