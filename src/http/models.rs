@@ -50,6 +50,7 @@ pub async fn summarize_model(Json(request): Json<SummaryRequest>) -> Result<Json
             seed: 0,
             log_every_steps: 1,
             phases: request.phases,
+            class_weights: None,
         };
         if !spec.phases.is_empty() {
             train::validate(&spec)?;

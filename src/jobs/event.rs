@@ -122,6 +122,10 @@ pub enum PhaseEvent {
         execution: String,
         /// Set when the phase continues from a checkpoint after an interruption.
         resumed_from_epoch: Option<u32>,
+        /// Class → weight of its images in the training loss, when the spec sets
+        /// `class_weights` (absent otherwise).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        class_weights: Option<BTreeMap<String, f64>>,
     },
     Ended {
         phase_index: usize,

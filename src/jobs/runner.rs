@@ -205,6 +205,7 @@ impl Jobs {
                 batch_norm,
                 execution,
                 resumed_from_epoch,
+                class_weights,
             } => {
                 db::jobs::set_progress(&mut *tx, job_id, *phase_index as i64, name, 0).await?;
                 EventPayload::Phase(PhaseEvent::Started {
@@ -218,6 +219,7 @@ impl Jobs {
                     batch_norm: *batch_norm,
                     execution: execution.clone(),
                     resumed_from_epoch: *resumed_from_epoch,
+                    class_weights: class_weights.clone(),
                 })
             }
             TrainEvent::PhaseEnded { phase_index, name, epochs_run, stopped_early, restored_best_epoch, diverged } => {

@@ -41,6 +41,15 @@ impl Jobs {
             }
         }
         check_head_units(spec.model.head.units, classes.len())?;
+        if let Some(train::ClassWeights::PerClass(map)) = &spec.class_weights {
+            if let Some(unknown) = map.keys().find(|k| !classes.contains(k)) {
+                return Err(SpecError::new(
+                    format!("class_weights.{unknown}"),
+                    format!("the dataset has no class {unknown:?} (its classes: {classes:?})"),
+                )
+                .into());
+            }
+        }
         if let Some((path, format)) = self.initial_weights_of(&spec).await? {
             // The file must fit this spec's architecture (and width): checked now, not when a
             // worker gets to it.

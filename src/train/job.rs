@@ -209,6 +209,9 @@ pub enum TrainEvent {
         execution: String,
         /// Set when this phase continues from a checkpoint after an interruption.
         resumed_from_epoch: Option<u32>,
+        /// Class → weight of its images in the training loss, when the spec sets weights.
+        #[serde(default)]
+        class_weights: Option<std::collections::BTreeMap<String, f64>>,
     },
     /// Every `log_every_steps` steps: the running means over the epoch so far.
     Step {

@@ -115,6 +115,7 @@ pub(super) fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
         seed: 42,
         log_every_steps: 1,
         phases,
+        class_weights: None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::train::model::{self, selector_matches};
 use crate::train::nn::Layer;
-use crate::train::spec::{JobSpec, ModelSpec, PhaseSpec, SpecError};
+use crate::train::spec::{ClassWeights, JobSpec, ModelSpec, PhaseSpec, SpecError};
 
 /// The largest input side accepted (memory for one batch grows with its square).
 const MAX_SIDE: u32 = 2048;
@@ -49,6 +49,11 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
             }
         }
         (None, None) => {}
+    }
+    if let Some(ClassWeights::PerClass(map)) = &spec.class_weights {
+        if let Some((class, _)) = map.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
+            return Err(SpecError::new(format!("class_weights.{class}"), "must be finite and > 0"));
+        }
     }
     let rotation = spec.augmentation.rotation;
     if !(rotation.is_finite() && (0.0..=1.0).contains(&rotation)) {

@@ -108,3 +108,81 @@ async fn an_unfinished_job_has_no_final_evaluation() {
     assert_eq!(body["code"], "no_evaluation");
     server.stop().await;
 }
+
+/// Recall of `class` on the validation set of the final weights, and the job's phase event.
+async fn recall_of(server: &TestServer, spec: &Value, class: &str) -> (f64, Value) {
+    let (status, job) = server.post_json("/v1/jobs", spec).await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = server.wait_for_end(&id, Duration::from_secs(600)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, evaluation) = server.get(&format!("/v1/jobs/{id}/evaluation")).await;
+    let row = evaluation["validation"]["per_class"].as_array().unwrap().iter().find(|c| c["class"] == class).unwrap();
+    let (_, history) = server.get(&format!("/v1/jobs/{id}/metrics")).await;
+    let phase = history["events"].as_array().unwrap().iter().find(|e| e["event"] == "phase").unwrap()["data"].clone();
+    (row["recall"].as_f64().unwrap(), phase)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_class_weights_raise_the_small_class_recall() {
+    require_shared_data!();
+    let server = TestServer::start().await;
+    // 6 cats to 1 dog for training; the validation set is balanced.
+    let photos = real_photos("train", 24);
+    let train: Vec<_> = photos
+        .iter()
+        .filter(|(p, _)| p.starts_with("cats/"))
+        .cloned()
+        .chain(photos.iter().filter(|(p, _)| p.starts_with("dogs/")).take(4).cloned())
+        .collect();
+    let (status, train) = server.upload("imbalanced", zip_of(&train), "application/zip").await;
+    assert_eq!(status, 201, "{train}");
+    let (status, validation) =
+        server.upload("balanced", zip_of(&real_photos("validation", 12)), "application/zip").await;
+    assert_eq!(status, 201, "{validation}");
+    let (status, backbone) = server
+        .client
+        .post(server.url("/v1/backbones?architecture=mobilenet_v2&alpha=0.35&format=keras"))
+        .body(
+            std::fs::read(shared_data().join("../../weights/mobilenet_v2_0.35_224_imagenet.keras.safetensors"))
+                .unwrap(),
+        )
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map(|s| (s, ()))
+        .unwrap();
+    assert_eq!(status, 201, "{backbone:?}");
+    let (_, list) = server.get("/v1/backbones").await;
+    let weights = list["weights"][0]["id"].clone();
+    let mut spec = json!({
+        "dataset_id": train["id"], "validation_dataset_id": validation["id"],
+        "split": {"validation": 0.0, "test": 0.0, "seed": 1},
+        "input": {"height": 96, "width": 96},
+        "model": {"backbone": {"architecture": "mobilenet_v2", "alpha": 0.35, "weights": weights},
+                  "head": {"dropout": 0.0, "units": 1}},
+        "batch_size": 8,
+        "phases": [{"name": "head", "trainable": ["head"], "optimizer": {"type": "adam", "learning_rate": 0.001},
+                    "epochs": 3}]
+    });
+    let (plain, phase) = recall_of(&server, &spec, "dogs").await;
+    assert!(phase.get("class_weights").is_none(), "{phase}");
+    spec["class_weights"] = json!("balanced");
+    let (balanced, phase) = recall_of(&server, &spec, "dogs").await;
+    // sklearn's "balanced": 28 / (2 * 24) and 28 / (2 * 4).
+    assert_eq!(phase["class_weights"], json!({"cats": 28.0 / 48.0, "dogs": 3.5}), "{phase}");
+    eprintln!("validation recall of dogs: {plain} unweighted, {balanced} balanced");
+    assert!(balanced > plain, "recall of the small class: {plain} unweighted, {balanced} balanced");
+
+    // A class the dataset lacks, or a weight that is not positive, names the field.
+    spec["class_weights"] = json!({"wolves": 2.0});
+    let (status, body) = server.post_json("/v1/jobs", &spec).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("class_weights.wolves")), "{body}");
+    spec["class_weights"] = json!({"dogs": 0.0});
+    let (status, body) = server.post_json("/v1/jobs", &spec).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("class_weights.dogs")), "{body}");
+    spec["class_weights"] = json!("unbalanced");
+    let (status, body) = server.post_json("/v1/jobs", &spec).await;
+    assert_eq!(status, 422, "{body}");
+    server.stop().await;
+}

@@ -34,6 +34,34 @@ impl LossKind {
         }
     }
 
+    /// [`LossKind::loss`] with each image's loss multiplied by the weight of its class
+    /// (`class_weights`, one per class), still divided by the batch size (as Keras's
+    /// `class_weight`).
+    pub fn weighted_loss(
+        self,
+        logits: &Tensor,
+        labels: &[u32],
+        class_weights: Option<&[f32]>,
+    ) -> Result<Tensor, TrainError> {
+        let Some(weights) = class_weights else { return self.loss(logits, labels) };
+        let device = logits.device();
+        let w: Vec<f32> = labels.iter().map(|&l| weights.get(l as usize).copied().unwrap_or(1.0)).collect();
+        let w = Tensor::from_vec(w, labels.len(), device)?;
+        let per_image = match self {
+            LossKind::Binary => {
+                let y: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+                let y = Tensor::from_vec(y, labels.len(), device)?;
+                bce_with_logits(&logits.flatten_all()?, &y)?
+            }
+            LossKind::Softmax => {
+                let y = Tensor::from_slice(labels, (labels.len(), 1), device)?;
+                let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+                log_p.gather(&y, 1)?.flatten_all()?.neg()?
+            }
+        };
+        Ok((per_image * w)?.mean_all()?)
+    }
+
     /// Number of correct predictions in the batch.
     pub fn correct(self, logits: &Tensor, labels: &[u32]) -> Result<usize, TrainError> {
         let logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
@@ -80,6 +108,51 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+
+    #[test]
+    fn class_weights_scale_each_image_and_keep_the_batch_mean() {
+        let dev = Device::Cpu;
+        let scalar = |t: Tensor| t.to_scalar::<f32>().unwrap();
+        let binary = Tensor::new(&[[0.3f32], [-1.2], [2.0]], &dev).unwrap();
+        let labels = [1u32, 0, 0];
+        let plain = scalar(LossKind::Binary.loss(&binary, &labels).unwrap());
+        let ones = scalar(LossKind::Binary.weighted_loss(&binary, &labels, Some(&[1.0, 1.0])).unwrap());
+        assert!((plain - ones).abs() < 1e-6, "{plain} {ones}");
+        let per: Vec<f32> =
+            bce_with_logits(&binary.flatten_all().unwrap(), &Tensor::new(&[1f32, 0., 0.], &dev).unwrap())
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+        let weighted = scalar(LossKind::Binary.weighted_loss(&binary, &labels, Some(&[0.5, 3.0])).unwrap());
+        let expected = (3.0 * per[0] + 0.5 * per[1] + 0.5 * per[2]) / 3.0;
+        assert!((weighted - expected).abs() < 1e-6, "{weighted} {expected}");
+
+        let logits = Tensor::new(&[[2.0f32, 0.5, -1.0], [0.1, 0.2, 0.3]], &dev).unwrap();
+        let labels = [0u32, 2];
+        let plain = scalar(LossKind::Softmax.loss(&logits, &labels).unwrap());
+        let ones = scalar(LossKind::Softmax.weighted_loss(&logits, &labels, Some(&[1.0; 3])).unwrap());
+        assert!((plain - ones).abs() < 1e-6, "{plain} {ones}");
+        let p = LossKind::Softmax.probabilities(&logits).unwrap();
+        let weighted = scalar(LossKind::Softmax.weighted_loss(&logits, &labels, Some(&[2.0, 1.0, 0.25])).unwrap());
+        let expected = (-2.0 * p[0][0].ln() - 0.25 * p[1][2].ln()) / 2.0;
+        assert!((weighted - expected).abs() < 1e-5, "{weighted} {expected}");
+    }
+
+    #[test]
+    fn balanced_weights_as_sklearn() {
+        use crate::train::spec::{Balanced, ClassWeights};
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        // 6 images: 3 a, 2 b, 1 c → 6 / (3 * count).
+        let labels = [0usize, 0, 0, 1, 1, 2];
+        let w = ClassWeights::Balanced(Balanced::Balanced).resolve(&classes, labels.into_iter());
+        assert_eq!(w, vec![6.0 / 9.0, 1.0, 2.0]);
+        let map = ClassWeights::PerClass([("c".to_string(), 4.0)].into_iter().collect());
+        assert_eq!(map.resolve(&classes, labels.into_iter()), vec![1.0, 1.0, 4.0]);
+        // A class without training images (it adds no loss) keeps weight 1; the others still
+        // divide by all three classes.
+        let w = ClassWeights::Balanced(Balanced::Balanced).resolve(&classes, [0usize, 1].into_iter());
+        assert_eq!(w, vec![2.0 / 3.0, 2.0 / 3.0, 1.0]);
+    }
 
     #[test]
     fn bce_is_finite_for_extreme_logits_and_matches_the_formula() {

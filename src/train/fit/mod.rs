@@ -30,7 +30,7 @@ use crate::train::data::{self, AugmentFor, Dataset};
 use crate::train::error::TrainError;
 use crate::train::evaluation::{Evaluation, Evaluator};
 use crate::train::fit::phase::PhaseState;
-use crate::train::fit::step::{check_stop, Sums};
+use crate::train::fit::step::{check_stop, train_step_weighted, Sums};
 use crate::train::job::{
     Control, Divergence, Metrics, Observer, ResumeFrom, ResumeState, TrainEvent, TrainJob, TrainOutcome,
 };
@@ -97,6 +97,9 @@ pub fn run_with(
         skipped_images: skipped_train + skipped_val + skipped_test,
     });
     check_stop(control)?;
+    // Keras's `class_weight`: the training loss only, from the images that decoded.
+    let class_weights =
+        spec.class_weights.as_ref().map(|w| w.resolve(&job.classes, train.images.iter().map(|i| i.label as usize)));
 
     let model = initial_model(job)?;
     let mut start_phase = 0;
@@ -121,6 +124,7 @@ pub fn run_with(
         validation,
         loss_kind,
         norm: Normalize::new(&spec.input, spec.model.backbone.architecture),
+        class_weights,
         options,
         global_step: job.resume.as_ref().map_or(0, |r| r.state.global_step),
         last_finite: None,
@@ -187,6 +191,8 @@ struct Fit<'a> {
     validation: Dataset,
     loss_kind: LossKind,
     norm: Normalize,
+    /// One weight per class for the training loss (`JobSpec::class_weights`), if any.
+    class_weights: Option<Vec<f64>>,
     options: RunOptions,
     global_step: u64,
     /// The latest finite training metrics (a step's running means or an epoch's), reported
@@ -233,6 +239,10 @@ impl Fit<'_> {
             batch_norm: phase.batch_norm,
             execution: if cache.is_some() { "feature_cache" } else { self.model.execution() }.to_string(),
             resumed_from_epoch: resume.map(|r| r.state.epochs_done),
+            class_weights: self
+                .class_weights
+                .as_ref()
+                .map(|w| self.job.classes.iter().cloned().zip(w.iter().copied()).collect()),
         });
         let cache = match cache {
             Some(end) => {
@@ -333,11 +343,13 @@ impl Fit<'_> {
         let bn_training = phase.batch_norm == BatchNormMode::Training;
         let start = cache.map_or(0, |c| c.start);
         let mut sums = Sums::default();
+        let weights: Option<Vec<f32>> = self.class_weights.as_ref().map(|w| w.iter().map(|&x| x as f32).collect());
         let Fit { model, observer, control, loss_kind, global_step, norm, train, last_finite, .. } = self;
         let mut step = |b: usize, x: &Tensor, labels: &[u32]| -> Result<(), TrainError> {
             let mut ctx =
                 ForwardCtx::new(true, bn_training, true, rng::rng(spec.seed, Stream::Dropout, index, epoch, b));
-            let (loss, logits) = train_step_from(model, start, optimizer, *loss_kind, x, labels, &mut ctx)?;
+            let (loss, logits) =
+                train_step_weighted(model, start, optimizer, *loss_kind, weights.as_deref(), x, labels, &mut ctx)?;
             *global_step += 1;
             if !loss.is_finite() {
                 let last = if sums.is_empty() { *last_finite } else { Some(sums.metrics()) };

@@ -46,8 +46,23 @@ pub fn train_step_from(
     labels: &[u32],
     ctx: &mut ForwardCtx,
 ) -> Result<(f64, Tensor), TrainError> {
+    train_step_weighted(model, start, optimizer, loss_kind, None, x, labels, ctx)
+}
+
+/// [`train_step_from`] with the loss of each image weighted by its class's weight.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_weighted(
+    model: &Model,
+    start: usize,
+    optimizer: &mut Optimizer,
+    loss_kind: LossKind,
+    class_weights: Option<&[f32]>,
+    x: &Tensor,
+    labels: &[u32],
+    ctx: &mut ForwardCtx,
+) -> Result<(f64, Tensor), TrainError> {
     let logits = model.forward_from(start, x, ctx)?;
-    let loss = loss_kind.loss(&logits, labels)?;
+    let loss = loss_kind.weighted_loss(&logits, labels, class_weights)?;
     // The graph only reaches back to the first trainable weight: frozen parameters and the
     // input are detached leaves, so backward never walks the frozen prefix.
     let grads = loss.backward()?;
