@@ -65,12 +65,15 @@ async function refreshLists() {
     body.replaceChildren(...jobs.map((job) => {
       const p = progressOf(job);
       const bar = p === null ? el("span", { class: "muted" }, "—") : el("progress", { max: "1", value: String(p) });
+      const tick = el("input", { type: "checkbox", class: "compare", title: "Compare", onclick: (e) => { e.stopPropagation(); toggleCompare(job.id, e.target.checked); } });
+      tick.checked = compared.has(job.id);
       const row = el("tr", { "data-job-id": job.id, onclick: () => openJob(job.id) },
-        el("td", {}, job.name || job.id.slice(0, 8)), el("td", {}, el("span", { class: "state " + job.state }, job.state)), el("td", {}, bar));
+        el("td", {}, tick), el("td", {}, job.name || job.id.slice(0, 8)), el("td", {}, el("span", { class: "state " + job.state }, job.state)), el("td", {}, bar));
       if (view && view.id === job.id) row.classList.add("sel");
       return row;
     }));
     $("#jobs-empty").hidden = jobs.length > 0;
+    if (compared.size >= 2) renderCompare();
     const { datasets } = await api("/v1/datasets");
     const select = $("#job-form select[name=dataset_id]");
     const current = select.value;
@@ -472,8 +475,46 @@ $("#cancel").onclick = async () => {
 };
 
 window.addEventListener("resize", () => {
-  for (const chart of Object.values(charts)) if (chart.plot) chart.plot.setSize({ width: Math.max(280, chart.container.clientWidth), height: 220 });
+  for (const chart of [...Object.values(charts), ...Object.values(compareCharts)]) if (chart.plot) chart.plot.setSize({ width: Math.max(280, chart.container.clientWidth), height: 220 });
 });
+
+// ---- Comparison of jobs -------------------------------------------------------------------
+// The validation curves of the ticked jobs, from their stored events (refetched as the list
+// refreshes, so running jobs extend).
+const compared = new Set();
+const compareCharts = { loss: makeChart($("#c-compare-loss"), "epoch", "loss"), acc: makeChart($("#c-compare-acc"), "epoch", "accuracy") };
+
+function toggleCompare(id, on) {
+  if (on) compared.add(id); else compared.delete(id);
+  renderCompare();
+}
+
+async function renderCompare() {
+  const root = $("#compare");
+  const ids = [...compared];
+  root.hidden = ids.length < 2;
+  if (root.hidden) return;
+  const runs = [];
+  for (const id of ids) {
+    try {
+      const [job, history] = await Promise.all([api("/v1/jobs/" + encodeURIComponent(id)), api(`/v1/jobs/${encodeURIComponent(id)}/metrics`)]);
+      const offsets = phaseOffsets(job);
+      const points = history.events.filter((e) => e.event === "epoch" && e.data.validation)
+        .map((e) => ({ x: offsets[e.data.phase_index] + e.data.epoch, v: e.data.validation }));
+      runs.push({ name: job.name || id.slice(0, 8), points });
+    } catch (_) { /* deleted meanwhile: left out */ }
+  }
+  if ([...compared].join() !== ids.join()) return; // changed while fetching: a newer call draws
+  const xs = [...new Set(runs.flatMap((r) => r.points.map((p) => p.x)))].sort((a, b) => a - b);
+  const series = (metric) => runs.map((r, i) => ({
+    label: r.name, color: COLORS[i % COLORS.length],
+    values: xs.map((x) => { const p = r.points.find((q) => q.x === x); return p ? p.v[metric] : null; }),
+  }));
+  drawChart(compareCharts.loss, xs, series("loss"), []);
+  drawChart(compareCharts.acc, xs, series("accuracy"), []);
+  root.dataset.jobs = String(runs.length);
+  root.dataset.points = String(runs.reduce((n, r) => n + r.points.length, 0));
+}
 
 // ---- Start ---------------------------------------------------------------------------------
 refreshLists();

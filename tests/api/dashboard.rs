@@ -163,6 +163,21 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     assert_eq!(shown["cells"], evaluation["test"]["images"], "every test image is in one cell: {counts}");
     assert_eq!(shown["classes"], 2, "{counts}");
 
+    // Both jobs ticked for comparison: one validation line each, from their stored epochs.
+    browser.eval("document.querySelectorAll('#jobs input.compare').forEach((c) => c.click())").await;
+    let compare = "(() => { const c = document.getElementById('compare'); return c.hidden ? null : {...c.dataset}; })()";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let shown = browser.eval(compare).await;
+        if number(&shown, "jobs") == 2 || tokio::time::Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(number(&shown, "jobs"), 2, "{shown}");
+    assert!(number(&shown, "points") >= 3, "the finished job's 3 epochs at least: {shown}");
+    assert_eq!(browser.eval("document.querySelectorAll('#compare .uplot').length").await, 2);
+
     let png = browser.screenshot_png().await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
