@@ -372,8 +372,8 @@ function renderAll() {
   const final = v.end && v.end.evaluation;
   const latest = epochs.filter(({ e }) => e.evaluation).pop();
   let shown = null;
-  if (final && final.test) shown = { title: "Test set, final weights", e: final.test };
-  else if (final && final.validation) shown = { title: "Validation set, final weights", e: final.validation };
+  if (final && final.test) shown = { title: "Test set, final weights", e: final.test, set: "test" };
+  else if (final && final.validation) shown = { title: "Validation set, final weights", e: final.validation, set: "validation" };
   else if (latest) shown = { title: `Validation set after ${phases[latest.e.phase_index].name} epoch ${latest.e.epoch}`, e: latest.e.evaluation };
   renderEvaluation(shown, v.classes || []);
 }
@@ -406,6 +406,23 @@ function renderEvaluation(shown, classes) {
   if (e.pr_auc != null) extra.push(`PR-AUC ${fmt(e.pr_auc, 3)}`);
   if (e.top5_accuracy != null) extra.push(`top-5 accuracy ${pct(e.top5_accuracy)}`);
   $("#eval-extra").textContent = extra.join(" · ");
+  renderWorst(shown);
+}
+
+// The final weights' worst-classified images (their thumbnails exist for those only).
+function renderWorst(shown) {
+  const block = $("#worst-block");
+  const key = shown.set ? `${view.id}:${shown.set}` : "";
+  block.hidden = !shown.set || !(shown.e.worst || []).length;
+  if (block.hidden || block.dataset.key === key) return;
+  block.dataset.key = key;
+  $("#worst").replaceChildren(...shown.e.worst.map((w, rank) => {
+    const url = `/v1/jobs/${encodeURIComponent(view.id)}/evaluation/examples/${shown.set}/${rank}/image`;
+    const img = el("img", { alt: w.file, title: w.file });
+    if (token) fetch(url, { headers: authHeaders() }).then((r) => r.blob()).then((b) => { img.src = URL.createObjectURL(b); });
+    else img.src = url;
+    return el("figure", {}, img, el("figcaption", {}, `${w.true_class} → ${w.predicted_class} (${pct(w.probability)}) · ${w.file}`));
+  }));
 }
 
 // Seconds left in the phase and the job, from the pace of this phase (epoch durations, else the

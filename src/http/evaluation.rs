@@ -2,6 +2,8 @@
 //! one kept checkpoint's) on the validation and test sets.
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -18,7 +20,61 @@ use crate::job_state::JobState;
 use crate::train::Evaluation;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_job_evaluation))
+    OpenApiRouter::new().routes(routes!(get_job_evaluation)).routes(routes!(get_evaluation_example_image))
+}
+
+/// The evaluated sets that have worst-classified images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaluatedSet {
+    Validation,
+    Test,
+}
+
+impl EvaluatedSet {
+    fn as_str(self) -> &'static str {
+        match self {
+            EvaluatedSet::Validation => "validation",
+            EvaluatedSet::Test => "test",
+        }
+    }
+}
+
+/// A worst-classified image of the final weights, as the model saw it (resized, PNG).
+///
+/// `rank` is its place in the `worst` list of `GET /v1/jobs/{id}/evaluation` (0-based) for
+/// `set` `validation` or `test`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/evaluation/examples/{set}/{rank}/image", tag = "jobs",
+    operation_id = "get_evaluation_example_image",
+    params(("id" = String, Path, description = "Job id"), ("set" = EvaluatedSet, Path, description = "`validation` or `test`"),
+           ("rank" = usize, Path, description = "Place in the `worst` list, 0-based")),
+    responses(
+        (status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
+        (status = 400, description = "A bad set or rank", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or no such image", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_evaluation_example_image(
+    State(state): State<AppState>,
+    Path((id, set, rank)): Path<(String, EvaluatedSet, usize)>,
+) -> Result<Response, ApiError> {
+    let job = load_job(&state, &id).await?;
+    let listed = job.evaluation.as_ref().and_then(|e| match set {
+        EvaluatedSet::Validation => e.0.validation.as_ref(),
+        EvaluatedSet::Test => e.0.test.as_ref(),
+    });
+    let what = format!("{} image {rank} of job {id}", set.as_str());
+    if listed.is_none_or(|e| rank >= e.worst.len()) {
+        return Err(ApiError::not_found("worst-classified image", &what));
+    }
+    let file = crate::train::example_path(&state.jobs.paths.checkpoints.join(&id), set.as_str(), rank);
+    let bytes = match tokio::fs::read(&file).await {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found("worst-classified image", &what))
+        }
+        Err(error) => return Err(ApiError::Internal(format!("{}: {error}", file.display()))),
+    };
+    Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=3600")], bytes).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

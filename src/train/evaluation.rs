@@ -8,6 +8,26 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// How many of the highest-loss images an evaluation lists.
+pub const WORST: usize = 12;
+
+/// One of the images the model got most wrong (highest loss).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Example {
+    /// Its position in the evaluated set.
+    pub position: usize,
+    /// The file, as `class folder/file name`.
+    pub file: String,
+    pub true_class: String,
+    pub predicted_class: String,
+    /// The model's probability of the predicted class.
+    pub probability: f64,
+    /// The model's probability of the true class.
+    pub true_probability: f64,
+    /// Its cross-entropy loss, `-ln(true_probability)`.
+    pub loss: f64,
+}
+
 /// One class's row of the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClassMetrics {
@@ -43,6 +63,9 @@ pub struct Evaluation {
     /// More than five classes only: the fraction whose true class is among the five likeliest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top5_accuracy: Option<f64>,
+    /// The images with the highest loss, worst first (at most 12).
+    #[serde(default)]
+    pub worst: Vec<Example>,
 }
 
 /// The evaluations of one model's weights on the validation and the test set (each `None` when
@@ -113,7 +136,37 @@ impl Evaluator {
         } else {
             (None, None)
         };
+        let mut losses: Vec<(usize, f64)> = self
+            .labels
+            .iter()
+            .zip(&self.probabilities)
+            .enumerate()
+            .map(|(i, (&l, p))| {
+                let truth = f64::from(p.get(l as usize).copied().unwrap_or(0.0));
+                (i, -(truth.max(1e-12).ln()))
+            })
+            .collect();
+        losses.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let name = |c: usize| self.classes.get(c).cloned().unwrap_or_default();
+        let worst = losses
+            .into_iter()
+            .take(WORST)
+            .map(|(i, loss)| {
+                let (p, label) = (&self.probabilities[i], self.labels[i] as usize);
+                let predicted = argmax(p);
+                Example {
+                    position: i,
+                    file: String::new(),
+                    true_class: name(label),
+                    predicted_class: name(predicted),
+                    probability: f64::from(p[predicted]),
+                    true_probability: f64::from(p.get(label).copied().unwrap_or(0.0)),
+                    loss,
+                }
+            })
+            .collect();
         Evaluation {
+            worst,
             images: n as u64,
             accuracy: ratio(correct, n as u64),
             confusion_matrix: matrix,

@@ -42,6 +42,7 @@ mod tests;
 pub use checkpoint::load_weights;
 pub use error::{TrainError, WeightsError};
 pub use evaluation::{ClassMetrics, Evaluation, Evaluations};
+pub use fit::examples::path as example_path;
 pub use fit::run;
 pub use job::*;
 pub use kernels::{configure as configure_kernels, has_avx512 as kernels_use_avx512, KernelSettings};

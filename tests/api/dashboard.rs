@@ -140,11 +140,14 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
         evaluation: document.getElementById('evaluation').hidden ? null : { \
           title: document.getElementById('eval-title').textContent, images: Number(document.getElementById('evaluation').dataset.images), \
           cells: [...document.querySelectorAll('#confusion tbody td')].reduce((n, td) => n + Number(td.textContent), 0), \
-          classes: document.querySelectorAll('#per-class tbody tr').length}})";
+          classes: document.querySelectorAll('#per-class tbody tr').length, \
+          worst: [...document.querySelectorAll('#worst img')].filter((i) => i.complete && i.naturalWidth > 0).length}})";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let counts = loop {
         let counts: Value = serde_json::from_str(browser.eval(counts).await.as_str().unwrap()).unwrap();
-        if counts["checkpoints"].as_u64() >= Some(2) && counts["layers"].as_u64() > Some(0)
+        if counts["checkpoints"].as_u64() >= Some(2)
+            && counts["layers"].as_u64() > Some(0)
+            && counts["evaluation"]["worst"].as_u64() > Some(0)
             || tokio::time::Instant::now() > deadline
         {
             break counts;
@@ -162,10 +165,13 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     assert_eq!(shown["images"], evaluation["test"]["images"], "{counts}");
     assert_eq!(shown["cells"], evaluation["test"]["images"], "every test image is in one cell: {counts}");
     assert_eq!(shown["classes"], 2, "{counts}");
+    let worst = evaluation["test"]["worst"].as_array().unwrap().len() as u64;
+    assert_eq!(shown["worst"], worst, "every worst-classified test image shows, loaded: {counts}");
 
     // Both jobs ticked for comparison: one validation line each, from their stored epochs.
     browser.eval("document.querySelectorAll('#jobs input.compare').forEach((c) => c.click())").await;
-    let compare = "(() => { const c = document.getElementById('compare'); return c.hidden ? null : {...c.dataset}; })()";
+    let compare =
+        "(() => { const c = document.getElementById('compare'); return c.hidden ? null : {...c.dataset}; })()";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let shown = loop {
         let shown = browser.eval(compare).await;

@@ -73,6 +73,35 @@ async fn a_job_reports_its_evaluation() {
     let test_accuracy = job["test_metrics"]["accuracy"].as_f64().or(end["data"]["test"]["accuracy"].as_f64()).unwrap();
     assert!((evaluation["test"]["accuracy"].as_f64().unwrap() - test_accuracy).abs() < 1e-12, "{evaluation}");
 
+    // The worst-classified images, highest loss first, with their thumbnails as the model saw them.
+    for (set, images) in [("validation", validation_images), ("test", test_images)] {
+        let worst = evaluation[set]["worst"].as_array().unwrap();
+        assert_eq!(worst.len() as u64, images.min(12), "{set}: {evaluation}");
+        let losses: Vec<f64> = worst.iter().map(|w| w["loss"].as_f64().unwrap()).collect();
+        assert!(losses.windows(2).all(|w| w[0] >= w[1]), "{set}: worst first: {losses:?}");
+        for w in worst {
+            let file = w["file"].as_str().unwrap();
+            assert!(file.starts_with(&format!("{}/", w["true_class"].as_str().unwrap())), "{w}");
+            let p = w["true_probability"].as_f64().unwrap();
+            assert!((w["loss"].as_f64().unwrap() + p.ln()).abs() < 1e-6, "{w}");
+        }
+        let response = server
+            .client
+            .get(server.url(&format!("/v1/jobs/{id}/evaluation/examples/{set}/0/image")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.headers()["content-type"], "image/png");
+        let png = image::load_from_memory(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!((png.width(), png.height()), (32, 32), "the input size of small_spec");
+        let beyond = worst.len();
+        let (status, body) = server.get(&format!("/v1/jobs/{id}/evaluation/examples/{set}/{beyond}/image")).await;
+        assert_eq!(status, 404, "{body}");
+    }
+    let (status, body) = server.get(&format!("/v1/jobs/{id}/evaluation/examples/train/0/image")).await;
+    assert_eq!(status, 400, "{body}");
+
     // The final weights are a kept checkpoint's: asking for it gives the same; an earlier one has
     // its own validation and no test evaluation.
     let (_, list) = server.get(&format!("/v1/jobs/{id}/checkpoints")).await;

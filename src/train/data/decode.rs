@@ -23,6 +23,8 @@ const MAX_SIDE: u32 = 16_384;
 pub struct Image {
     pub pixels: Vec<u8>,
     pub label: u32,
+    /// The file it came from.
+    pub path: std::path::PathBuf,
 }
 
 /// Decodes `samples` on all cores, keeping their order; returns the images that decoded and how
@@ -38,7 +40,11 @@ pub fn decode_all(samples: &[Sample], input: &InputSpec) -> (Vec<Image>, usize) 
                     part.iter()
                         .map(|sample| {
                             let img = decode(&sample.path, input).ok()?;
-                            Some(Image { pixels: img.into_raw(), label: sample.label as u32 })
+                            Some(Image {
+                                pixels: img.into_raw(),
+                                label: sample.label as u32,
+                                path: sample.path.clone(),
+                            })
                         })
                         .collect()
                 })

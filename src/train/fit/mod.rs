@@ -13,6 +13,7 @@
 //! come back and the run goes on with the next phase.
 
 mod callbacks;
+pub(crate) mod examples;
 pub(crate) mod loss;
 pub(crate) mod optim;
 mod phase;
@@ -136,9 +137,20 @@ pub fn run_with(
         last_validation = fit.phase(phase_index, resume)?;
     }
 
-    let test = if test.is_empty() { None } else { Some(fit.evaluate(&test, None)?) };
+    let test_set = test;
+    let test = if test_set.is_empty() { None } else { Some(fit.evaluate(&test_set, None)?) };
     let (test, test_evaluation) = split(test);
     let (validation, validation_evaluation) = split(last_validation);
+    for (set, ds, evaluation) in
+        [("validation", &fit.validation, &validation_evaluation), ("test", &test_set, &test_evaluation)]
+    {
+        if let Some(evaluation) = evaluation {
+            // Thumbnails for the API and the dashboard; a job does not fail for want of them.
+            if let Err(error) = examples::write(&job.checkpoint_dir, set, ds, evaluation) {
+                tracing::warn!(%error, set, "the worst-classified images could not be written");
+            }
+        }
+    }
     let weights = checkpoint::write_with_metadata(
         &job.checkpoint_dir,
         &format!("weights-final-s{}.safetensors", fit.global_step),
@@ -146,6 +158,12 @@ pub fn run_with(
         Some(weights_metadata(&fit.model)),
     )?;
     Ok(TrainOutcome { test, validation, test_evaluation, validation_evaluation, weights: Some(weights) })
+}
+
+/// `class folder/file name` of an image file.
+fn short_name(path: &std::path::Path) -> String {
+    let parts: Vec<String> = path.iter().rev().take(2).map(|p| p.to_string_lossy().into_owned()).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }
 
 /// Metrics and the evaluation of one pass over a held-out set.
@@ -420,7 +438,11 @@ impl Fit<'_> {
                 add(0, &batch.tensor(&self.model.device)?, &batch.labels)
             })?,
         }
-        Ok((sums.metrics(), evaluator.finish()))
+        let mut evaluation = evaluator.finish();
+        for example in &mut evaluation.worst {
+            example.file = ds.images.get(example.position).map(|i| short_name(&i.path)).unwrap_or_default();
+        }
+        Ok((sums.metrics(), evaluation))
     }
 
     fn evaluate_validation(&self, cache: Option<&FeatureCache>) -> Result<Option<Evaluated>, TrainError> {
