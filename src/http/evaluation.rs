@@ -47,7 +47,7 @@ impl EvaluatedSet {
 #[utoipa::path(get, path = "/v1/jobs/{id}/evaluation/examples/{set}/{rank}/image", tag = "jobs",
     operation_id = "get_evaluation_example_image",
     params(("id" = String, Path, description = "Job id"), ("set" = EvaluatedSet, Path, description = "`validation` or `test`"),
-           ("rank" = usize, Path, description = "Place in the `worst` list, 0-based")),
+           ("rank" = usize, Path, minimum = 0, maximum = 11, description = "Place in the `worst` list, 0-based (at most 11)")),
     responses(
         (status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
         (status = 400, description = "A bad set or rank", body = Problem, content_type = "application/problem+json"),

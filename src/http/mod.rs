@@ -8,7 +8,7 @@ mod dashboard;
 mod datasets;
 pub mod error;
 mod error_code;
-mod evaluation;
+pub mod evaluation;
 mod events;
 mod health;
 mod idempotency;
