@@ -12,6 +12,21 @@ fn weights_file(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `POST /v1/jobs/{id}/predict` of one JPEG: the answer, which must be a 200.
+async fn predict_photo(server: &TestServer, id: &str, jpeg: &[u8]) -> Value {
+    let response = server
+        .client
+        .post(server.url(&format!("/v1/jobs/{id}/predict")))
+        .header("content-type", "image/jpeg")
+        .body(jpeg.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = read(response).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
 async fn upload_weights(server: &TestServer, query: &str, bytes: Vec<u8>) -> (u16, Value) {
     let response = server
         .client
@@ -150,16 +165,7 @@ async fn a_job_on_pretrained_mobilenet_predicts() {
     assert_eq!(job["state"], "succeeded", "{job}");
 
     let photos = real_photos("validation", 1);
-    let response = server
-        .client
-        .post(server.url(&format!("/v1/jobs/{id}/predict")))
-        .header("content-type", "image/jpeg")
-        .body(photos[0].1.clone())
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = read(response).await;
-    assert_eq!(status, 200, "{answer}");
+    let answer = predict_photo(&server, &id, &photos[0].1).await;
     let predictions = answer["predictions"].as_array().unwrap();
     assert_eq!(predictions.len(), 2);
     let total: f64 = predictions.iter().map(|p| p["probability"].as_f64().unwrap()).sum();
@@ -243,16 +249,7 @@ async fn a_job_on_pretrained_efficientnet_lite0_predicts() {
     assert_eq!(job["state"], "succeeded", "{job}");
 
     let photos = real_photos("validation", 1);
-    let response = server
-        .client
-        .post(server.url(&format!("/v1/jobs/{id}/predict")))
-        .header("content-type", "image/jpeg")
-        .body(photos[0].1.clone())
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = read(response).await;
-    assert_eq!(status, 200, "{answer}");
+    let answer = predict_photo(&server, &id, &photos[0].1).await;
     let total: f64 = answer["predictions"].as_array().unwrap().iter().map(|p| p["probability"].as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-4, "{answer}");
     server.stop().await;

@@ -10,7 +10,7 @@
 //! `top_activation`. Unlike Keras, the "same" padding of a stride-2 convolution is part of the
 //! convolution, not a `ZeroPadding2D` layer before it. Training adds no stochastic depth.
 
-use crate::train::model::Convention;
+use crate::train::model::{check_min_side, Convention};
 use crate::train::nn::Pad;
 use crate::train::nn::{Layer, LayerKind};
 use crate::train::spec::SpecError;
@@ -57,11 +57,7 @@ pub fn block_index(name: &str) -> Option<usize> {
 
 /// The backbone's layers for an RGB `height` x `width` input.
 pub fn layers(height: u32, width: u32, convention: Convention) -> Result<Vec<Layer>, SpecError> {
-    for (field, side) in [("input.height", height), ("input.width", width)] {
-        if side < MIN_SIDE {
-            return Err(SpecError::new(field, format!("efficientnet_lite0 needs at least {MIN_SIDE} pixels")));
-        }
-    }
+    check_min_side("efficientnet_lite0", MIN_SIDE, height, width)?;
     let eps = convention.bn_epsilon();
     let same = convention.same_padding();
     let (mut h, mut w) = (height as usize, width as usize);

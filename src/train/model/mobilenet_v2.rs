@@ -8,7 +8,7 @@
 //! `Conv_1_bn`, `out_relu`. Under the torchvision convention the pads are symmetric and batch
 //! norm's epsilon is 1e-5; shapes and counts do not change.
 
-use crate::train::model::Convention;
+use crate::train::model::{check_min_side, Convention};
 use crate::train::nn::Pad;
 use crate::train::nn::{Layer, LayerKind};
 use crate::train::spec::SpecError;
@@ -65,11 +65,7 @@ pub fn layers(alpha: Option<f32>, height: u32, width: u32, convention: Conventio
     if !(alpha.is_finite() && alpha > 0.0 && alpha <= MAX_ALPHA) {
         return Err(SpecError::new("model.backbone.alpha", format!("must be in (0, {MAX_ALPHA}]")));
     }
-    for (field, side) in [("input.height", height), ("input.width", width)] {
-        if side < MIN_SIDE {
-            return Err(SpecError::new(field, format!("mobilenet_v2 needs at least {MIN_SIDE} pixels")));
-        }
-    }
+    check_min_side("mobilenet_v2", MIN_SIDE, height, width)?;
     let eps = convention.bn_epsilon();
     let same = convention.same_padding();
     let (mut h, mut w) = (height as usize, width as usize);

@@ -76,6 +76,17 @@ impl Convention {
     }
 }
 
+/// An error naming `input.height` or `input.width` when either is under `min` pixels, the least
+/// `architecture` takes.
+pub fn check_min_side(architecture: &str, min: u32, height: u32, width: u32) -> Result<(), SpecError> {
+    for (field, side) in [("input.height", height), ("input.width", width)] {
+        if side < min {
+            return Err(SpecError::new(field, format!("{architecture} needs at least {min} pixels")));
+        }
+    }
+    Ok(())
+}
+
 /// Whether selector `sel` picks layer `name`: `all`, or `name` equals `sel` or starts with
 /// `sel.` or `sel_` (so `backbone.block3` picks `backbone.block3.conv` and
 /// `backbone.block3_sepconv1` but not `backbone.block30.conv`).

@@ -7,7 +7,7 @@
 //! their block, and the residual sums are `block{n}_add`. Keras's ReLUs are `Activation` layers;
 //! they show as `ReLU` here.
 
-use crate::train::model::Convention;
+use crate::train::model::{check_min_side, Convention};
 use crate::train::nn::Pad;
 use crate::train::nn::{Layer, LayerKind};
 use crate::train::spec::SpecError;
@@ -107,11 +107,7 @@ impl Builder {
 
 /// The backbone's layers for an RGB `height` x `width` input.
 pub fn layers(height: u32, width: u32, convention: Convention) -> Result<Vec<Layer>, SpecError> {
-    for (field, side) in [("input.height", height), ("input.width", width)] {
-        if side < MIN_SIDE {
-            return Err(SpecError::new(field, format!("xception needs at least {MIN_SIDE} pixels")));
-        }
-    }
+    check_min_side("xception", MIN_SIDE, height, width)?;
     let same = convention.same_padding();
     let mut b = Builder { out: Vec::new(), h: height as usize, w: width as usize, c: 3, eps: convention.bn_epsilon() };
 
