@@ -111,21 +111,18 @@ def main():
     row("(c) small CNN 96x96, training step", lambda: step(x, y).numpy())
 
     x = tf.constant(rng.uniform(-1, 1, (32, 160, 160, 3)).astype(np.float32))
-    frozen_model, full_model, base = mobilenet(160)
-    base.trainable = False
-    step = step_fn(frozen_model)
-    row("(d) MobileNetV2 160, step, backbone frozen", lambda: step(x, y).numpy())
-    base.trainable = True
-    step = step_fn(full_model)
-    row("(d) MobileNetV2 160, step, all trainable", lambda: step(x, y).numpy())
 
-    frozen_model, full_model, base = effnet_lite0(160)
-    base.trainable = False
-    step = step_fn(frozen_model)
-    row("(e) EfficientNet-Lite0 160, step, backbone frozen", lambda: step(x, y).numpy())
-    base.trainable = True
-    step = step_fn(full_model)
-    row("(e) EfficientNet-Lite0 160, step, all trainable", lambda: step(x, y).numpy())
+    def frozen_and_full(name, build):
+        frozen_model, full_model, base = build(160)
+        base.trainable = False
+        frozen = step_fn(frozen_model)
+        row(f"{name} 160, step, backbone frozen", lambda: frozen(x, y).numpy())
+        base.trainable = True
+        full = step_fn(full_model)
+        row(f"{name} 160, step, all trainable", lambda: full(x, y).numpy())
+
+    frozen_and_full("(d) MobileNetV2", mobilenet)
+    frozen_and_full("(e) EfficientNet-Lite0", effnet_lite0)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,19 @@ fn model(backbone: BackboneSpec, side: u32) -> Model {
     Model::new(&spec, &InputSpec { height: side, width: side, ..InputSpec::default() }, 1).expect("model")
 }
 
+/// A 160x160 model's training step with the backbone frozen (batch norm in inference mode, as
+/// the guide's head phase), then with everything trainable.
+fn frozen_and_full(bench: &Bench, name: &str, net: &mut Model, x: &Tensor, labels: &[u32]) {
+    let mut opt = phase(net, &["head"], false);
+    bench.row(&format!("{name} 160, step, backbone frozen"), |backend| {
+        train_step(net, &mut opt, LossKind::Binary, x, labels, &mut ctx(backend, true, false)).expect("step");
+    });
+    let mut opt = phase(net, &["all"], true);
+    bench.row(&format!("{name} 160, step, all trainable"), |backend| {
+        train_step(net, &mut opt, LossKind::Binary, x, labels, &mut ctx(backend, true, true)).expect("step");
+    });
+}
+
 fn main() {
     tanuki::train::configure_kernels(tanuki::config::KernelArgs::from_env().settings()).expect("first kernel settings");
     // The service's allocator and thread-pool settings (read at start-up only), as it runs with
@@ -142,28 +155,12 @@ fn main() {
         BackboneSpec { architecture: Architecture::MobilenetV2, weights: None, alpha: Some(1.0), widths: None };
     let mut net = model(mobilenet, 160);
     let x = images(160);
-    let mut opt = phase(&mut net, &["head"], false);
-    bench.row("(d) MobileNetV2 160, step, backbone frozen", |backend| {
-        train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, false)).expect("step");
-    });
-    let mut opt = phase(&mut net, &["all"], true);
-    bench.row("(d) MobileNetV2 160, step, all trainable", |backend| {
-        train_step(&net, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, true)).expect("step");
-    });
+    frozen_and_full(&bench, "(d) MobileNetV2", &mut net, &x, &labels);
 
     // (e) EfficientNet-Lite0.
     let lite0 =
         BackboneSpec { architecture: Architecture::EfficientnetLite0, weights: None, alpha: None, widths: None };
-    let mut lite = model(lite0, 160);
-    let mut opt = phase(&mut lite, &["head"], false);
-    bench.row("(e) EfficientNet-Lite0 160, step, backbone frozen", |backend| {
-        train_step(&lite, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, false)).expect("step");
-    });
-    let mut opt = phase(&mut lite, &["all"], true);
-    bench.row("(e) EfficientNet-Lite0 160, step, all trainable", |backend| {
-        train_step(&lite, &mut opt, LossKind::Binary, &x, &labels, &mut ctx(backend, true, true)).expect("step");
-    });
-    drop(lite);
+    frozen_and_full(&bench, "(e) EfficientNet-Lite0", &mut model(lite0, 160), &x, &labels);
 
     // A frozen-backbone epoch: the backbone every step vs the head on cached features (the
     // cache is built once per phase; its cost is one backbone pass per image, shown apart).
