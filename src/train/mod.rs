@@ -11,12 +11,13 @@
 //! from a trained model).
 //!
 //! Inside, each layer imports only the ones below it (docs/architecture.md draws the order):
-//! `spec`, `evaluation`, `job`, `error`, `rng` and `kernels` at the bottom; `nn` (layers, params, ops, batch
+//! `spec` (with `class_weights`), `evaluation`, `job`, `error`, `rng` and `kernels` at the bottom; `nn` (layers, params, ops, batch
 //! norm); `graph` (folding, fusion, the forward pass); `model` (the layer plans, one file per
 //! architecture, and the summary); `weights` (pretrained files); `data` (decoding, augmentation,
 //! the feature cache); `checkpoint`; `fit` (the loop); and the entry points on top.
 
 mod checkpoint;
+mod class_weights;
 mod data;
 mod error;
 mod evaluation;

@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::train::class_weights::{Balanced, ClassWeights};
+
 /// A whole training job: data, preprocessing, model and the ordered phases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -47,42 +49,6 @@ pub struct JobSpec {
     /// never weighted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_weights: Option<ClassWeights>,
-}
-
-/// See [`JobSpec::class_weights`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum ClassWeights {
-    Balanced(Balanced),
-    PerClass(std::collections::BTreeMap<String, f64>),
-}
-
-/// `"balanced"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Balanced {
-    Balanced,
-}
-
-impl ClassWeights {
-    /// One weight per class (in label order), from the training set's labels.
-    pub fn resolve(&self, classes: &[String], train_labels: impl Iterator<Item = usize>) -> Vec<f64> {
-        match self {
-            ClassWeights::Balanced(_) => {
-                let mut counts = vec![0usize; classes.len()];
-                let mut n = 0usize;
-                for label in train_labels {
-                    if let Some(c) = counts.get_mut(label) {
-                        *c += 1;
-                        n += 1;
-                    }
-                }
-                // A class without training images contributes no loss: its weight is moot.
-                counts.iter().map(|&c| if c == 0 { 1.0 } else { n as f64 / (classes.len() * c) as f64 }).collect()
-            }
-            ClassWeights::PerClass(map) => classes.iter().map(|c| map.get(c).copied().unwrap_or(1.0)).collect(),
-        }
-    }
 }
 
 /// How the dataset is split into training, validation and test sets.
