@@ -69,6 +69,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             checkpoints: config.checkpoints_dir(),
             backbones: config.backbones_dir(),
         },
+        config.webhook_settings(),
         shutdown.clone(),
     );
     let requeued = jobs.requeue_interrupted().await?;
@@ -81,6 +82,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         tracing::info!(freed, "idempotency keys of requests interrupted by the last stop are free again");
     }
     let workers = jobs::spawn_workers(jobs.clone(), config.workers);
+    let webhooks = jobs.spawn_webhook_dispatcher();
     let telemetry = Telemetry::new();
     let steps_follower = telemetry.clone().follow_steps(&jobs.hub, shutdown.clone());
 
@@ -132,6 +134,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             Err(_) => tracing::warn!("connections still open after the shutdown timeout"),
         }
         let _ = steps_follower.await;
+        let _ = webhooks.await;
         pool.close().await;
         Ok(())
     });

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cli::ClientCommand;
 use crate::datasets::ImportLimits;
+use crate::jobs::WebhookSettings;
 use crate::train::KernelSettings;
 
 #[derive(Debug, Parser)]
@@ -82,6 +83,18 @@ pub struct Config {
     /// Empty (the default) sends no CORS headers.
     #[arg(long, env = "TANUKI_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Milliseconds to wait after a job's first failed webhook attempt; each later wait
+    /// doubles, up to an hour.
+    #[arg(long, env = "TANUKI_WEBHOOK_FIRST_RETRY_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_first_retry_ms: u64,
+    /// Seconds after a job's end during which its webhook is retried; then it is given up.
+    #[arg(long, env = "TANUKI_WEBHOOK_RETRY_WINDOW_SECS", default_value_t = 86_400)]
+    pub webhook_retry_window_secs: u64,
+    /// Seconds one webhook attempt may take, connecting included.
+    #[arg(long, env = "TANUKI_WEBHOOK_TIMEOUT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub webhook_timeout_secs: u64,
     #[command(flatten)]
     pub kernels: KernelArgs,
 }
@@ -127,6 +140,14 @@ impl KernelArgs {
 }
 
 impl Config {
+    pub fn webhook_settings(&self) -> WebhookSettings {
+        WebhookSettings {
+            first_retry: Duration::from_millis(self.webhook_first_retry_ms),
+            retry_window: Duration::from_secs(self.webhook_retry_window_secs),
+            timeout: Duration::from_secs(self.webhook_timeout_secs),
+        }
+    }
+
     /// The bounds on what one dataset upload may cost.
     pub fn import_limits(&self) -> ImportLimits {
         ImportLimits {

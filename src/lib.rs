@@ -33,3 +33,5 @@ pub mod telemetry;
 mod test_support;
 /// Training on candle: models, data pipeline, fit loop, checkpoints.
 pub mod train;
+/// A job's webhook URL and signing secret, and the Standard Webhooks signature (a leaf).
+pub mod webhook;

@@ -7,6 +7,7 @@ pub mod datasets;
 pub mod events;
 pub mod idempotency;
 pub mod jobs;
+pub mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;

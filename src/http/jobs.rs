@@ -65,7 +65,17 @@ pub struct JobView {
     /// The model the job ended with (best weights restored where early stopping did), once
     /// succeeded.
     pub final_weights: Option<FinalWeights>,
+    /// The spec's webhook, without its secret.
+    pub webhook: Option<WebhookView>,
+    /// The spec as accepted, defaults filled in; its `webhook` is left out (see `webhook`).
     pub spec: JobSpec,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    pub url: String,
+    /// Its deliveries and their attempts.
+    pub deliveries: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -102,7 +112,12 @@ pub struct ListJobsParams {
 impl TryFrom<JobRow> for JobView {
     type Error = ApiError;
     fn try_from(row: JobRow) -> Result<Self, ApiError> {
-        let spec = row.spec.0;
+        let mut spec = row.spec.0;
+        // The secret is never shown again once submitted.
+        let webhook = spec
+            .webhook
+            .take()
+            .map(|w| WebhookView { url: w.url.into(), deliveries: format!("/v1/jobs/{}/webhooks", row.id) });
         let phase = match (row.phase_index, &row.phase_name) {
             (Some(index), Some(name)) => Some(PhaseProgress {
                 index: index as usize,
@@ -136,6 +151,7 @@ impl TryFrom<JobRow> for JobView {
             started_at: row.started_at,
             finished_at: row.finished_at,
             final_weights,
+            webhook,
             spec,
         })
     }

@@ -13,6 +13,7 @@ use super::error::{ApiError, Problem};
 use super::AppState;
 use crate::disk;
 use crate::jobs::JobState;
+use crate::webhook::DeliveryState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_metrics))
@@ -21,7 +22,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Prometheus metrics.
 ///
 /// Jobs by state, queue depth, training steps (total and per second), SSE subscribers, dropped
-/// subscribers, uploaded bytes, live workers, free and total disk space of the data directory.
+/// subscribers, uploaded bytes, live workers, webhook messages by delivery state, free and total
+/// disk space of the data directory.
 #[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "get_metrics",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4", body = String),
@@ -57,6 +59,19 @@ pub async fn get_metrics(State(state): State<AppState>) -> Result<impl IntoRespo
         "Jobs training in this process now.",
         &[("", state.jobs.running_count().to_string())],
     );
+    let webhooks: Vec<(DeliveryState, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM webhook_messages GROUP BY state")
+            .fetch_all(&state.jobs.pool)
+            .await?;
+    let webhooks: Vec<(String, String)> = DeliveryState::ALL
+        .iter()
+        .map(|&s| {
+            let n = webhooks.iter().find(|(state, _)| *state == s).map_or(0, |(_, n)| *n);
+            (format!("{{state=\"{}\"}}", s.as_str()), n.to_string())
+        })
+        .collect();
+    let webhooks: Vec<(&str, String)> = webhooks.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+    metric("tanuki_webhook_messages", "gauge", "Webhook messages by delivery state.", &webhooks);
     metric("tanuki_workers_alive", "gauge", "Worker tasks alive.", &[("", state.workers_alive().to_string())]);
     metric(
         "tanuki_train_steps_total",

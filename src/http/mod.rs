@@ -21,6 +21,7 @@ mod path;
 mod predict;
 mod query;
 mod upload;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +97,7 @@ pub fn api_routes(max_upload: usize) -> OpenApiRouter<AppState> {
         .merge(models::routes())
         .merge(predict::routes())
         .merge(evaluation::routes())
+        .merge(webhooks::routes())
         .merge(events::routes())
         .merge(checkpoints::routes())
 }

@@ -51,6 +51,7 @@ pub async fn summarize_model(Json(request): Json<SummaryRequest>) -> Result<Json
             log_every_steps: 1,
             phases: request.phases,
             class_weights: None,
+            webhook: None,
         };
         if !spec.phases.is_empty() {
             train::validate(&spec)?;

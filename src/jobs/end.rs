@@ -1,5 +1,6 @@
-//! Recording how a job ended: its terminal state, what it produced, and its last two events
-//! (`state`, then `end`), written together or not at all. The `end` payload is built here only.
+//! Recording how a job ended: its terminal state, what it produced, its last two events
+//! (`state`, then `end`) and its webhook message, written together or not at all. The `end`
+//! payload is built here only.
 
 use super::event::{EndEvent, EventPayload, StateEvent};
 use super::{hub, JobState, Jobs, JobsError};
@@ -136,9 +137,14 @@ impl Jobs {
         };
         let state_event = hub::store(&mut *tx, job_id, &EventPayload::State(changed)).await?;
         let end_event = hub::store(&mut *tx, job_id, &EventPayload::End(end.end_event())).await?;
+        let job = db::jobs::get(&mut *tx, job_id).await?.ok_or_else(|| JobsError::NotFound(job_id.to_owned()))?;
+        let webhook = super::webhooks::enqueue_end(&mut tx, &job).await?;
         tx.commit().await?;
         self.hub.publish(state_event);
         self.hub.publish(end_event);
+        if webhook {
+            self.webhook_wake.notify_one();
+        }
         Ok(true)
     }
 }

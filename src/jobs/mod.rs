@@ -10,6 +10,8 @@ mod retention;
 pub use retention::best_of_each_phase;
 mod runner;
 mod submit;
+mod webhooks;
+pub use webhooks::{JobEnded, WebhookPayload, WebhookSettings};
 mod worker;
 
 use std::collections::HashMap;
@@ -54,12 +56,20 @@ pub struct Jobs {
     claim_gate: tokio::sync::Mutex<()>,
     /// Wakes idle workers when a job is queued.
     wake: Notify,
+    /// Wakes the webhook dispatcher when a message is written.
+    webhook_wake: Notify,
+    webhook_settings: WebhookSettings,
     /// Cancelled when the service shuts down.
     pub shutdown: CancellationToken,
 }
 
 impl Jobs {
-    pub fn new(pool: SqlitePool, paths: Paths, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        pool: SqlitePool,
+        paths: Paths,
+        webhook_settings: WebhookSettings,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
             pool,
             hub: EventHub::new(4096),
@@ -67,6 +77,8 @@ impl Jobs {
             running: Mutex::new(HashMap::new()),
             claim_gate: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            webhook_wake: Notify::new(),
+            webhook_settings,
             shutdown,
         })
     }

@@ -399,7 +399,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = db::connect(&dir.path().join("tanuki.db")).await.unwrap();
         let paths = Paths { datasets: dir.path().into(), checkpoints: dir.path().into(), backbones: dir.path().into() };
-        let jobs = Jobs::new(pool, paths, CancellationToken::new());
+        let jobs = Jobs::new(pool, paths, Default::default(), CancellationToken::new());
         let id = queue_one(&jobs).await;
 
         let claimed = jobs.claim_next().await.unwrap().expect("the queued job");

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use crate::train::class_weights::{Balanced, ClassWeights};
+use crate::webhook::WebhookSpec;
 
 /// A whole training job: data, preprocessing, model and the ordered phases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -49,6 +50,10 @@ pub struct JobSpec {
     /// never weighted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_weights: Option<ClassWeights>,
+    /// Where to POST the job's end (succeeded, failed or canceled), signed the Standard Webhooks
+    /// way; the deliveries and their attempts are at `GET /v1/jobs/{id}/webhooks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
 }
 
 /// How the dataset is split into training, validation and test sets.

@@ -116,6 +116,7 @@ pub(super) fn spec(phases: Vec<PhaseSpec>) -> JobSpec {
         log_every_steps: 1,
         phases,
         class_weights: None,
+        webhook: None,
     }
 }
 

@@ -15,3 +15,4 @@ mod jobs;
 mod openapi;
 mod recovery;
 mod training;
+mod webhooks;
