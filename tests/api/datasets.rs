@@ -102,6 +102,46 @@ async fn bad_archives_are_4xx_and_leave_nothing_behind() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_refused_before_it_is_read_closes_the_connection_and_the_next_request_works() {
+    let server = TestServer::start_with(|c| c.max_upload_bytes = 200_000).await;
+    let too_big = vec![0u8; 4 << 20];
+    // Refused on its Content-Length, and (chunked, no length) when the count passes the limit.
+    let declared = server.client.post(server.url("/v1/datasets?name=x")).header("content-type", "application/zip");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = too_big.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+    let streamed = server
+        .client
+        .post(server.url("/v1/datasets?name=x"))
+        .header("content-type", "application/zip")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)));
+    // The streamed one is read to its end before the answer (so that the client hears it), which
+    // leaves the connection clean; the other is answered unread, so closed.
+    for (request, closed) in [(declared.body(too_big.clone()), true), (streamed, false)] {
+        let response = request.send().await.expect("upload");
+        assert_eq!(response.status(), 413);
+        let connection = response.headers().get("connection").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(connection.as_deref() == Some("close"), closed, "{connection:?}");
+        let (status, _) = read(response).await;
+        assert_eq!(status, 413);
+        for _ in 0..5 {
+            let (status, _) = server.get("/v1/datasets").await;
+            assert_eq!(status, 200);
+        }
+    }
+    // A request whose body was read keeps its connection.
+    let response = server
+        .client
+        .post(server.url("/v1/datasets?name=x"))
+        .header("content-type", "application/zip")
+        .body(b"not an archive".to_vec())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), 400);
+    assert!(response.headers().get("connection").is_none());
+    server.stop().await;
+}
+
 /// A tar.gz whose entry names are written verbatim (the tar crate's builder refuses `..`).
 fn tar_gz_of_raw(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
