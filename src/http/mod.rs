@@ -117,7 +117,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(middleware::from_fn(log_server_errors))
-        .layer(middleware::from_fn(unread_body::close_if_body_unread))
+        .layer(middleware::from_fn(unread_body::finish_or_close))
         .layer(TraceLayer::new_for_http());
     // Outermost, so a preflight is answered before the token check.
     match cors {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 
 use super::error::{ApiError, ErrorCode};
 use crate::catalog::{Upload, UploadError};
@@ -56,26 +56,12 @@ where
 {
     let limit = upload.limit();
     futures::pin_mut!(stream);
-    let written = upload.write(stream.as_mut()).await;
-    if written.is_err() {
-        linger(stream).await;
-    }
-    written.map_err(|error| match error {
+    // What is left of a refused body is read by `unread_body` before the answer goes out.
+    upload.write(stream.as_mut()).await.map_err(|error| match error {
         UploadError::TooLarge { .. } | UploadError::Body(ApiError::PayloadTooLarge { .. }) => {
             ApiError::PayloadTooLarge { limit }
         }
         UploadError::Body(other) => other,
         UploadError::Io(error) => ApiError::Io(error),
     })
-}
-
-/// How long the rest of a refused body is read and dropped before the refusal is sent.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Reads and drops what is left of a body that will not be stored (for at most [`LINGER`]), so
-/// that a client still sending gets the answer: closing a connection with unread data resets it,
-/// and the client sees a broken pipe instead of the 413 or 507 (nginx's lingering close).
-async fn linger<S: Stream<Item = Result<Bytes, ApiError>>>(stream: std::pin::Pin<&mut S>) {
-    let drain = stream.take_while(|chunk| std::future::ready(chunk.is_ok())).for_each(|_| std::future::ready(()));
-    let _ = tokio::time::timeout(LINGER, drain).await;
 }
