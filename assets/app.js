@@ -456,16 +456,27 @@ async function loadCheckpoints(v) {
     el("td", {}, c.validation ? fmt(c.validation.loss) : "—"), el("td", {}, c.validation ? pct(c.validation.accuracy) : "—"),
     el("td", {}, [c.best ? "best" : "", c.last ? "last" : ""].filter(Boolean).join(", ")),
     el("td", {}, bytes(c.size)),
-    el("td", {}, el("a", { href: c.download, class: "download", onclick: (e) => download(e, c) }, "download")))));
+    el("td", {}, ...checkpointLinks(c)))));
+}
+
+// The weights (safetensors) and the ONNX export of one checkpoint.
+function checkpointLinks(c) {
+  const stem = `${c.job_id}-phase${c.phase_index}-epoch${c.epoch}`;
+  const onnx = `/v1/jobs/${encodeURIComponent(c.job_id)}/export?format=onnx&checkpoint=${encodeURIComponent(c.id)}`;
+  return [
+    el("a", { href: c.download, class: "download", onclick: (e) => download(e, c.download, `${stem}.safetensors`) }, "safetensors"),
+    " · ",
+    el("a", { href: onnx, class: "download onnx", onclick: (e) => download(e, onnx, `${stem}.onnx`) }, "ONNX"),
+  ];
 }
 
 // With a token, a plain link cannot send it: fetch with the header and save the blob.
-async function download(event, checkpoint) {
+async function download(event, href, filename) {
   if (!token) return;
   event.preventDefault();
-  const response = await fetch(checkpoint.download, { headers: authHeaders() });
+  const response = await fetch(href, { headers: authHeaders() });
   const blob = await response.blob();
-  const a = el("a", { href: URL.createObjectURL(blob), download: `${checkpoint.job_id}-phase${checkpoint.phase_index}-epoch${checkpoint.epoch}.safetensors` });
+  const a = el("a", { href: URL.createObjectURL(blob), download: filename });
   a.click();
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }

@@ -10,6 +10,7 @@ pub mod error;
 mod error_code;
 pub mod evaluation;
 mod events;
+mod export;
 mod health;
 mod idempotency;
 mod jobs;
@@ -98,6 +99,7 @@ pub fn api_routes(max_upload: usize) -> OpenApiRouter<AppState> {
         .merge(models::routes())
         .merge(predict::routes())
         .merge(evaluation::routes())
+        .merge(export::routes())
         .merge(webhooks::routes())
         .merge(events::routes())
         .merge(checkpoints::routes())

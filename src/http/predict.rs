@@ -131,7 +131,12 @@ pub async fn predict_job(
     }
 }
 
-async fn pick_checkpoint(state: &AppState, job_id: &str, wanted: Option<&str>) -> Result<(String, PathBuf), ApiError> {
+/// The checkpoint asked for, or by default the best (lowest validation loss) of the last phase.
+pub(super) async fn pick_checkpoint(
+    state: &AppState,
+    job_id: &str,
+    wanted: Option<&str>,
+) -> Result<(String, PathBuf), ApiError> {
     let rows = db::checkpoints::list_for_job(&state.jobs.pool, job_id).await?;
     let row = match wanted {
         Some(wanted) => {

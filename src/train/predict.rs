@@ -36,29 +36,14 @@ pub fn predict(
     let m = Model::with_convention(model, input, 0, convention)?;
     m.params.load(&load_weights(weights)?, |_| true)?;
     let (h, w) = (input.height as usize, input.width as usize);
-    let norm = Normalize::new(input, model.backbone.architecture);
-
-    let decoded: Vec<Result<Vec<u8>, String>> = images
-        .iter()
-        .map(|bytes| {
-            // A decoder that panics on a hostile file fails that image, not the request.
-            std::panic::catch_unwind(|| decode::decode_bytes(bytes, input))
-                .map_err(|_| "the decoder failed on this image".to_string())?
-                .map(|img| img.into_raw())
-                .map_err(|e| format!("cannot decode image: {e}"))
-        })
-        .collect();
-    let ok: Vec<(usize, &Vec<u8>)> =
-        decoded.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|p| (i, p))).collect();
-    let mut out: Predictions = decoded.iter().map(|d| d.as_ref().map(|_| Vec::new()).map_err(Clone::clone)).collect();
+    let inputs: Vec<Result<Vec<f32>, String>> = images.iter().map(|bytes| preprocess(model, input, bytes)).collect();
+    let ok: Vec<(usize, &Vec<f32>)> =
+        inputs.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|p| (i, p))).collect();
+    let mut out: Predictions = inputs.iter().map(|d| d.as_ref().map(|_| Vec::new()).map_err(Clone::clone)).collect();
 
     let folding = m.inference_folding()?;
     for chunk in ok.chunks(BATCH) {
-        let size = 3 * h * w;
-        let mut pixels = vec![0f32; chunk.len() * size];
-        for (slot, (_, img)) in pixels.chunks_mut(size).zip(chunk) {
-            augment::write_image(img, h, w, None, norm, slot);
-        }
+        let pixels: Vec<f32> = chunk.iter().flat_map(|(_, x)| x.iter().copied()).collect();
         let x = Tensor::from_vec(pixels, (chunk.len(), 3, h, w), &m.device)?; // [n, 3, h, w]
         let logits = m.forward_inference(0, &x, &folding)?; // [n, units]
         let probs = kind.probabilities(&logits)?;
@@ -68,5 +53,19 @@ pub fn predict(
             out[*i] = Ok(ranked);
         }
     }
+    Ok(out)
+}
+
+/// The network's input for one encoded image (JPEG or PNG): decoded, resized and scaled as the
+/// job's `input` says, `3 * height * width` floats, channel-major; or why it cannot be read.
+pub fn preprocess(model: &ModelSpec, input: &InputSpec, image: &[u8]) -> Result<Vec<f32>, String> {
+    // A decoder that panics on a hostile file fails that image, not the request.
+    let pixels = std::panic::catch_unwind(|| decode::decode_bytes(image, input))
+        .map_err(|_| "the decoder failed on this image".to_string())?
+        .map_err(|e| format!("cannot decode image: {e}"))?
+        .into_raw();
+    let (h, w) = (input.height as usize, input.width as usize);
+    let mut out = vec![0f32; 3 * h * w];
+    augment::write_image(&pixels, h, w, None, Normalize::new(input, model.backbone.architecture), &mut out);
     Ok(out)
 }

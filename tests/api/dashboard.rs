@@ -134,6 +134,7 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     assert_eq!(number(&view, "lastEventId"), stored_events(&server, &id).await.len() as i64);
     // The rest of the view, once its fetches are in.
     let counts = "JSON.stringify({checkpoints: document.querySelectorAll('#checkpoints tbody tr').length, \
+        onnx: [...document.querySelectorAll('#checkpoints a.onnx')].map((a) => a.getAttribute('href')), \
         layers: document.querySelectorAll('#model tbody tr').length, \
         test: document.getElementById('test-metrics').hidden ? '' : document.getElementById('test-metrics').textContent, \
         charts: document.querySelectorAll('.uplot').length, \
@@ -156,6 +157,12 @@ async fn the_dashboard_shows_history_follows_live_and_shows_the_end() {
     };
     assert!(counts["checkpoints"].as_u64().unwrap() >= 2, "{counts}");
     assert_eq!(counts["layers"], 11, "{counts}");
+    // Each checkpoint's ONNX link is an export of it.
+    let links = counts["onnx"].as_array().unwrap();
+    assert_eq!(links.len() as u64, counts["checkpoints"].as_u64().unwrap(), "{counts}");
+    let response = server.client.get(server.url(links[0].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", links[0]);
+    assert_eq!(response.headers()["content-type"], "application/onnx");
     assert!(counts["test"].as_str().unwrap().starts_with("Test set: loss"), "{counts}");
     assert_eq!(counts["charts"], 4, "{counts}");
     // The final weights' test-set confusion matrix and per-class table, as the API reports them.

@@ -9,6 +9,7 @@ mod common;
 mod dashboard;
 mod datasets;
 mod evaluation;
+mod export;
 mod full_disk;
 mod idempotency;
 mod jobs;
