@@ -10,7 +10,7 @@ pub mod error;
 mod error_code;
 pub mod evaluation;
 mod events;
-mod export;
+pub mod export;
 mod health;
 mod idempotency;
 mod jobs;

@@ -17,7 +17,7 @@ use super::AppState;
 #[openapi(
     modifiers(&BearerAuth),
     // Named only by `value_type` in query parameters, which utoipa-axum does not collect.
-    components(schemas(crate::train::WeightsFormat, crate::http::evaluation::EvaluatedSet, crate::jobs::WebhookPayload)),
+    components(schemas(crate::train::WeightsFormat, crate::http::evaluation::EvaluatedSet, crate::http::export::ExportFormat, crate::jobs::WebhookPayload)),
     info(title = "tanuki", description = "A training-job service for transfer learning and fine-tuning of vision models."),
     tags(
         (name = "datasets", description = "Image datasets, uploaded as archives of class folders"),
